@@ -1,0 +1,8 @@
+"""zmqchat: chat and broadcast on ZeroMQ. Bots use ``Client`` (see docs/bots.md)."""
+
+__version__ = "0.1.0"
+
+from .client import Client  # noqa: E402
+from .errors import ConnectError, ZmqchatError  # noqa: E402
+
+__all__ = ["Client", "ConnectError", "ZmqchatError", "__version__"]

@@ -1,0 +1,132 @@
+"""``zmqchat-client --name alice``: chat from a terminal or a pipe.
+
+On a terminal this is an interactive client (zmqchat.cli.tui); with pipes (or ``--plain``) a line-mode
+client whose one loop polls the SUB socket and stdin together; ``--json`` prints one JSON object per
+event. At end of input the client waits until the server has echoed every line it sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .. import events as ev
+from .. import protocol as p
+from ..client import Client
+from ..commands import QUIT, run_line
+from ..display import event_line
+from ..errors import ZmqchatError
+from .common import add_connection_flags, apply_env_defaults, client_kwargs, run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zmqchat-client", description="Chat client. Type messages; /help lists commands; exit leaves. "
+        "Every flag can also be set as ZMQCHAT_<FLAG> (e.g. ZMQCHAT_NAME=alice).")
+    parser.add_argument("--name", required="ZMQCHAT_NAME" not in os.environ, help="your nickname")
+    parser.add_argument("--room", default="#general", help="room to start in (default: %(default)s)")
+    add_connection_flags(parser)
+    parser.add_argument("--drain-timeout", type=float, default=10.0,
+                        help="seconds to wait, at end of input, for the server to confirm every message "
+                        "(default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print every event as one JSON object per line")
+    parser.add_argument("--plain", action="store_true", help="line mode even on a terminal")
+    apply_env_defaults(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: chat(args))
+
+
+def chat(args: argparse.Namespace) -> int:
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not (args.plain or args.json)
+    client = Client(args.name, rooms=[p.normalise_room(args.room)], connect=False, **client_kwargs(args))
+    try:
+        client.connect()
+    except ZmqchatError:
+        raise
+    except KeyboardInterrupt:
+        client.close(linger=0)
+        return 130
+    if interactive:
+        from .tui import run_tui
+
+        return run_tui(client)
+    show = _json_printer if args.json else _text_printer
+    return LineLoop(client, show, args.drain_timeout).run()
+
+
+def _text_printer(event: ev.Event) -> None:
+    line = event_line(event)
+    if line is not None:
+        print(line, flush=True)
+
+
+def _json_printer(event: ev.Event) -> None:
+    print(json.dumps(event.to_dict(), ensure_ascii=False), flush=True)
+
+
+class LineLoop:
+    """stdin lines in, events out, one poll for both."""
+
+    def __init__(self, client: Client, show, drain_timeout: float) -> None:
+        self.client = client
+        self.show = show
+        self.drain_timeout = drain_timeout
+        self.fd = sys.stdin.fileno()
+        self.partial = b""
+
+    def run(self) -> int:
+        client = self.client
+        try:
+            status = self._loop()
+        except KeyboardInterrupt:
+            status = 0
+        except ZmqchatError as exc:
+            print(f"ERROR: {exc}", file=sys.stderr)
+            status = 1
+        if status == 0 and client.unacknowledged and not client.drain(self.drain_timeout):
+            print(f"ERROR: the server did not confirm {client.unacknowledged} message(s) within "
+                  f"{self.drain_timeout:g}s", file=sys.stderr)
+            status = 1
+        self._show_all(client.poll(0)[0])
+        client.close()
+        return status
+
+    def _loop(self) -> int:
+        client = self.client
+        for event in client.poll(0)[0]:  # what arrived during connect (welcome, backlog)
+            self.show(event)
+        while True:
+            found, ready = client.poll(1.0, (self.fd,))
+            status = self._show_all(found)
+            if status is not None:
+                return status
+            if ready:
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    if self.partial:
+                        if self._line(self.partial) is QUIT:
+                            return 0
+                    return 0
+                *lines, self.partial = (self.partial + chunk).split(b"\n")
+                for raw in lines:
+                    if self._line(raw) is QUIT:
+                        return 0
+
+    def _show_all(self, found: list[ev.Event]) -> int | None:
+        for event in found:
+            self.show(event)
+            if isinstance(event, ev.Error) and event.fatal:
+                return 1
+        return None
+
+    def _line(self, raw: bytes) -> object:
+        result = run_line(self.client, raw.decode("utf-8", errors="replace"))
+        if isinstance(result, str):
+            print(result, flush=True)
+        return result

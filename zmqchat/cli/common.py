@@ -1,0 +1,76 @@
+"""What every zmqchat command shares: connection flags, ZMQCHAT_* environment defaults, error output."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from ..errors import ZmqchatError
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+def env_name(dest: str) -> str:
+    return "ZMQCHAT_" + dest.upper()
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
+    """Let ``ZMQCHAT_<FLAG>`` set the default of every ``--flag`` (the command line still wins)."""
+    environ = os.environ if environ is None else environ
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "version"):
+            continue
+        raw = environ.get(env_name(action.dest))
+        if raw is None:
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            value: object = (raw.strip().lower() in TRUE_WORDS) == isinstance(action, argparse._StoreTrueAction)
+        elif action.type is not None:
+            try:
+                value = action.type(raw)
+            except (TypeError, ValueError):
+                parser.error(f"{env_name(action.dest)}={raw!r} is not a valid {action.dest}")
+        else:
+            value = raw
+        action.default = value
+        if action.help and action.help is not argparse.SUPPRESS:
+            action.help += f" [from {env_name(action.dest)}]"
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    """--host/--port/endpoints/keys, as shared by the client and the bots."""
+    group = parser.add_argument_group("connection")
+    group.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    group.add_argument("--port", type=int, default=4444,
+                       help="server's PULL port; its PUB is port+1 (default: %(default)s)")
+    group.add_argument("--in-endpoint", help="full endpoint of the server's PULL, e.g. ipc:///tmp/chat-in")
+    group.add_argument("--out-endpoint", help="full endpoint of the server's PUB, e.g. ipc:///tmp/chat-out")
+    group.add_argument("--curve-secret", help="your CURVE secret key file (NAME.key_secret)")
+    group.add_argument("--server-key", help="the server's CURVE public key file (NAME.key)")
+    group.add_argument("--connect-timeout", type=float, default=5.0,
+                       help="seconds to wait for the server's welcome (default: %(default)s)")
+
+
+def client_kwargs(args: argparse.Namespace) -> dict:
+    """Client(...) keyword arguments from parsed connection flags."""
+    return dict(host=args.host, port=args.port, in_endpoint=args.in_endpoint, out_endpoint=args.out_endpoint,
+                curve_secret=args.curve_secret, server_key=args.server_key, connect_timeout=args.connect_timeout)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """Known errors print ``ERROR: text`` and give status 1; Ctrl-C gives 130 unless handled inside."""
+    try:
+        return body()
+    except ZmqchatError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,138 @@
+"""``zmqchat-server``: bind PULL + PUB and relay until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+from pathlib import Path
+
+from .. import __version__
+from .. import protocol as p
+from ..client import endpoints
+from ..core import DEFAULT_MOTD, ServerConfig, ServerCore
+from ..errors import ZmqchatError
+from ..history import History
+from ..server import Server
+from .common import apply_env_defaults, run_main, setup_logging
+
+log = logging.getLogger("zmqchat.server")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "zmqchat"
+
+
+def history_file(data_dir: Path, in_endpoint: str) -> Path:
+    """One history file per server address, so two servers on one machine never share one."""
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", in_endpoint.split("://", 1)[-1]).strip("-")
+    return data_dir / f"history-{slug}.sqlite3"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zmqchat-server", description="Chat and broadcast server: PULL for what clients send, PUB for what "
+        "it publishes. Every flag can also be set as ZMQCHAT_<FLAG> (e.g. ZMQCHAT_PORT=5555).")
+    parser.add_argument("--version", action="version", version=f"zmqchat {__version__}")
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for remote clients "
+                     "(default: %(default)s)")
+    net.add_argument("--port", type=int, default=4444, help="PULL port; PUB binds port+1 (default: %(default)s)")
+    net.add_argument("--in-endpoint", help="full PULL endpoint instead of host/port, e.g. ipc:///tmp/chat-in")
+    net.add_argument("--out-endpoint", help="full PUB endpoint instead of host/port+1")
+    chat = parser.add_argument_group("chat")
+    chat.add_argument("--motd", default=DEFAULT_MOTD, help="welcome text sent to each client that joins")
+    chat.add_argument("--heartbeat-interval", type=float, default=1.0,
+                      help="seconds between heartbeats, both ways (default: %(default)s)")
+    chat.add_argument("--heartbeat-misses", type=int, default=3,
+                      help="missed client heartbeats before it is timed out (default: %(default)s)")
+    hist = parser.add_argument_group("history")
+    hist.add_argument("--history", type=int, default=1000, help="messages kept per room (default: %(default)s)")
+    hist.add_argument("--backlog", type=int, default=20,
+                      help="messages replayed to a client joining a room (default: %(default)s)")
+    hist.add_argument("--data-dir", help=f"where the history database lives (default: {default_data_dir()})")
+    hist.add_argument("--no-persist", action="store_true", help="keep history in memory only")
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-message-bytes", type=int, default=p.DEFAULT_MAX_MESSAGE_BYTES,
+                        help="largest message accepted on the wire; larger ones cut the sender off "
+                        "(default: %(default)s)")
+    limits.add_argument("--max-text-bytes", type=int, default=p.DEFAULT_MAX_TEXT_BYTES,
+                        help="largest chat message text in UTF-8 bytes (default: %(default)s)")
+    limits.add_argument("--rate", type=float, default=20.0,
+                        help="messages per second per client, 0 for no limit (default: %(default)s)")
+    limits.add_argument("--burst", type=float, default=60.0,
+                        help="messages a client may send at once before the rate applies (default: %(default)s)")
+    sec = parser.add_argument_group("security (CURVE)")
+    sec.add_argument("--curve-secret", help="server secret key file; turns CURVE on")
+    sec.add_argument("--authorized-keys", help="directory of client public keys allowed in, each bound to a name; "
+                     "re-read on SIGHUP")
+    out = parser.add_argument_group("output")
+    out.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                     help="(default: %(default)s; debug logs every message)")
+    out.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    out.add_argument("--stats-interval", type=float, default=60.0,
+                     help="seconds between stats log lines, 0 for none (default: %(default)s)")
+    apply_env_defaults(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("warning" if args.quiet else args.log_level)
+    return run_main(lambda: serve(args))
+
+
+def serve(args: argparse.Namespace) -> int:
+    if args.max_message_bytes < p.MIN_MAX_MESSAGE_BYTES:
+        raise ZmqchatError(f"--max-message-bytes must be at least {p.MIN_MAX_MESSAGE_BYTES}")
+    if args.max_text_bytes > args.max_message_bytes - 512:
+        raise ZmqchatError("--max-text-bytes must leave room for the envelope (512 bytes under --max-message-bytes)")
+    if args.heartbeat_interval <= 0 or args.heartbeat_misses < 1:
+        raise ZmqchatError("--heartbeat-interval must be > 0 and --heartbeat-misses >= 1")
+    in_ep, out_ep = endpoints(args.host, args.port, args.in_endpoint, args.out_endpoint)
+    path = None if args.no_persist else history_file(Path(args.data_dir) if args.data_dir else default_data_dir(), in_ep)
+    try:
+        history = History(args.history, path)
+    except Exception as exc:  # sqlite3.Error, OSError: a bad path or a corrupt file
+        raise ZmqchatError(f"cannot open history at {path}: {exc}") from exc
+    config = ServerConfig(motd=args.motd, heartbeat_interval=args.heartbeat_interval,
+                          heartbeat_misses=args.heartbeat_misses, backlog=args.backlog, rate=args.rate,
+                          burst=args.burst, max_text_bytes=args.max_text_bytes,
+                          max_message_bytes=args.max_message_bytes, stats_interval=args.stats_interval)
+    server = Server(ServerCore(config, history), in_ep, out_ep, max_message_bytes=args.max_message_bytes,
+                    curve_secret=args.curve_secret, authorized_keys=args.authorized_keys)
+    signal.signal(signal.SIGINT, lambda *_: server.stop())
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: server.reload_keys())
+
+    def ready() -> None:
+        log.info("zmqchat-server listening: in %s, out %s", server.in_endpoint, server.out_endpoint)
+        if path is None:
+            log.info("history: in memory only, last %d messages per room", args.history)
+        else:
+            log.info("history: %s (last %d messages per room, %d loaded)", path, args.history, history.size())
+        if server.curve is None:
+            log.info("security: none (plaintext; anyone who can reach the ports can chat)")
+        elif server.authorized_keys is None:
+            log.warning("security: CURVE encryption on, but any client key may connect (no --authorized-keys)")
+        else:
+            log.info("security: CURVE on, %d authorised keys from %s", len(server.bound_names), server.authorized_keys)
+
+    try:
+        server.run(on_ready=ready)
+    except Exception as exc:
+        import zmq
+
+        if isinstance(exc, zmq.ZMQError):
+            raise ZmqchatError(f"cannot bind {in_ep} / {out_ep}: {exc}") from exc
+        raise
+    log.info("server stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""The client's I/O shell: a PUSH to the server's PULL, a SUB from its PUB, and one poll loop.
+
+All rules live in ``zmqchat.session.ClientSession``; this class creates the two sockets, moves frames
+between them and the session, and offers the Python API that the terminal client and bots share::
+
+    with Client("bot", host="127.0.0.1") as chat:   # connects, raises ConnectError if it can't
+        chat.say("hello")
+        for event in chat.events(timeout=10):
+            print(event)
+
+The sockets belong to the thread that created the Client; use it from that thread only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import zmq
+
+from . import events as ev
+from . import protocol as p
+from .errors import ConnectError, ZmqchatError
+from .session import ClientSession
+
+TICK = 0.05  # seconds: the longest the loop sleeps before running the session's timers
+CLOSE_LINGER_MS = 500  # bounded linger: enough to flush a goodbye, never a hang on exit
+PUSH_HWM = 10_000
+
+
+def endpoints(host: str = "127.0.0.1", port: int = 4444, in_endpoint: str | None = None,
+              out_endpoint: str | None = None) -> tuple[str, str]:
+    """The server's (in, out) endpoints: PULL on ``port``, PUB on ``port + 1`` unless given in full."""
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return (in_endpoint or f"tcp://{host}:{port}", out_endpoint or f"tcp://{host}:{port + 1}")
+
+
+class Client:
+    """A chat client for people and bots. Raises ConnectError (a ZmqchatError) when it cannot connect."""
+
+    def __init__(self, name: str, *, host: str = "127.0.0.1", port: int = 4444, in_endpoint: str | None = None,
+                 out_endpoint: str | None = None, rooms: list[str] | tuple[str, ...] = ("#general",),
+                 curve_secret: str | Path | None = None, server_key: str | Path | None = None,
+                 connect_timeout: float = 5.0, context: zmq.Context | None = None, connect: bool = True) -> None:
+        problem = p.name_problem(name)
+        if problem:
+            raise ZmqchatError(f"invalid name {name!r}: {problem}")
+        rooms = [p.normalise_room(r) for r in rooms] or ["#general"]
+        for room in rooms:
+            if p.room_problem(room):
+                raise ZmqchatError(p.room_problem(room) or "")
+        self.in_endpoint, self.out_endpoint = endpoints(host, port, in_endpoint, out_endpoint)
+        self.session = ClientSession(name, rooms)
+        self.connect_timeout = connect_timeout
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._curve = _load_curve(curve_secret, server_key)
+        self._queue: deque[ev.Event] = deque()
+        self._push: zmq.Socket | None = None
+        self._sub: zmq.Socket | None = None
+        self._poller = zmq.Poller()
+        self._monitor: zmq.Socket | None = None
+        self._handshake_problem = ""
+        if connect:
+            self.connect()
+
+    # -- connection
+
+    @property
+    def name(self) -> str:
+        return self.session.name
+
+    @property
+    def room(self) -> str:
+        """The current room: where say() sends by default."""
+        return self.session.current_room
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    def start(self) -> None:
+        """Create the sockets, subscribe, and send the first hello; returns at once."""
+        if self._push is not None:
+            return
+        ctx = self._context
+        self._sub = ctx.socket(zmq.SUB)
+        self._push = ctx.socket(zmq.PUSH)
+        # IMMEDIATE: never queue for a server that is not there; the session resends what matters.
+        self._push.setsockopt(zmq.IMMEDIATE, 1)
+        self._push.setsockopt(zmq.SNDHWM, PUSH_HWM)
+        self._sub.setsockopt(zmq.RCVHWM, 0)  # we never want the local queue to drop; the server's PUB bounds it
+        for sock in (self._push, self._sub):
+            sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            if self._curve is not None:
+                sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = self._curve
+        if self._curve is not None:
+            self._monitor = self._sub.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            self._poller.register(self._monitor, zmq.POLLIN)
+        self._sub.connect(self.out_endpoint)
+        self._push.connect(self.in_endpoint)
+        self._poller.register(self._sub, zmq.POLLIN)
+        self.session.start()
+        self._flush()
+
+    def connect(self, timeout: float | None = None) -> ev.Connected:
+        """Start and wait for the server's welcome. Raises ConnectError after ``timeout`` seconds."""
+        self.start()
+        timeout = self.connect_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.close(linger=0)
+                why = self._handshake_problem or (
+                    f"no answer from a zmqchat server at {self.in_endpoint} within {timeout:g}s"
+                    + (" (check --server-key and that your key is authorised)" if self._curve else ""))
+                raise ConnectError(why)
+            for event in self._pump(remaining):
+                if isinstance(event, ev.Error) and event.fatal:
+                    self.close(linger=0)
+                    raise ConnectError(event.message)
+                self._queue.append(event)
+                if isinstance(event, ev.Connected):
+                    return event
+
+    def close(self, linger: float = 1.0) -> None:
+        """Say goodbye (waiting up to ``linger`` seconds for the server to confirm), close the sockets."""
+        if self._push is None:
+            return
+        if self.session.state in ("connected", "closing") and linger > 0:
+            self.session.bye()
+            self._flush()
+            deadline = time.monotonic() + linger
+            while self.session.state != "closed" and time.monotonic() < deadline:
+                self._queue.extend(self._pump(deadline - time.monotonic()))
+        if self._monitor is not None and self._sub is not None:
+            self._sub.disable_monitor()
+            self._monitor.close(linger=0)
+        linger_ms = int(min(linger, CLOSE_LINGER_MS / 1000) * 1000)
+        for sock in (self._push, self._sub):
+            if sock is not None:
+                sock.close(linger=linger_ms)
+        self._push = self._sub = self._monitor = None
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- actions (each sends at once)
+
+    def say(self, text: str, room: str | None = None, action: bool = False) -> str:
+        """Send ``text`` to ``room`` (default: the current room); returns the message id. Delivery is
+        confirmed when our own message comes back (see ``drain``)."""
+        size = len(text.encode())
+        if size > self.session.max_text_bytes:
+            raise ZmqchatError(f"message too long ({size} bytes, at most {self.session.max_text_bytes})")
+        room = p.normalise_room(room) if room else None
+        if room is not None and room not in self.session.rooms:
+            raise ZmqchatError(f"you are not in {room}; join it first")
+        mid = self.session.say(text, room, action)
+        self._flush()
+        return mid
+
+    def join(self, room: str) -> str:
+        room = p.normalise_room(room)
+        problem = p.room_problem(room)
+        if problem:
+            raise ZmqchatError(problem)
+        self.session.join(room)
+        self._flush()
+        return room
+
+    def part(self, room: str | None = None) -> str:
+        room = self.session.part(p.normalise_room(room) if room else None)
+        self._flush()
+        return room
+
+    def who(self, room: str = "") -> None:
+        self.session.who(p.normalise_room(room) if room else "")
+        self._flush()
+
+    def rooms(self) -> None:
+        self.session.list_rooms()
+        self._flush()
+
+    def stats(self) -> None:
+        self.session.stats()
+        self._flush()
+
+    def history(self, count: int = 20, room: str | None = None) -> None:
+        self.session.history(count, p.normalise_room(room) if room else None)
+        self._flush()
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages sent whose echo has not come back yet."""
+        return len(self.session.pending)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the server has echoed every message we sent; False if ``timeout`` ran out.
+        Events that arrive meanwhile stay queued for ``poll``/``events``."""
+        deadline = time.monotonic() + timeout
+        while self.session.pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._queue.extend(self._pump(min(remaining, TICK)))
+        return True
+
+    # -- events
+
+    def poll(self, timeout: float = 0.0, fds: tuple[int, ...] = ()) -> tuple[list[ev.Event], list[int]]:
+        """Wait up to ``timeout`` seconds for events or for one of ``fds`` to become readable; returns
+        (events, readable fds). Runs the session's timers meanwhile."""
+        if self._queue:
+            out = list(self._queue)
+            self._queue.clear()
+            return out, []
+        deadline = time.monotonic() + timeout
+        for fd in fds:
+            self._poller.register(fd, zmq.POLLIN)
+        try:
+            while True:
+                remaining = max(0.0, deadline - time.monotonic())
+                ready_fds: list[int] = []
+                found = self._pump(min(remaining, TICK), fds, ready_fds)
+                if found or ready_fds or remaining <= 0:
+                    return found, ready_fds
+        finally:
+            for fd in fds:
+                self._poller.unregister(fd)
+
+    def events(self, timeout: float | None = None) -> Iterator[ev.Event]:
+        """Yield events as they come; stop after ``timeout`` seconds (None: until closed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._push is not None:
+            remaining = 3600.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            found, _ = self.poll(remaining)
+            yield from found
+
+    # -- the loop body
+
+    def _pump(self, wait: float, fds: tuple[int, ...] = (), ready_fds: list[int] | None = None) -> list[ev.Event]:
+        """One poll: receive everything waiting, run timers, send what the session queued."""
+        if self._sub is None:
+            raise ZmqchatError("client is closed")
+        ready = dict(self._poller.poll(max(0, int(wait * 1000))))
+        if self._sub in ready:
+            sub = self._sub
+            while True:
+                try:
+                    frames = sub.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.session.receive(frames)
+        if self._monitor is not None and self._monitor in ready:
+            self._on_monitor()
+        if ready_fds is not None:
+            ready_fds.extend(fd for fd in fds if fd in ready)
+        self.session.tick()
+        self._flush()
+        found = self.session.events
+        self.session.events = []
+        return found
+
+    def _flush(self) -> None:
+        session = self.session
+        if session.subscriptions and self._sub is not None:
+            for subscribe, topic in session.subscriptions:
+                self._sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+            session.subscriptions.clear()
+        if session.outgoing and self._push is not None:
+            for frames in session.outgoing:
+                try:
+                    self._push.send_multipart(frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass  # no server right now: hellos repeat and unacknowledged messages are resent
+            session.outgoing.clear()
+
+    def _on_monitor(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        assert self._monitor is not None
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._handshake_problem = "the server refused our key (not in its authorised keys)"
+            elif not self._handshake_problem:
+                self._handshake_problem = (
+                    "CURVE handshake with the server failed: wrong --server-key, or the server is not using CURVE")
+
+
+def _load_curve(secret: str | Path | None, server_key: str | Path | None) -> tuple[bytes, bytes, bytes] | None:
+    """(our secret, our public, server public) from certificate files, or None without CURVE."""
+    if secret is None and server_key is None:
+        return None
+    if secret is None or server_key is None:
+        raise ZmqchatError("CURVE needs both --curve-secret (your key) and --server-key (the server's public key)")
+    from zmq.auth import load_certificate
+
+    try:
+        public, secret_key = load_certificate(str(secret))
+        server_public, _ = load_certificate(str(server_key))
+    except (OSError, ValueError) as exc:
+        raise ZmqchatError(f"cannot read key file: {exc}") from exc
+    if secret_key is None:
+        raise ZmqchatError(f"{secret} holds no secret key (use the .key_secret file)")
+    return secret_key, public, server_public

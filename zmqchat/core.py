@@ -1,0 +1,297 @@
+"""The server's rules, sans-IO: frames in, frames to publish out.
+
+Everything that decides what the server says lives here: presence, sequencing, dedupe, rate limits,
+history replies. ``zmqchat.server`` only moves frames between sockets and this class. Time comes from
+the injected ``clock`` so the rules are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import protocol as p
+from .history import History
+from .presence import Member, Presence
+from .ratelimit import RateLimiter
+
+log = logging.getLogger("zmqchat.server")
+
+DEFAULT_MOTD = "Welcome to zmqchat. Type /help for commands, exit to leave."
+UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0  # a stale client hears "please say hello" this often, at most
+
+
+@dataclass
+class ServerConfig:
+    """Tunable rules; every field has a command-line flag."""
+
+    motd: str = DEFAULT_MOTD
+    heartbeat_interval: float = 1.0  # seconds between server heartbeats (and expected client ones)
+    heartbeat_misses: int = 3  # silent intervals before a client is timed out
+    backlog: int = 20  # messages replayed to a client joining a room
+    rate: float = 20.0  # messages per second per client (0: unlimited)
+    burst: float = 60.0  # messages a client may send at once
+    max_text_bytes: int = p.DEFAULT_MAX_TEXT_BYTES
+    max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES  # whole message; also the PULL's MAXMSGSIZE
+    max_history_reply: int = 1000  # messages in one history reply
+    stats_interval: float = 0.0  # seconds between stats log lines (0: never)
+
+
+class LogLimiter:
+    """At most ``burst`` log lines per ``period`` seconds for noisy events, then one summary."""
+
+    def __init__(self, clock: Callable[[], float], burst: int = 5, period: float = 10.0) -> None:
+        self.clock = clock
+        self.burst = burst
+        self.period = period
+        self._window = -period
+        self._count = 0
+        self._suppressed = 0
+
+    def warn(self, fmt: str, *args: object) -> None:
+        now = self.clock()
+        if now - self._window >= self.period:
+            if self._suppressed:
+                log.warning("%d more similar warnings suppressed", self._suppressed)
+            self._window, self._count, self._suppressed = now, 0, 0
+        if self._count < self.burst:
+            self._count += 1
+            log.warning(fmt, *args)
+        else:
+            self._suppressed += 1
+
+
+class ServerCore:
+    """Consumes client frames (``receive``) and timers (``tick``); ``flush`` returns what to publish."""
+
+    def __init__(self, config: ServerConfig, history: History, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.history = history
+        self.clock = clock
+        self.presence = Presence(config.heartbeat_interval * config.heartbeat_misses)
+        self.limiter = RateLimiter(config.rate, config.burst)
+        self.out: list[list[bytes]] = []
+        self.bad_input = LogLimiter(clock)
+        self.stats = dict.fromkeys(
+            ("received", "published", "messages", "rejected", "refused", "throttled", "duplicates",
+             "recoveries", "timeouts"), 0)
+        now = clock()
+        self._next_heartbeat = now
+        self._next_stats = now + config.stats_interval if config.stats_interval > 0 else float("inf")
+        self._unknown_session_bucket = RateLimiter(UNKNOWN_SESSION_REPLIES_PER_SEC, 2.0)
+        self._handlers: dict[type[p.Message], Callable] = {
+            p.Hello: self.handle_hello, p.Say: self.handle_say, p.Join: self.handle_join,
+            p.Part: self.handle_part, p.WhoRequest: self.handle_who, p.RoomsRequest: self.handle_rooms,
+            p.HistoryRequest: self.handle_history, p.StatsRequest: self.handle_stats,
+            p.Ping: self.handle_ping, p.Bye: self.handle_bye,
+        }
+
+    # -- entry points
+
+    def receive(self, frames: list[bytes], key: str | None = None, bound_name: str | None = None) -> None:
+        """Handle one message from the PULL socket. ``key`` is the CURVE public key that sent it and
+        ``bound_name`` the name the allowlist binds to that key. Never raises for bad input."""
+        self.stats["received"] += 1
+        try:
+            size = sum(map(len, frames))
+            if size > self.config.max_message_bytes:
+                raise p.ProtocolError(f"message of {size} bytes is over the {self.config.max_message_bytes} limit")
+            msg = p.decode_client(frames)
+        except p.ProtocolError as exc:
+            self.stats["rejected"] += 1
+            self.bad_input.warn("dropped bad message: %s", exc)
+            return
+        if not isinstance(msg, p.Hello):
+            member = self.presence.get(msg.session)
+            if member is None:
+                self._unknown_session(msg)
+                return
+            if member.key != key:
+                self.stats["rejected"] += 1
+                self.bad_input.warn("dropped %s for %s's session from another key", msg.KIND.decode(), member.name)
+                return
+            member.last_seen = self.clock()
+            self._handlers[type(msg)](msg, member)
+        else:
+            self.handle_hello(msg, key, bound_name)
+
+    def tick(self) -> None:
+        """Timers: expire silent clients, heartbeat, stats line. Call at least every heartbeat interval."""
+        now = self.clock()
+        for member in self.presence.expire(now):
+            self.stats["timeouts"] += 1
+            self.limiter.forget(member.session)
+            log.info("%s left (timed out)", member.name)
+            self._announce_leave(member, "timeout", now)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.heartbeat_interval
+            self._publish(p.ALL_TOPIC, p.ServerHeartbeat(ts=now))
+        if now >= self._next_stats:
+            self._next_stats = now + self.config.stats_interval
+            log.info("stats %s", " ".join(f"{k}={v}" for k, v in self.snapshot().items()))
+
+    def flush(self) -> list[list[bytes]]:
+        """Commit history, then hand over everything to publish, in order."""
+        self.history.commit()
+        out, self.out = self.out, []
+        self.stats["published"] += len(out)
+        return out
+
+    def shutdown(self, message: str = "server shutting down") -> list[list[bytes]]:
+        self._publish(p.ALL_TOPIC, p.Shutdown(message=message))
+        return self.flush()
+
+    def snapshot(self) -> dict[str, int]:
+        """Counters for /stats and the periodic stats line."""
+        return {"clients": len(self.presence), "rooms": len(self.presence.room_counts()),
+                **self.stats, "history": self.history.size()}
+
+    # -- helpers
+
+    def _publish(self, topic: bytes, msg: p.Message) -> None:
+        self.out.append(p.encode_server(topic, msg))
+
+    def _reply(self, member_or_session: Member | str, msg: p.Message) -> None:
+        session = member_or_session if isinstance(member_or_session, str) else member_or_session.session
+        self._publish(p.session_topic(session), msg)
+
+    def _refuse(self, session: str, code: str, text: str, mid: str = "", retry_after: float = 0.0) -> None:
+        self.stats["refused"] += 1
+        self._reply(session, p.ErrorReply(code=code, message=text, mid=mid, retry_after=retry_after))
+
+    def _unknown_session(self, msg: p.Message) -> None:
+        # After a server restart every client is unknown: tell each (rate-limited) to say hello again.
+        if self._unknown_session_bucket.check(msg.session, self.clock()) == 0.0:
+            self._refuse(msg.session, p.ERR_UNKNOWN_SESSION, "unknown session; send hello")
+
+    def _announce_leave(self, member: Member, event: str, now: float) -> None:
+        for room in sorted(member.rooms):
+            self._publish(p.room_topic(room), p.PresenceEvent(room=room, name=member.name, event=event, ts=now))
+
+    def _enter_room(self, member: Member, room: str, last_seq: int) -> None:
+        """Join ``member`` to ``room`` (announcing it if new) and replay what it has not seen."""
+        if self.presence.join(member, room):
+            log.info("%s joined %s", member.name, room)
+            self._publish(p.room_topic(room), p.PresenceEvent(room=room, name=member.name, event="join",
+                                                              ts=self.clock()))
+        if last_seq < 0:
+            self._send_history(member, room, 0, 0, self.config.backlog)
+        else:
+            self._send_history(member, room, last_seq, 0, self.config.max_history_reply)
+
+    def _send_history(self, member: Member, room: str, after: int, before: int, limit: int) -> None:
+        topic = p.session_topic(member.session)
+        rows = self.history.range(room, after, before, min(limit, self.config.max_history_reply))
+        for _seq, body in rows:
+            self.out.append([topic, p.VERSION, p.HistoryMessage.KIND, body])
+        last = self.history.last_seq(room)
+        upto = min(before - 1, last) if before > 0 else last
+        self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows)))
+
+    # -- handlers, one per client message kind
+
+    def handle_hello(self, msg: p.Hello, key: str | None, bound_name: str | None) -> None:
+        now = self.clock()
+        problem = p.name_problem(msg.name)
+        if problem:
+            self._refuse(msg.session, p.ERR_BAD_NAME, problem)
+            return
+        if bound_name is not None and msg.name != bound_name:
+            self._refuse(msg.session, p.ERR_NOT_AUTHORISED, f"your key is bound to the name '{bound_name}'")
+            self.bad_input.warn("refused %r: key is bound to %r", msg.name, bound_name)
+            return
+        owner = self.presence.owner_of(msg.name)
+        member = self.presence.get(msg.session)
+        if owner is not None and owner != msg.session:
+            self._refuse(msg.session, p.ERR_NAME_TAKEN, f"name '{msg.name}' is already taken")
+            return
+        if member is not None and (member.key != key or member.name != msg.name):
+            self._refuse(msg.session, p.ERR_NOT_AUTHORISED, "session belongs to someone else")
+            return
+        rooms = [r for r in msg.rooms[: p.MAX_LIST_ITEMS] if isinstance(r, str) and p.room_problem(r) is None]
+        if member is None:
+            member = self.presence.add(msg.session, msg.name, now)
+            member.key = key
+            log.info("%s connected (session %s)", msg.name, msg.session)
+        member.last_seen = now
+        self._reply(member, p.Welcome(session=msg.session, name=msg.name, motd=self.config.motd,
+                                      heartbeat_interval=self.config.heartbeat_interval,
+                                      max_text_bytes=self.config.max_text_bytes, server_time=now))
+        for room in rooms:
+            last = msg.last_seq.get(room)
+            self._enter_room(member, room, last if isinstance(last, int) and not isinstance(last, bool) else -1)
+
+    def handle_say(self, msg: p.Say, member: Member) -> None:
+        key = f"{member.name}\x1f{msg.mid}"
+        seen = self.history.seen(key)
+        if seen is not None:
+            self.stats["duplicates"] += 1
+            self._reply(member, p.Ack(mid=msg.mid, room=seen[0], seq=seen[1]))
+            return
+        if msg.room not in member.rooms:
+            self._refuse(member.session, p.ERR_NOT_IN_ROOM, f"you are not in {msg.room}; /join it first", msg.mid)
+            return
+        size = len(msg.text.encode())
+        if size > self.config.max_text_bytes or not msg.text.strip():
+            why = "empty message" if size <= self.config.max_text_bytes else (
+                f"message too long ({size} bytes, at most {self.config.max_text_bytes})")
+            self._refuse(member.session, p.ERR_TOO_LONG, why, msg.mid)
+            return
+        now = self.clock()
+        wait = self.limiter.check(member.session, now)
+        if wait > 0:
+            self.stats["throttled"] += 1
+            self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", msg.mid, wait)
+            return
+        name, text, mid, action, room = member.name, msg.text, msg.mid, msg.action, msg.room
+
+        def body(seq: int) -> bytes:
+            return p.encode_body(p.RoomMessage(room=room, seq=seq, ts=now, sender=name, text=text, mid=mid,
+                                         action=action))
+
+        _seq, encoded = self.history.append(room, now, key, body)
+        self.stats["messages"] += 1
+        log.debug("%s <%s> %s", room, name, text)
+        self.out.append([p.room_topic(room), p.VERSION, p.RoomMessage.KIND, encoded])
+
+    def handle_join(self, msg: p.Join, member: Member) -> None:
+        problem = p.room_problem(msg.room)
+        if problem:
+            self._refuse(member.session, p.ERR_BAD_ROOM, problem)
+            return
+        self._enter_room(member, msg.room, msg.last_seq)
+
+    def handle_part(self, msg: p.Part, member: Member) -> None:
+        if self.presence.part(member, msg.room):
+            log.info("%s left %s", member.name, msg.room)
+            self._publish(p.room_topic(msg.room), p.PresenceEvent(room=msg.room, name=member.name, event="part",
+                                                                  ts=self.clock()))
+
+    def handle_who(self, msg: p.WhoRequest, member: Member) -> None:
+        rooms = [msg.room] if msg.room else sorted(member.rooms)
+        self._reply(member, p.WhoReply(rooms={room: self.presence.names_in(room) for room in rooms}))
+
+    def handle_rooms(self, msg: p.RoomsRequest, member: Member) -> None:
+        self._reply(member, p.RoomsReply(rooms=self.presence.room_counts()))
+
+    def handle_history(self, msg: p.HistoryRequest, member: Member) -> None:
+        if p.room_problem(msg.room):
+            self._refuse(member.session, p.ERR_BAD_ROOM, p.room_problem(msg.room) or "")
+            return
+        self.stats["recoveries"] += 1
+        self._send_history(member, msg.room, msg.after, msg.before, msg.limit)
+
+    def handle_stats(self, msg: p.StatsRequest, member: Member) -> None:
+        self._reply(member, p.StatsReply(stats=self.snapshot()))
+
+    def handle_ping(self, msg: p.Ping, member: Member) -> None:
+        pass  # liveness was recorded in receive()
+
+    def handle_bye(self, msg: p.Bye, member: Member) -> None:
+        self.presence.remove(member.session)
+        self.limiter.forget(member.session)
+        log.info("%s left", member.name)
+        self._announce_leave(member, "quit", self.clock())
+        self._reply(member, p.Goodbye(session=member.session))

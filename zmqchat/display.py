@@ -1,0 +1,67 @@
+"""How events read as text lines. Pure: shared by the plain line client and the terminal UI."""
+
+from __future__ import annotations
+
+import time
+
+from . import events as ev
+
+PRESENCE_WORDS = {"join": "joined", "part": "left", "quit": "left", "timeout": "left (timed out)"}
+_CONTROL = {c: "\ufffd" for c in range(32) if c not in (9, 10)} | {127: "\ufffd"}
+
+
+def clean(text: str) -> str:
+    """Neutralise control characters (terminal escapes) that someone else's text could carry."""
+    return text.translate(_CONTROL)
+
+
+def clock_time(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def message_line(event: ev.Message) -> str:
+    """``[12:01:07] #general <bob> hi``; ``/me`` actions read ``* bob waves``."""
+    text = clean(event.text).replace("\n", "\n    ")
+    who = f"* {clean(event.sender)}" if event.action else f"<{clean(event.sender)}>"
+    return f"[{clock_time(event.ts)}] {event.room} {who} {text}"
+
+
+def event_line(event: ev.Event) -> str | None:
+    """One readable line (or a few) for any event; None for events that need no text."""
+    if isinstance(event, ev.Message):
+        return message_line(event)
+    if isinstance(event, ev.Presence):
+        word = PRESENCE_WORDS.get(event.event, event.event)
+        return f"[{clock_time(event.ts)}] {event.room} -- {clean(event.name)} {word}"
+    if isinstance(event, ev.Connected):
+        head = "reconnected" if event.reconnected else f"Connected as {clean(event.name)}"
+        return head if event.reconnected else f"{head}\n{clean(event.motd)}"
+    if isinstance(event, ev.ConnectionLost):
+        return "connection lost, retrying…"
+    if isinstance(event, ev.Who):
+        return "\n".join(f"{room}: {', '.join(map(clean, names)) or '(nobody)'}" for room, names in event.rooms.items()) \
+            or "you are in no room"
+    if isinstance(event, ev.Rooms):
+        return "\n".join(f"{room} ({count})" for room, count in event.rooms.items()) or "no rooms"
+    if isinstance(event, ev.Stats):
+        return " ".join(f"{k}={v}" for k, v in event.stats.items())
+    if isinstance(event, ev.Notice):
+        return f"-- {clean(event.text)}"
+    if isinstance(event, ev.Error):
+        return f"ERROR: {clean(event.message)}"
+    if isinstance(event, ev.ServerShutdown):
+        return f"-- server: {clean(event.message)}"
+    return None
+
+
+HELP = """Commands:
+  /join #room       join a room (and make it current)
+  /part [#room]     leave a room (default: the current one)
+  /rooms            rooms with their member counts
+  /who [#room]      who is in your rooms (or one room)
+  /me ACTION        say an action, e.g. /me waves
+  /history [N]      show the last N messages of this room again (default 20)
+  /stats            server counters
+  /help             this list
+  /quit or exit     leave (Ctrl-D and Ctrl-C too)
+  //text            send a message that starts with '/'"""

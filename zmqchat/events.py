@@ -1,0 +1,108 @@
+"""What a client reports to its user (a person's terminal, a bot, or --json): plain frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every client event; ``type`` is its name in --json output."""
+
+    type: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Connected(Event):
+    """The server welcomed us (first time, or again after a reconnect)."""
+
+    type: ClassVar[str] = "connected"
+    name: str
+    motd: str
+    reconnected: bool = False
+
+
+@dataclass(frozen=True)
+class ConnectionLost(Event):
+    """Nothing heard from the server for a while; the client keeps retrying."""
+
+    type: ClassVar[str] = "connection_lost"
+
+
+@dataclass(frozen=True)
+class Message(Event):
+    """A room message. ``history``: replayed from the server's history, not live; ``own``: ours."""
+
+    type: ClassVar[str] = "message"
+    room: str
+    seq: int
+    ts: float
+    sender: str
+    text: str
+    action: bool = False
+    history: bool = False
+    own: bool = False
+
+
+@dataclass(frozen=True)
+class Presence(Event):
+    """``name`` joined or left ``room``; event is join, part, quit or timeout."""
+
+    type: ClassVar[str] = "presence"
+    room: str
+    name: str
+    event: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class Who(Event):
+    type: ClassVar[str] = "who"
+    rooms: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rooms(Event):
+    type: ClassVar[str] = "rooms"
+    rooms: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stats(Event):
+    type: ClassVar[str] = "stats"
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """Something worth telling the user that is not a message (e.g. messages lost beyond history)."""
+
+    type: ClassVar[str] = "notice"
+    text: str
+
+
+@dataclass(frozen=True)
+class Error(Event):
+    """The server refused something, or the client gave up; ``fatal`` errors end the session."""
+
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    fatal: bool = False
+
+
+@dataclass(frozen=True)
+class ServerShutdown(Event):
+    type: ClassVar[str] = "shutdown"
+    message: str
+
+
+@dataclass(frozen=True)
+class Closed(Event):
+    """The server confirmed our goodbye."""
+
+    type: ClassVar[str] = "closed"

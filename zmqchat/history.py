@@ -1,0 +1,137 @@
+"""Room history: per-room sequence numbers, the last N messages of each room, and dedupe of client
+message ids. Persistence is SQLite from the standard library (WAL, one transaction per batch).
+
+No sockets here. The server appends a batch, calls ``commit()``, and only then publishes, so a message
+that anyone has seen is on disk and its sequence number is never reused after a crash.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict, deque
+from itertools import islice
+from pathlib import Path
+
+DEDUPE_KEYS = 200_000  # (sender, mid) pairs remembered, in memory and reloaded from disk
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    dedupe_key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+"""
+
+
+class History:
+    """Sequencer and store. ``path`` None keeps everything in memory only."""
+
+    def __init__(self, limit: int, path: str | Path | None = None) -> None:
+        self.limit = max(1, limit)
+        self.path = Path(path) if path is not None else None
+        self._rooms: dict[str, deque[tuple[int, bytes]]] = {}
+        self._last: dict[str, int] = {}
+        self._dedupe: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._pending: list[tuple[str, int, float, str, bytes]] = []
+        self._untrimmed: dict[str, int] = {}
+        self._db: sqlite3.Connection | None = None
+        if self.path is not None:
+            self._open(self.path)
+
+    # -- persistence
+
+    def _open(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; see docs/history.md
+        db.executescript(_SCHEMA)
+        self._db = db
+        for room, in db.execute("SELECT DISTINCT room FROM messages").fetchall():
+            rows = db.execute(
+                "SELECT seq, body FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?", (room, self.limit)
+            ).fetchall()
+            rows.reverse()
+            self._rooms[room] = deque(((seq, bytes(body)) for seq, body in rows), maxlen=self.limit)
+            self._last[room] = rows[-1][0] if rows else 0
+        keys = db.execute(
+            "SELECT dedupe_key, room, seq FROM messages ORDER BY ts DESC LIMIT ?", (DEDUPE_KEYS,)
+        ).fetchall()
+        for key, room, seq in reversed(keys):
+            self._dedupe[key] = (room, seq)
+
+    def commit(self) -> None:
+        """Make every appended message durable (one transaction), then trim old rows now and then."""
+        if self._db is None or not self._pending:
+            self._pending.clear()
+            return
+        db = self._db
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", self._pending)
+        for room, _seq, _ts, _key, _body in self._pending:
+            self._untrimmed[room] = self._untrimmed.get(room, 0) + 1
+        trim = [room for room, n in self._untrimmed.items() if n >= max(64, self.limit // 8)]
+        for room in trim:
+            db.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, self._last[room] - self.limit))
+            del self._untrimmed[room]
+        db.execute("COMMIT")
+        self._pending.clear()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self.commit()
+            for room in list(self._untrimmed):
+                self._db.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, self._last[room] - self.limit))
+            self._db.close()
+            self._db = None
+
+    # -- sequencing
+
+    def last_seq(self, room: str) -> int:
+        """The newest sequence number of ``room`` (0 before its first message)."""
+        return self._last.get(room, 0)
+
+    def seen(self, key: str) -> tuple[str, int] | None:
+        """Where the message with this dedupe key was published, if it was."""
+        return self._dedupe.get(key)
+
+    def append(self, room: str, ts: float, key: str, make_body) -> tuple[int, bytes]:
+        """Give the next sequence number of ``room`` to a message; ``make_body(seq)`` returns its
+        encoded body. Durable only after ``commit()``."""
+        seq = self._last.get(room, 0) + 1
+        body = make_body(seq)
+        self._last[room] = seq
+        store = self._rooms.get(room)
+        if store is None:
+            store = self._rooms[room] = deque(maxlen=self.limit)
+        store.append((seq, body))
+        self._dedupe[key] = (room, seq)
+        if len(self._dedupe) > DEDUPE_KEYS:
+            self._dedupe.popitem(last=False)
+        if self._db is not None:
+            self._pending.append((room, seq, ts, key, body))
+        return seq, body
+
+    # -- queries
+
+    def range(self, room: str, after: int = 0, before: int = 0, limit: int = 100) -> list[tuple[int, bytes]]:
+        """Messages with ``after < seq < before`` (``before`` 0: no upper bound); the newest ``limit``."""
+        store = self._rooms.get(room)
+        if not store or limit <= 0:
+            return []
+        first = store[0][0]
+        end = len(store) if before <= 0 else max(0, min(len(store), before - first))
+        start = max(0, after + 1 - first, end - limit)
+        if start >= end:
+            return []
+        return list(islice(store, start, end))
+
+    def size(self) -> int:
+        """Messages held, over all rooms."""
+        return sum(len(store) for store in self._rooms.values())
+
+    def rooms(self) -> list[str]:
+        return sorted(self._rooms)

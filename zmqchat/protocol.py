@@ -1,0 +1,452 @@
+"""The zmqchat wire protocol: pure data in, pure data out.
+
+Everything that crosses a socket is defined here and nowhere else. This module imports nothing of zmq:
+``encode_*`` return ``list[bytes]`` and ``decode_*`` take ``list[bytes]``. docs/protocol.md is the
+normative description; this module is its implementation.
+
+Client -> server (PUSH -> PULL), three frames::
+
+    [0] version   b"zmqchat/1"
+    [1] kind      ASCII, e.g. b"msg"
+    [2] body      UTF-8 JSON object; fields depend on the kind
+
+Server -> client (PUB -> SUB), four frames::
+
+    [0] topic     b"room:#general\\x00", b"sess:<session>\\x00" or b"all:\\x00"
+    [1] version   b"zmqchat/1"
+    [2] kind
+    [3] body      UTF-8 JSON object
+
+Topics end in NUL so that SUB prefix matching never lets ``#dev`` receive ``#devops``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+VERSION = b"zmqchat/1"
+VERSION_PREFIX = b"zmqchat/"
+TOPIC_END = b"\x00"
+ROOM_PREFIX = b"room:"
+SESSION_PREFIX = b"sess:"
+ALL_TOPIC = b"all:" + TOPIC_END
+
+MAX_NAME_CHARS = 32
+MAX_ROOM_CHARS = 48
+MAX_SESSION_CHARS = 64
+MAX_MID_CHARS = 96
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024  # whole multipart message, enforced by MAXMSGSIZE too
+DEFAULT_MAX_TEXT_BYTES = 16 * 1024  # UTF-8 bytes of one chat message's text
+MIN_MAX_MESSAGE_BYTES = 1024
+MAX_LIST_ITEMS = 256  # rooms in a hello, names in a who reply stay bounded
+
+ROOM_RE = re.compile(r"#[A-Za-z0-9_.\-]{1,%d}" % (MAX_ROOM_CHARS - 1))
+SESSION_RE = re.compile(r"[A-Za-z0-9_\-]{1,%d}" % MAX_SESSION_CHARS)
+
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+class ProtocolError(Exception):
+    """A peer sent frames that are not a valid zmqchat message (the text says why)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# names, rooms, topics
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid nickname, or None if it is."""
+    if not name:
+        return "name must not be empty"
+    if len(name) > MAX_NAME_CHARS:
+        return f"name is longer than {MAX_NAME_CHARS} characters"
+    if not name.isprintable() or any(ch.isspace() for ch in name):
+        return "name must be printable, without spaces"
+    if name[0] in "#/@":
+        return "name must not start with '#', '/' or '@'"
+    return None
+
+
+def room_problem(room: str) -> str | None:
+    """Why ``room`` is not a valid room name, or None if it is."""
+    if ROOM_RE.fullmatch(room):
+        return None
+    return f"invalid room {room!r}: '#' then 1-{MAX_ROOM_CHARS - 1} of A-Z a-z 0-9 _ . -"
+
+
+def normalise_room(room: str) -> str:
+    """Accept ``dev`` for ``#dev``: users forget the hash."""
+    room = room.strip()
+    return room if room.startswith("#") else "#" + room
+
+
+def room_topic(room: str) -> bytes:
+    """The PUB/SUB topic that carries one room's traffic."""
+    return ROOM_PREFIX + room.encode() + TOPIC_END
+
+
+def session_topic(session: str) -> bytes:
+    """The PUB/SUB topic for replies to one client (visible to anyone who subscribes to it)."""
+    return SESSION_PREFIX + session.encode() + TOPIC_END
+
+
+# --------------------------------------------------------------------------------------------------
+# messages
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every message; subclasses set KIND and declare their fields."""
+
+    KIND: ClassVar[bytes] = b""
+
+    def body(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_CLIENT_KINDS: dict[bytes, type[Message]] = {}
+_SERVER_KINDS: dict[bytes, type[Message]] = {}
+
+
+def _client(cls: type[Message]) -> type[Message]:
+    _CLIENT_KINDS[cls.KIND] = cls
+    return cls
+
+
+def _server(cls: type[Message]) -> type[Message]:
+    _SERVER_KINDS[cls.KIND] = cls
+    return cls
+
+
+# client -> server; every one names the sender's session
+
+
+@_client
+@dataclass(frozen=True)
+class Hello(Message):
+    """Join the chat (or re-join after a reconnect) as ``name``, in ``rooms``."""
+
+    KIND: ClassVar[bytes] = b"hello"
+    session: str
+    name: str
+    rooms: list = field(default_factory=list)
+    last_seq: dict = field(default_factory=dict)  # room -> last sequence number seen
+
+
+@_client
+@dataclass(frozen=True)
+class Say(Message):
+    """A chat message to a room; ``mid`` is the client's id for it (dedupe, acknowledgement)."""
+
+    KIND: ClassVar[bytes] = b"msg"
+    session: str
+    room: str
+    text: str
+    mid: str
+    action: bool = False  # /me
+
+
+@_client
+@dataclass(frozen=True)
+class Join(Message):
+    KIND: ClassVar[bytes] = b"join"
+    session: str
+    room: str
+    last_seq: int = -1  # -1: send the default backlog
+
+
+@_client
+@dataclass(frozen=True)
+class Part(Message):
+    KIND: ClassVar[bytes] = b"part"
+    session: str
+    room: str
+
+
+@_client
+@dataclass(frozen=True)
+class WhoRequest(Message):
+    KIND: ClassVar[bytes] = b"who"
+    session: str
+    room: str = ""  # "" means every room the session is in
+
+
+@_client
+@dataclass(frozen=True)
+class RoomsRequest(Message):
+    KIND: ClassVar[bytes] = b"rooms"
+    session: str
+
+
+@_client
+@dataclass(frozen=True)
+class HistoryRequest(Message):
+    """Ask for room messages with ``after < seq < before`` (``before`` 0: up to the newest), at most
+    ``limit``, newest ones when more exist."""
+
+    KIND: ClassVar[bytes] = b"history"
+    session: str
+    room: str
+    after: int = 0
+    before: int = 0
+    limit: int = 100
+
+
+@_client
+@dataclass(frozen=True)
+class StatsRequest(Message):
+    KIND: ClassVar[bytes] = b"stats"
+    session: str
+
+
+@_client
+@dataclass(frozen=True)
+class Ping(Message):
+    """Client heartbeat; any message counts as liveness, this one is sent when there is nothing else."""
+
+    KIND: ClassVar[bytes] = b"hb"
+    session: str
+
+
+@_client
+@dataclass(frozen=True)
+class Bye(Message):
+    KIND: ClassVar[bytes] = b"bye"
+    session: str
+
+
+# server -> client
+
+
+@_server
+@dataclass(frozen=True)
+class Welcome(Message):
+    KIND: ClassVar[bytes] = b"welcome"
+    session: str
+    name: str
+    motd: str
+    heartbeat_interval: float
+    max_text_bytes: int
+    server_time: float
+
+
+@_server
+@dataclass(frozen=True)
+class RoomMessage(Message):
+    """A sequenced room message, published live on the room topic."""
+
+    KIND: ClassVar[bytes] = b"msg"
+    room: str
+    seq: int
+    ts: float
+    sender: str
+    text: str
+    mid: str
+    action: bool = False
+
+
+@_server
+@dataclass(frozen=True)
+class HistoryMessage(RoomMessage):
+    """The same body as RoomMessage, replayed from history on a session topic."""
+
+    KIND: ClassVar[bytes] = b"hist"
+
+
+@_server
+@dataclass(frozen=True)
+class HistoryEnd(Message):
+    """Closes a history reply: every message of ``room`` with ``after < seq <= upto`` that the server
+    still holds has been sent; ``upto`` is the room's newest sequence number at the time."""
+
+    KIND: ClassVar[bytes] = b"hist_end"
+    room: str
+    after: int
+    upto: int
+    count: int
+
+
+@_server
+@dataclass(frozen=True)
+class PresenceEvent(Message):
+    """Someone joined or left a room (event: join, part, quit, timeout). Not sequenced."""
+
+    KIND: ClassVar[bytes] = b"presence"
+    room: str
+    name: str
+    event: str
+    ts: float
+
+
+@_server
+@dataclass(frozen=True)
+class Ack(Message):
+    """A duplicate was dropped: ``mid`` was already published as ``room``/``seq``."""
+
+    KIND: ClassVar[bytes] = b"ack"
+    mid: str
+    room: str
+    seq: int
+
+
+@_server
+@dataclass(frozen=True)
+class WhoReply(Message):
+    KIND: ClassVar[bytes] = b"who"
+    rooms: dict  # room -> sorted list of names
+
+
+@_server
+@dataclass(frozen=True)
+class RoomsReply(Message):
+    KIND: ClassVar[bytes] = b"rooms"
+    rooms: dict  # room -> member count
+
+
+@_server
+@dataclass(frozen=True)
+class StatsReply(Message):
+    KIND: ClassVar[bytes] = b"stats"
+    stats: dict
+
+
+@_server
+@dataclass(frozen=True)
+class ErrorReply(Message):
+    """Something the client sent was refused; ``mid`` names the message when there was one."""
+
+    KIND: ClassVar[bytes] = b"error"
+    code: str
+    message: str
+    mid: str = ""
+    retry_after: float = 0.0
+
+
+@_server
+@dataclass(frozen=True)
+class Goodbye(Message):
+    """Answer to Bye: the session is gone."""
+
+    KIND: ClassVar[bytes] = b"bye"
+    session: str
+
+
+@_server
+@dataclass(frozen=True)
+class ServerHeartbeat(Message):
+    KIND: ClassVar[bytes] = b"hb"
+    ts: float
+
+
+@_server
+@dataclass(frozen=True)
+class Shutdown(Message):
+    KIND: ClassVar[bytes] = b"shutdown"
+    message: str
+
+
+# error codes sent in ErrorReply.code
+ERR_NAME_TAKEN = "name_taken"
+ERR_BAD_NAME = "bad_name"
+ERR_BAD_ROOM = "bad_room"
+ERR_NOT_IN_ROOM = "not_in_room"
+ERR_TOO_LONG = "too_long"
+ERR_RATE_LIMITED = "rate_limited"
+ERR_UNKNOWN_SESSION = "unknown_session"
+ERR_NOT_AUTHORISED = "not_authorised"
+
+# --------------------------------------------------------------------------------------------------
+# encode / decode
+
+
+def encode_body(msg: Message) -> bytes:
+    return _JSON_ENCODER.encode(msg.body()).encode()
+
+
+def encode_client(msg: Message) -> list[bytes]:
+    """Frames a client sends on its PUSH socket."""
+    return [VERSION, msg.KIND, encode_body(msg)]
+
+
+def encode_server(topic: bytes, msg: Message) -> list[bytes]:
+    """Frames the server publishes on PUB under ``topic``."""
+    return [topic, VERSION, msg.KIND, encode_body(msg)]
+
+
+_TYPES: dict[type[Message], list[tuple[str, type, bool]]] = {}
+
+
+def _field_types(cls: type[Message]) -> list[tuple[str, type, bool]]:
+    """(name, python type, required) per field, from the dataclass defaults (cached)."""
+    spec = _TYPES.get(cls)
+    if spec is None:
+        probe = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
+        spec = []
+        for f in fields(cls):
+            typ = probe[str(f.type)]
+            required = f.default is MISSING and f.default_factory is MISSING
+            spec.append((f.name, typ, required))
+        _TYPES[cls] = spec
+    return spec
+
+
+def _build(cls: type[Message], raw: bytes) -> Message:
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"{cls.KIND.decode()}: body is not valid UTF-8") from exc
+    except ValueError as exc:
+        raise ProtocolError(f"{cls.KIND.decode()}: body is not valid JSON ({exc.args[0][:60]})") from exc
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{cls.KIND.decode()}: body must be a JSON object")
+    kwargs: dict[str, Any] = {}
+    for name, typ, required in _field_types(cls):
+        if name not in body:
+            if required:
+                raise ProtocolError(f"{cls.KIND.decode()}: missing field {name!r}")
+            continue
+        value = body[name]
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        # bool is an int subclass in Python; JSON true must not pass as a number
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise ProtocolError(f"{cls.KIND.decode()}: field {name!r} must be {typ.__name__}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_header(version: bytes, kind: bytes, table: dict[bytes, type[Message]]) -> type[Message]:
+    if version != VERSION:
+        if version.startswith(VERSION_PREFIX):
+            raise ProtocolError(f"unsupported protocol version {version[:16]!r} (this is {VERSION.decode()})")
+        raise ProtocolError("not a zmqchat message (bad version frame)")
+    cls = table.get(kind)
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {kind[:24]!r}")
+    return cls
+
+
+def decode_client(frames: list[bytes]) -> Message:
+    """Parse what arrived on the server's PULL socket. Raises ProtocolError, nothing else."""
+    if len(frames) != 3:
+        raise ProtocolError(f"expected 3 frames, got {len(frames)}")
+    cls = _check_header(frames[0], frames[1], _CLIENT_KINDS)
+    msg = _build(cls, frames[2])
+    session = msg.session  # type: ignore[attr-defined]
+    if not SESSION_RE.fullmatch(session):
+        raise ProtocolError("invalid session id")
+    mid = getattr(msg, "mid", None)
+    if mid is not None and not 0 < len(mid) <= MAX_MID_CHARS:
+        raise ProtocolError("invalid message id")
+    return msg
+
+
+def decode_server(frames: list[bytes]) -> tuple[bytes, Message]:
+    """Parse what arrived on a client's SUB socket: (topic, message). Raises ProtocolError only."""
+    if len(frames) != 4:
+        raise ProtocolError(f"expected 4 frames, got {len(frames)}")
+    cls = _check_header(frames[1], frames[2], _SERVER_KINDS)
+    return frames[0], _build(cls, frames[3])

@@ -1,0 +1,45 @@
+"""Per-sender token buckets. Pure: the caller passes ``now``."""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    """``rate`` tokens per second, holding at most ``burst``; one message costs one token."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """Spend a token: 0.0 if allowed, otherwise the seconds to wait before one is available."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """One bucket per key (a session); ``rate`` <= 0 disables limiting."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def check(self, key: str, now: float) -> float:
+        """0.0 if ``key`` may send now, else the seconds until it may."""
+        if self.rate <= 0:
+            return 0.0
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(now)
+
+    def forget(self, key: str) -> None:
+        self._buckets.pop(key, None)

@@ -1,0 +1,139 @@
+"""The server's I/O shell: binds PULL (everything clients send) and PUB (everything it publishes), and
+runs ``ServerCore`` in one poll loop. Sockets are created, used and closed by ``run()``'s thread.
+
+Hot path: drain the PULL without blocking (up to BATCH messages), let the core sequence them, commit the
+batch's history in one transaction, then publish. PUB never blocks; a slow subscriber loses messages at
+its high-water mark and recovers them from history by sequence number.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from . import keys
+from .core import ServerCore
+
+log = logging.getLogger("zmqchat.server")
+
+BATCH = 2048  # messages drained from PULL before publishing
+PUB_HWM = 100_000  # messages queued per subscriber before PUB drops for it
+PULL_HWM = 100_000
+CLOSE_LINGER_MS = 1000  # time given to the "shutting down" notice on exit
+
+
+class Server:
+    """Runs a ServerCore on real sockets until ``stop()``. CURVE is on when ``curve_secret`` is given."""
+
+    def __init__(self, core: ServerCore, in_endpoint: str, out_endpoint: str, *, max_message_bytes: int,
+                 curve_secret: str | Path | None = None, authorized_keys: str | Path | None = None) -> None:
+        self.core = core
+        self.in_endpoint = in_endpoint
+        self.out_endpoint = out_endpoint
+        self.max_message_bytes = max_message_bytes
+        self.curve = keys.load_secret(curve_secret) if curve_secret else None
+        self.authorized_keys = Path(authorized_keys) if authorized_keys else None
+        if self.authorized_keys is not None and self.curve is None:
+            from .errors import ZmqchatError
+
+            raise ZmqchatError("--authorized-keys needs --curve-secret (CURVE must be on)")
+        self.bound_names: dict[str, str] = keys.load_allowlist(self.authorized_keys) if self.authorized_keys else {}
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._auth = None
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from a signal handler or another thread)."""
+        self._stop.set()
+
+    def reload_keys(self) -> None:
+        """Ask the loop to re-read the allowlist (SIGHUP)."""
+        self._reload.set()
+
+    def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        ctx = zmq.Context()
+        pull = ctx.socket(zmq.PULL)
+        pub = ctx.socket(zmq.PUB)
+        try:
+            self._configure(ctx, pull, pub)
+            pull.bind(self.in_endpoint)
+            pub.bind(self.out_endpoint)
+            self.in_endpoint = pull.last_endpoint.decode()
+            self.out_endpoint = pub.last_endpoint.decode()
+            if on_ready is not None:
+                on_ready()
+            self._loop(pull, pub)
+            for frames in self.core.shutdown():
+                pub.send_multipart(frames)
+        finally:
+            pull.close(linger=0)
+            pub.close(linger=CLOSE_LINGER_MS)
+            if self._auth is not None:
+                self._auth.stop()
+            self.core.history.close()
+            ctx.term()
+
+    def _configure(self, ctx: zmq.Context, pull: zmq.Socket, pub: zmq.Socket) -> None:
+        pull.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        pull.setsockopt(zmq.RCVHWM, PULL_HWM)
+        pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+        pub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        if self.curve is None:
+            return
+        from zmq.auth.thread import ThreadAuthenticator
+
+        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("zmqchat.auth"))
+        self._auth.start()
+        self._configure_auth()
+        public, secret = self.curve
+        for sock in (pull, pub):
+            sock.curve_secretkey = secret
+            sock.curve_publickey = public
+            sock.curve_server = True
+
+    def _configure_auth(self) -> None:
+        assert self._auth is not None
+        if self.authorized_keys is None:
+            self._auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        else:
+            self.bound_names = keys.load_allowlist(self.authorized_keys)
+            self._auth.configure_curve(domain="*", location=str(self.authorized_keys))
+
+    def _loop(self, pull: zmq.Socket, pub: zmq.Socket) -> None:
+        core = self.core
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        timeout_ms = max(10, int(min(0.1, core.config.heartbeat_interval / 4) * 1000))
+        curve = self.curve is not None
+        bound = self.authorized_keys is not None
+        while not self._stop.is_set():
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_keys()
+            if poller.poll(timeout_ms):
+                for _ in range(BATCH):
+                    try:
+                        if curve:
+                            parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                            key = parts[0].get("User-Id")
+                            core.receive([f.bytes for f in parts], key,
+                                         self.bound_names.get(key) if bound else None)
+                        else:
+                            core.receive(pull.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            core.tick()
+            for frames in core.flush():
+                pub.send_multipart(frames)
+
+    def _reload_keys(self) -> None:
+        try:
+            self._configure_auth()
+        except Exception as exc:  # a broken key file must not take the server down
+            log.error("could not reload authorised keys: %s", exc)
+            return
+        log.info("reloaded authorised keys: %d", len(self.bound_names))

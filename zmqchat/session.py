@@ -1,0 +1,349 @@
+"""The client's rules, sans-IO: handshake, heartbeats, ordering per room, gap recovery, resend.
+
+``ClientSession`` never touches a socket. The I/O shell (``zmqchat.client``) feeds it the frames that
+arrive on SUB (``receive``) and the passage of time (``tick``), and moves what it queues: frames for PUSH
+(``outgoing``), topics to (un)subscribe (``subscriptions``) and events for the user (``events``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import events as ev
+from . import protocol as p
+
+HELLO_RETRY = 0.25  # seconds between hellos until the welcome arrives
+RESEND_AFTER = 5.0  # seconds before an unacknowledged message is sent again
+HISTORY_RETRY = 3.0  # seconds before an unanswered history request is asked again
+DEFAULT_HEARTBEAT = 1.0  # seconds, until the server's welcome says otherwise
+LOST_AFTER_MISSES = 3  # server heartbeats missed before the connection counts as lost
+FATAL_CODES = {p.ERR_NAME_TAKEN, p.ERR_BAD_NAME, p.ERR_NOT_AUTHORISED}
+
+
+@dataclass
+class RoomSync:
+    """Ordering state of one joined room."""
+
+    last: int = 0  # newest sequence number delivered
+    synced: bool = False  # a history reply has told us where the room stands
+    buffer: dict[int, tuple[p.RoomMessage, bool]] = field(default_factory=dict)  # seq -> (msg, is history)
+    requested_at: float | None = None  # when the outstanding gap request was sent
+    gap_after: int = -1  # the ``after`` of the outstanding gap request
+    show_old: bool = False  # a /history display request is outstanding
+
+
+@dataclass
+class Pending:
+    """A message we sent and the server has not echoed yet."""
+
+    msg: p.Say
+    sent_at: float
+    not_before: float = 0.0
+
+
+class ClientSession:
+    """One chat session's protocol state. Public methods queue frames; none blocks or raises for input
+    from the server (bad frames are counted in ``bad_frames``)."""
+
+    def __init__(self, name: str, rooms: list[str] | tuple[str, ...] = ("#general"),
+                 clock: Callable[[], float] = time.monotonic, session_id: str | None = None) -> None:
+        self.name = name
+        self.clock = clock
+        self.session_id = session_id or secrets.token_hex(8)
+        self.session_topic = p.session_topic(self.session_id)
+        self.rooms: dict[str, RoomSync] = {}
+        self.current_room = rooms[0] if rooms else "#general"
+        self.state = "new"  # new -> connecting -> connected <-> lost; closing; closed
+        self.outgoing: list[list[bytes]] = []
+        self.subscriptions: list[tuple[bool, bytes]] = []  # (subscribe?, topic)
+        self.events: list[ev.Event] = []
+        self.pending: OrderedDict[str, Pending] = OrderedDict()
+        self.heartbeat_interval = DEFAULT_HEARTBEAT
+        self.max_text_bytes = p.DEFAULT_MAX_TEXT_BYTES
+        self.bad_frames = 0
+        self._counter = 0
+        self._last_heard = clock()
+        self._last_sent = 0.0
+        self._last_hello = float("-inf")
+        self._was_connected = False
+        self._throttled_until = float("-inf")
+        self._stop_and_wait = False
+        self._last_throttle_notice = float("-inf")
+        for room in rooms or [self.current_room]:
+            self.rooms[room] = RoomSync()
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        """Subscribe first (slow joiner), then say hello; hellos repeat in ``tick`` until welcomed."""
+        self.subscriptions.append((True, self.session_topic))
+        self.subscriptions.append((True, p.ALL_TOPIC))
+        for room in self.rooms:
+            self.subscriptions.append((True, p.room_topic(room)))
+        self.state = "connecting"
+        self._last_heard = self.clock()
+        self._hello()
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+    def _send(self, msg: p.Message) -> None:
+        self.outgoing.append(p.encode_client(msg))
+        self._last_sent = self.clock()
+
+    def _hello(self) -> None:
+        for sync in self.rooms.values():
+            sync.synced = False
+        last = {room: s.last for room, s in self.rooms.items() if s.last > 0}
+        self._send(p.Hello(session=self.session_id, name=self.name, rooms=list(self.rooms), last_seq=last))
+        self._last_hello = self.clock()
+
+    def tick(self) -> None:
+        """Timers: hello retries, heartbeats, loss detection, resends, unanswered history requests."""
+        now = self.clock()
+        if self.state in ("connecting", "lost"):
+            if now - self._last_hello >= (HELLO_RETRY if self.state == "connecting" else 1.0):
+                self._hello()
+            if self.state == "connecting":
+                return
+        if self.state not in ("connected", "closing"):
+            return
+        if now - self._last_heard > self.heartbeat_interval * LOST_AFTER_MISSES:
+            self.state = "lost"
+            self.events.append(ev.ConnectionLost())
+            self._hello()
+            return
+        if now - self._last_sent >= self.heartbeat_interval:
+            self._send(p.Ping(session=self.session_id))
+        for pend in self.pending.values():
+            if now >= pend.not_before and now - pend.sent_at >= RESEND_AFTER:
+                self._resend(pend, now)
+            if self._stop_and_wait:
+                break  # after a throttle: one message in flight at a time, in order
+        for room, sync in self.rooms.items():
+            if sync.requested_at is None or now - sync.requested_at < HISTORY_RETRY:
+                continue
+            if sync.synced:
+                self._request_gap(room, sync, min(sync.buffer) if sync.buffer else 0)
+            else:  # the reply to our join never came: ask again
+                sync.requested_at = now
+                self._send(p.Join(session=self.session_id, room=room, last_seq=sync.last if sync.last else -1))
+
+    def _resend(self, pend: Pending, now: float) -> None:
+        pend.sent_at = now
+        self._send(pend.msg)
+
+    # -- user actions
+
+    def say(self, text: str, room: str | None = None, action: bool = False) -> str:
+        """Queue a chat message for ``room`` (default: the current room); returns its message id."""
+        self._counter += 1
+        mid = f"{self.session_id}.{self._counter}"
+        msg = p.Say(session=self.session_id, room=room or self.current_room, text=text, mid=mid, action=action)
+        now = self.clock()
+        self.pending[mid] = Pending(msg, now, self._throttled_until)
+        if self.state == "connected" and not self._stop_and_wait:
+            self._send(msg)
+        else:
+            self.pending[mid].sent_at = float("-inf")  # tick() sends it when allowed
+        return mid
+
+    def join(self, room: str) -> None:
+        """Subscribe to ``room`` (before asking, so nothing published after the join is missed)."""
+        self.current_room = room
+        if room in self.rooms:
+            return
+        self.rooms[room] = RoomSync(requested_at=self.clock())
+        self.subscriptions.append((True, p.room_topic(room)))
+        self._send(p.Join(session=self.session_id, room=room))
+
+    def part(self, room: str | None = None) -> str:
+        """Leave ``room`` (default: the current one); returns the room left."""
+        room = room or self.current_room
+        if self.rooms.pop(room, None) is not None:
+            self.subscriptions.append((False, p.room_topic(room)))
+            self._send(p.Part(session=self.session_id, room=room))
+        if room == self.current_room:
+            self.current_room = next(iter(self.rooms), "")
+        return room
+
+    def who(self, room: str = "") -> None:
+        self._send(p.WhoRequest(session=self.session_id, room=room))
+
+    def list_rooms(self) -> None:
+        self._send(p.RoomsRequest(session=self.session_id))
+
+    def stats(self) -> None:
+        self._send(p.StatsRequest(session=self.session_id))
+
+    def history(self, count: int = 20, room: str | None = None) -> None:
+        """Ask to see the last ``count`` messages of ``room`` again."""
+        room = room or self.current_room
+        sync = self.rooms.get(room)
+        if sync is not None:
+            sync.show_old = True
+        self._send(p.HistoryRequest(session=self.session_id, room=room, after=0, before=0, limit=count))
+
+    def bye(self) -> None:
+        self.state = "closing"
+        self._send(p.Bye(session=self.session_id))
+
+    # -- from the server
+
+    def receive(self, frames: list[bytes]) -> None:
+        """Handle one message from the SUB socket."""
+        try:
+            topic, msg = p.decode_server(frames)
+        except p.ProtocolError:
+            self.bad_frames += 1
+            return
+        self._last_heard = self.clock()
+        if self.state == "lost" and not isinstance(msg, (p.Welcome, p.ErrorReply)):
+            # the server is back but does not know us yet: hello goes out from tick()
+            return
+        handler = getattr(self, "_on_" + type(msg).__name__, None)
+        if handler is not None:
+            handler(msg)
+
+    def _on_Welcome(self, msg: p.Welcome) -> None:
+        if self.state == "closing":
+            return
+        if self.state != "connected":
+            self.heartbeat_interval = msg.heartbeat_interval
+            self.max_text_bytes = msg.max_text_bytes
+            self.events.append(ev.Connected(msg.name, msg.motd, reconnected=self._was_connected))
+            self.state = "connected"
+            self._was_connected = True
+            now = self.clock()
+            for pend in self.pending.values():
+                if now >= pend.not_before:
+                    self._resend(pend, now)
+
+    def _on_RoomMessage(self, msg: p.RoomMessage, history: bool = False) -> None:
+        sync = self.rooms.get(msg.room)
+        if sync is None:
+            return
+        if msg.sender == self.name:
+            self._acked(msg.mid)
+        if msg.seq <= sync.last:
+            if history and sync.show_old:
+                self.events.append(self._event(msg, True))
+            return
+        sync.buffer[msg.seq] = (msg, history)
+        if sync.synced:
+            self._flush(msg.room, sync)
+
+    def _on_HistoryMessage(self, msg: p.HistoryMessage) -> None:
+        self._on_RoomMessage(msg, history=True)
+
+    def _on_HistoryEnd(self, msg: p.HistoryEnd) -> None:
+        sync = self.rooms.get(msg.room)
+        if sync is None:
+            return
+        sync.show_old = False
+        if sync.synced and msg.after != sync.gap_after:
+            return  # a /history display reply: nothing to reorder
+        missing = 0
+        if sync.synced:
+            missing = sum(1 for s in range(sync.last + 1, msg.upto + 1) if s not in sync.buffer)
+        for seq in sorted(s for s in sync.buffer if s <= msg.upto):
+            message, history = sync.buffer.pop(seq)
+            self.events.append(self._event(message, history))
+        sync.last = max(sync.last, msg.upto)
+        sync.synced = True
+        sync.requested_at = None
+        sync.gap_after = -1
+        if missing:
+            self.events.append(ev.Notice(f"{missing} message(s) in {msg.room} are no longer in history"))
+        self._flush(msg.room, sync)
+
+    def _flush(self, room: str, sync: RoomSync) -> None:
+        """Deliver buffered messages that continue the sequence; ask for the gap if one remains."""
+        while sync.last + 1 in sync.buffer:
+            sync.last += 1
+            message, history = sync.buffer.pop(sync.last)
+            self.events.append(self._event(message, history))
+        if sync.buffer and sync.requested_at is None:
+            self._request_gap(room, sync, min(sync.buffer))
+
+    def _request_gap(self, room: str, sync: RoomSync, before: int) -> None:
+        sync.requested_at = self.clock()
+        sync.gap_after = sync.last
+        self._send(p.HistoryRequest(session=self.session_id, room=room, after=sync.last, before=before,
+                                    limit=max(1, before - sync.last - 1) if before else 1000))
+
+    def _event(self, msg: p.RoomMessage, history: bool) -> ev.Message:
+        return ev.Message(room=msg.room, seq=msg.seq, ts=msg.ts, sender=msg.sender, text=msg.text,
+                          action=msg.action, history=history, own=msg.sender == self.name)
+
+    def _on_Ack(self, msg: p.Ack) -> None:
+        self._acked(msg.mid)
+
+    def _acked(self, mid: str) -> None:
+        if self.pending.pop(mid, None) is None or not self._stop_and_wait:
+            return
+        if not self.pending:
+            self._stop_and_wait = False
+            return
+        pend = next(iter(self.pending.values()))
+        now = self.clock()
+        if now >= pend.not_before:
+            self._resend(pend, now)
+
+    def _on_PresenceEvent(self, msg: p.PresenceEvent) -> None:
+        if msg.room in self.rooms and self.state == "connected":
+            self.events.append(ev.Presence(msg.room, msg.name, msg.event, msg.ts))
+
+    def _on_WhoReply(self, msg: p.WhoReply) -> None:
+        self.events.append(ev.Who(msg.rooms))
+
+    def _on_RoomsReply(self, msg: p.RoomsReply) -> None:
+        self.events.append(ev.Rooms(msg.rooms))
+
+    def _on_StatsReply(self, msg: p.StatsReply) -> None:
+        self.events.append(ev.Stats(msg.stats))
+
+    def _on_ErrorReply(self, msg: p.ErrorReply) -> None:
+        if msg.code == p.ERR_UNKNOWN_SESSION:
+            if self.state in ("connected", "lost"):
+                self.state = "lost"
+                self._hello()
+            return
+        if msg.code == p.ERR_RATE_LIMITED and msg.mid in self.pending:
+            # Hold this and every later message until the bucket refills, so order is kept.
+            self._throttled_until = self.clock() + msg.retry_after
+            self._stop_and_wait = True
+            for pend in self.pending.values():
+                pend.not_before = max(pend.not_before, self._throttled_until)
+                pend.sent_at = float("-inf")
+            self._rate_limited_notice(msg)
+            return
+        if msg.mid:
+            self._acked(msg.mid)
+        fatal = msg.code in FATAL_CODES and self.state != "connected"
+        self.events.append(ev.Error(msg.code, msg.message, fatal=fatal))
+
+    def _rate_limited_notice(self, msg: p.ErrorReply) -> None:
+        # One notice per throttled burst, not one per message.
+        now = self.clock()
+        if now - self._last_throttle_notice > 2.0:
+            self._last_throttle_notice = now
+            self.events.append(ev.Notice(f"sending too fast; queued messages will follow ({msg.message})"))
+
+    def _on_Goodbye(self, msg: p.Goodbye) -> None:
+        self.state = "closed"
+        self.events.append(ev.Closed())
+
+    def _on_ServerHeartbeat(self, msg: p.ServerHeartbeat) -> None:
+        pass  # liveness was recorded in receive()
+
+    def _on_Shutdown(self, msg: p.Shutdown) -> None:
+        self.events.append(ev.ServerShutdown(msg.message))
+        if self.state == "connected":
+            self.state = "lost"
+            self.events.append(ev.ConnectionLost())
