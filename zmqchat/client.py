@@ -28,6 +28,7 @@ from .session import ClientSession
 TICK = 0.05  # seconds: the longest the loop sleeps before running the session's timers
 CLOSE_LINGER_MS = 500  # bounded linger: enough to flush a goodbye, never a hang on exit
 PUSH_HWM = 10_000
+SUB_HWM = 100_000
 
 
 def endpoints(host: str = "127.0.0.1", port: int = 4444, in_endpoint: str | None = None,
@@ -43,7 +44,8 @@ class Client:
     def __init__(self, name: str, *, host: str = "127.0.0.1", port: int = 4444, in_endpoint: str | None = None,
                  out_endpoint: str | None = None, rooms: list[str] | tuple[str, ...] = ("#general",),
                  curve_secret: str | Path | None = None, server_key: str | Path | None = None,
-                 connect_timeout: float = 5.0, context: zmq.Context | None = None, connect: bool = True) -> None:
+                 connect_timeout: float = 5.0, context: zmq.Context | None = None, connect: bool = True,
+                 rcvhwm: int = SUB_HWM) -> None:
         problem = p.name_problem(name)
         if problem:
             raise ZmqchatError(f"invalid name {name!r}: {problem}")
@@ -54,6 +56,7 @@ class Client:
         self.in_endpoint, self.out_endpoint = endpoints(host, port, in_endpoint, out_endpoint)
         self.session = ClientSession(name, rooms)
         self.connect_timeout = connect_timeout
+        self.rcvhwm = rcvhwm
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._curve = _load_curve(curve_secret, server_key)
@@ -91,7 +94,7 @@ class Client:
         # IMMEDIATE: never queue for a server that is not there; the session resends what matters.
         self._push.setsockopt(zmq.IMMEDIATE, 1)
         self._push.setsockopt(zmq.SNDHWM, PUSH_HWM)
-        self._sub.setsockopt(zmq.RCVHWM, 0)  # we never want the local queue to drop; the server's PUB bounds it
+        self._sub.setsockopt(zmq.RCVHWM, self.rcvhwm)  # bounded: what overflows is recovered from history
         for sock in (self._push, self._sub):
             sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)

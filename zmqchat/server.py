@@ -30,8 +30,10 @@ class Server:
     """Runs a ServerCore on real sockets until ``stop()``. CURVE is on when ``curve_secret`` is given."""
 
     def __init__(self, core: ServerCore, in_endpoint: str, out_endpoint: str, *, max_message_bytes: int,
-                 curve_secret: str | Path | None = None, authorized_keys: str | Path | None = None) -> None:
+                 curve_secret: str | Path | None = None, authorized_keys: str | Path | None = None,
+                 pub_hwm: int = PUB_HWM) -> None:
         self.core = core
+        self.pub_hwm = pub_hwm
         self.in_endpoint = in_endpoint
         self.out_endpoint = out_endpoint
         self.max_message_bytes = max_message_bytes
@@ -80,7 +82,7 @@ class Server:
     def _configure(self, ctx: zmq.Context, pull: zmq.Socket, pub: zmq.Socket) -> None:
         pull.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         pull.setsockopt(zmq.RCVHWM, PULL_HWM)
-        pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+        pub.setsockopt(zmq.SNDHWM, self.pub_hwm)
         pub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         if self.curve is None:
             return

@@ -34,6 +34,7 @@ class RoomSync:
     requested_at: float | None = None  # when the outstanding gap request was sent
     gap_after: int = -1  # the ``after`` of the outstanding gap request
     show_old: bool = False  # a /history display request is outstanding
+    joined: bool = False  # the server has confirmed our join (we told the user)
 
 
 @dataclass
@@ -49,10 +50,12 @@ class ClientSession:
     """One chat session's protocol state. Public methods queue frames; none blocks or raises for input
     from the server (bad frames are counted in ``bad_frames``)."""
 
-    def __init__(self, name: str, rooms: list[str] | tuple[str, ...] = ("#general"),
-                 clock: Callable[[], float] = time.monotonic, session_id: str | None = None) -> None:
+    def __init__(self, name: str, rooms: list[str] | tuple[str, ...] = ("#general",),
+                 clock: Callable[[], float] = time.monotonic, session_id: str | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.clock = clock
+        self.clock_ts = wall_clock
         self.session_id = session_id or secrets.token_hex(8)
         self.session_topic = p.session_topic(self.session_id)
         self.rooms: dict[str, RoomSync] = {}
@@ -248,6 +251,10 @@ class ClientSession:
         sync.show_old = False
         if sync.synced and msg.after != sync.gap_after:
             return  # a /history display reply: nothing to reorder
+        if not sync.joined:
+            # Our own join, confirmed on our session topic: the room-topic notice may beat our subscription.
+            sync.joined = True
+            self.events.append(ev.Presence(msg.room, self.name, "join", self.clock_ts()))
         missing = 0
         if sync.synced:
             missing = sum(1 for s in range(sync.last + 1, msg.upto + 1) if s not in sync.buffer)
@@ -296,7 +303,7 @@ class ClientSession:
             self._resend(pend, now)
 
     def _on_PresenceEvent(self, msg: p.PresenceEvent) -> None:
-        if msg.room in self.rooms and self.state == "connected":
+        if msg.room in self.rooms and self.state == "connected" and msg.name != self.name:
             self.events.append(ev.Presence(msg.room, msg.name, msg.event, msg.ts))
 
     def _on_WhoReply(self, msg: p.WhoReply) -> None:

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="messages per second per client, 0 for no limit (default: %(default)s)")
     limits.add_argument("--burst", type=float, default=60.0,
                         help="messages a client may send at once before the rate applies (default: %(default)s)")
+    limits.add_argument("--pub-hwm", type=int, default=100_000,
+                        help="messages queued per subscriber before PUB drops for it; a client that falls "
+                        "behind recovers from history (default: %(default)s)")
     sec = parser.add_argument_group("security (CURVE)")
     sec.add_argument("--curve-secret", help="server secret key file; turns CURVE on")
     sec.add_argument("--authorized-keys", help="directory of client public keys allowed in, each bound to a name; "
@@ -103,7 +106,7 @@ def serve(args: argparse.Namespace) -> int:
                           burst=args.burst, max_text_bytes=args.max_text_bytes,
                           max_message_bytes=args.max_message_bytes, stats_interval=args.stats_interval)
     server = Server(ServerCore(config, history), in_ep, out_ep, max_message_bytes=args.max_message_bytes,
-                    curve_secret=args.curve_secret, authorized_keys=args.authorized_keys)
+                    curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=args.pub_hwm)
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     if hasattr(signal, "SIGHUP"):
