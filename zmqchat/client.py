@@ -28,7 +28,7 @@ from .session import ClientSession
 TICK = 0.05  # seconds: the longest the loop sleeps before running the session's timers
 CLOSE_LINGER_MS = 500  # bounded linger: enough to flush a goodbye, never a hang on exit
 PUSH_HWM = 10_000
-SUB_HWM = 100_000
+SUB_HWM = 1000
 
 
 def endpoints(host: str = "127.0.0.1", port: int = 4444, in_endpoint: str | None = None,
@@ -125,13 +125,15 @@ class Client:
                     f"no answer from a zmqchat server at {self.in_endpoint} within {timeout:g}s"
                     + (" (check --server-key and that your key is authorised)" if self._curve else ""))
                 raise ConnectError(why)
-            for event in self._pump(remaining):
+            found = self._pump(remaining)
+            for event in found:
                 if isinstance(event, ev.Error) and event.fatal:
                     self.close(linger=0)
                     raise ConnectError(event.message)
-                self._queue.append(event)
-                if isinstance(event, ev.Connected):
-                    return event
+            self._queue.extend(found)
+            welcome = next((e for e in found if isinstance(e, ev.Connected)), None)
+            if welcome is not None:
+                return welcome
 
     def close(self, linger: float = 1.0) -> None:
         """Say goodbye (waiting up to ``linger`` seconds for the server to confirm), close the sockets."""

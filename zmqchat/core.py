@@ -127,7 +127,9 @@ class ServerCore:
             self._announce_leave(member, "timeout", now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
-            self._publish(p.ALL_TOPIC, p.ServerHeartbeat(ts=now))
+            # Newest seq of each occupied room: lets a client notice it lost the tail of a burst.
+            seqs = {room: self.history.last_seq(room) for room in self.presence.room_counts()}
+            self._publish(p.ALL_TOPIC, p.ServerHeartbeat(ts=now, seqs=seqs))
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_interval
             log.info("stats %s", " ".join(f"{k}={v}" for k, v in self.snapshot().items()))
@@ -183,12 +185,17 @@ class ServerCore:
 
     def _send_history(self, member: Member, room: str, after: int, before: int, limit: int) -> None:
         topic = p.session_topic(member.session)
-        rows = self.history.range(room, after, before, min(limit, self.config.max_history_reply))
+        limit = min(limit, self.config.max_history_reply)
+        # after > 0 continues from a known point (gap fill): oldest first, and ``upto`` stops where the
+        # reply stops, so the client asks for the rest. after == 0 is a backlog: the newest messages.
+        rows = self.history.range(room, after, before, limit, newest=after <= 0)
         for _seq, body in rows:
             self.out.append([topic, p.VERSION, p.HistoryMessage.KIND, body])
         last = self.history.last_seq(room)
         upto = min(before - 1, last) if before > 0 else last
-        self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows)))
+        if after > 0 and len(rows) == limit:
+            upto = rows[-1][0]
+        self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last))
 
     # -- handlers, one per client message kind
 

@@ -117,14 +117,20 @@ class History:
 
     # -- queries
 
-    def range(self, room: str, after: int = 0, before: int = 0, limit: int = 100) -> list[tuple[int, bytes]]:
-        """Messages with ``after < seq < before`` (``before`` 0: no upper bound); the newest ``limit``."""
+    def range(self, room: str, after: int = 0, before: int = 0, limit: int = 100,
+              newest: bool = True) -> list[tuple[int, bytes]]:
+        """Messages with ``after < seq < before`` (``before`` 0: no upper bound), in order: the newest
+        ``limit`` of them, or with ``newest=False`` the oldest ``limit`` (to fill a gap from its start)."""
         store = self._rooms.get(room)
         if not store or limit <= 0:
             return []
         first = store[0][0]
         end = len(store) if before <= 0 else max(0, min(len(store), before - first))
-        start = max(0, after + 1 - first, end - limit)
+        start = max(0, after + 1 - first)
+        if newest:
+            start = max(start, end - limit)
+        else:
+            end = min(end, start + limit)
         if start >= end:
             return []
         return list(islice(store, start, end))

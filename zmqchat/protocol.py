@@ -267,6 +267,7 @@ class HistoryEnd(Message):
     after: int
     upto: int
     count: int
+    newest: int = 0  # the room's newest sequence number; more than upto means "ask again from upto"
 
 
 @_server
@@ -339,6 +340,7 @@ class Goodbye(Message):
 class ServerHeartbeat(Message):
     KIND: ClassVar[bytes] = b"hb"
     ts: float
+    seqs: dict = field(default_factory=dict)  # room -> newest sequence number, for occupied rooms
 
 
 @_server

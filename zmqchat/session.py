@@ -18,6 +18,7 @@ from . import protocol as p
 
 HELLO_RETRY = 0.25  # seconds between hellos until the welcome arrives
 RESEND_AFTER = 5.0  # seconds before an unacknowledged message is sent again
+GAP_CHUNK = 200  # messages asked for per gap request: small enough to pass the server's PUB queue
 HISTORY_RETRY = 3.0  # seconds before an unanswered history request is asked again
 DEFAULT_HEARTBEAT = 1.0  # seconds, until the server's welcome says otherwise
 LOST_AFTER_MISSES = 3  # server heartbeats missed before the connection counts as lost
@@ -35,6 +36,7 @@ class RoomSync:
     gap_after: int = -1  # the ``after`` of the outstanding gap request
     show_old: bool = False  # a /history display request is outstanding
     joined: bool = False  # the server has confirmed our join (we told the user)
+    newest: int = 0  # the newest sequence number the server has told us of
 
 
 @dataclass
@@ -100,8 +102,10 @@ class ClientSession:
         self._last_sent = self.clock()
 
     def _hello(self) -> None:
+        now = self.clock()
         for sync in self.rooms.values():
             sync.synced = False
+            sync.requested_at = now  # the hello's history reply is due; asked again if it never comes
         last = {room: s.last for room, s in self.rooms.items() if s.last > 0}
         self._send(p.Hello(session=self.session_id, name=self.name, rooms=list(self.rooms), last_seq=last))
         self._last_hello = self.clock()
@@ -238,6 +242,7 @@ class ClientSession:
                 self.events.append(self._event(msg, True))
             return
         sync.buffer[msg.seq] = (msg, history)
+        sync.newest = max(sync.newest, msg.seq)
         if sync.synced:
             self._flush(msg.room, sync)
 
@@ -262,6 +267,7 @@ class ClientSession:
             message, history = sync.buffer.pop(seq)
             self.events.append(self._event(message, history))
         sync.last = max(sync.last, msg.upto)
+        sync.newest = max(sync.newest, msg.newest)
         sync.synced = True
         sync.requested_at = None
         sync.gap_after = -1
@@ -275,14 +281,18 @@ class ClientSession:
             sync.last += 1
             message, history = sync.buffer.pop(sync.last)
             self.events.append(self._event(message, history))
-        if sync.buffer and sync.requested_at is None:
+        if sync.requested_at is not None:
+            return
+        if sync.buffer:
             self._request_gap(room, sync, min(sync.buffer))
+        elif sync.newest > sync.last:  # the tail of a burst never reached us
+            self._request_gap(room, sync, sync.newest + 1)
 
     def _request_gap(self, room: str, sync: RoomSync, before: int) -> None:
         sync.requested_at = self.clock()
         sync.gap_after = sync.last
         self._send(p.HistoryRequest(session=self.session_id, room=room, after=sync.last, before=before,
-                                    limit=max(1, before - sync.last - 1) if before else 1000))
+                                    limit=min(GAP_CHUNK, max(1, before - sync.last - 1)) if before else GAP_CHUNK))
 
     def _event(self, msg: p.RoomMessage, history: bool) -> ev.Message:
         return ev.Message(room=msg.room, seq=msg.seq, ts=msg.ts, sender=msg.sender, text=msg.text,
@@ -347,7 +357,12 @@ class ClientSession:
         self.events.append(ev.Closed())
 
     def _on_ServerHeartbeat(self, msg: p.ServerHeartbeat) -> None:
-        pass  # liveness was recorded in receive()
+        for room, newest in msg.seqs.items():
+            sync = self.rooms.get(room)
+            if sync is not None and isinstance(newest, int) and newest > sync.newest:
+                sync.newest = newest
+                if sync.synced:
+                    self._flush(room, sync)
 
     def _on_Shutdown(self, msg: p.Shutdown) -> None:
         self.events.append(ev.ServerShutdown(msg.message))

@@ -1,0 +1,816 @@
+#!/usr/bin/env python3
+"""Benchmark: the zmqchat server against libzmq's own ``zmq.proxy`` (PULL -> PUB), side by side.
+
+Both relays run on 127.0.0.1 (free random ports), one after the other in the same run, and are driven
+by the very same publisher and subscriber processes:
+
+* publishers (spawned processes) send raw zmqchat frames on a PUSH. To zmqchat they send a Hello
+  (joining the bench room, waiting for the Welcome on their session topic) and then ``Say`` messages,
+  exactly as ``protocol.encode_client`` makes them. To the proxy they send 4-frame messages
+  ``[room topic, VERSION, b"msg", RoomMessage body]``: the same shape and size as what zmqchat
+  publishes, so that the subscribers receive the same bytes from both.
+* subscribers (spawned processes, one SUB each, RCVHWM 0) subscribe to the room topic and only count
+  and timestamp. The chat text carries a marker, a sequence number and a CLOCK_MONOTONIC send time in
+  nanoseconds (comparable across processes of one Linux host), so end-to-end latency needs no parsing
+  beyond one ``bytes.find``.
+
+Two phases per relay: full speed (``--count`` messages to ``--subs`` subscribers; delivered messages/s)
+and paced (``--rate`` msg/s for ``--latency-seconds`` to ``--latency-subs`` subscribers; p50/p99/max).
+Every child is started here, is bounded in time (its own deadline, PR_SET_PDEATHSIG, a global alarm)
+and is stopped by its own pid. ``--json`` prints one summary object.
+
+    python scripts/bench.py                      # defaults: persistence on, no CURVE
+    python scripts/bench.py --no-persist --curve --json
+    python scripts/bench.py --profile /tmp/prof  # the zmqchat server runs under cProfile
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from array import array
+from pathlib import Path
+
+ROOM = "#bench"
+MARK_WARM = ord("W")
+MARK_DATA = ord("B")
+TEXT_FIXED = 32  # marker + 10-digit seq + space + 19-digit send time + space
+TEXT_KEY = b'"text":"'
+PROXY_HWM = 100_000  # the same high-water marks as the zmqchat server (PULL and PUB)
+
+
+# --------------------------------------------------------------------------------------------------
+# process hygiene
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGTERM when the process that started us dies, so nothing outlives the bench."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def free_port_pair() -> int:
+    """A port P on 127.0.0.1 with P and P+1 both free right now."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port >= 65534:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc (0.0 where /proc is missing)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# frames: one template per (system, publisher), spliced per message
+
+
+class FrameMaker:
+    """Builds the frames one publisher sends: ``make(marker, seq, ts_ns, phase)`` -> list[bytes].
+
+    zmqchat: ``encode_client(Say(...))`` (checked byte for byte at construction).
+    proxy:   ``[room_topic, VERSION, b"msg", encode_body(RoomMessage(...))]``, what zmqchat publishes.
+    """
+
+    def __init__(self, system: str, size: int, session: str, name: str) -> None:
+        from zmqchat import protocol as p
+
+        if size < TEXT_FIXED:
+            raise ValueError(f"--size must be at least {TEXT_FIXED}")
+        self.system = system
+        self.pad = "x" * (size - TEXT_FIXED)
+        text_ph, mid_ph = "QQTEXTQQ", "QQMIDQQ"
+        if system == "zmqchat":
+            msg = p.Say(session=session, room=ROOM, text=text_ph + self.pad, mid=mid_ph)
+            self.head = [p.VERSION, p.Say.KIND]
+        else:
+            # seq and ts are constants of realistic width: the body has the size zmqchat's has
+            msg = p.RoomMessage(room=ROOM, seq=1_000_000, ts=1_700_000_000.123456, sender=name,
+                                text=text_ph + self.pad, mid=mid_ph)
+            self.head = [p.room_topic(ROOM), p.VERSION, p.RoomMessage.KIND]
+        body = p.encode_body(msg)
+        pre, rest = body.split(text_ph.encode())
+        between, post = rest.split(mid_ph.encode())
+        self.a, self.b, self.c = pre, between, post  # between = padding + '","mid":"' 
+        if system == "zmqchat":
+            sample = p.Say(session=session, room=ROOM, text=self._text(MARK_DATA, 7, 12345).decode(),
+                           mid=self._mid(MARK_DATA, 7, "t").decode())
+            assert self.make(MARK_DATA, 7, 12345, "t") == p.encode_client(sample), "frame template mismatch"
+
+    def _text(self, marker: int, seq: int, ts: int) -> bytes:
+        return b"%c%010d %019d " % (marker, seq, ts) + self.pad.encode()
+
+    @staticmethod
+    def _mid(marker: int, seq: int, phase: str) -> bytes:
+        return b"%s%c%010d" % (phase.encode(), marker, seq)
+
+    def make(self, marker: int, seq: int, ts: int, phase: str) -> list[bytes]:
+        body = b"".join((self.a, b"%c%010d %019d " % (marker, seq, ts), self.b,
+                         b"%s%c%010d" % (phase.encode(), marker, seq), self.c))
+        return [*self.head, body]
+
+
+def _fast_maker(maker: FrameMaker):
+    """The per-message hot path of a publisher, with everything constant bound once."""
+    a, b = maker.a, maker.b  # b holds the padding of the text, then the JSON up to the mid
+    c = maker.c
+    head = maker.head
+
+    def make(marker: int, seq: int, ts: int, phase: bytes) -> list[bytes]:
+        return [*head, b"%b%c%010d %019d %b%b%c%010d%b" % (a, marker, seq, ts, b, phase, marker, seq, c)]
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------------
+# subscriber worker: counts and timestamps, nothing else
+
+
+def sub_worker(wid: int, jobs: mp.Queue, results: mp.Queue, life_end: float) -> None:
+    die_with_parent()
+    import zmq
+
+    ctx = zmq.Context()
+    try:
+        while True:
+            try:
+                job = jobs.get(timeout=max(0.1, life_end - time.time()))
+            except queue.Empty:
+                break
+            if job is None:
+                break
+            try:
+                results.put(_run_sub(ctx, wid, job, results))
+            except Exception as exc:  # report, never hang the bench
+                results.put(("subdone", wid, {"error": repr(exc)}))
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _run_sub(ctx, wid: int, job: dict, results: mp.Queue):
+    import zmq
+
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.setsockopt(zmq.LINGER, 0)
+    if job.get("curve"):
+        sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = job["curve"]
+    sock.connect(job["endpoint"])
+    sock.setsockopt(zmq.SUBSCRIBE, job["topic"])
+    expected, idle, latency = job["expected"], job["idle"], job["latency"]
+    deadline = time.monotonic() + job["timeout"]
+    lats = array("q")
+    warm = False
+    n = 0
+    t_first = t_last = 0
+    others = 0
+    mono_ns = time.monotonic_ns
+    recv = sock.recv_multipart
+    noblock = zmq.NOBLOCK
+    try:
+        while n < expected:
+            if not sock.poll(100):
+                now = time.monotonic()
+                if now > deadline or (n and now - t_last / 1e9 > idle):
+                    break
+                continue
+            while True:
+                try:
+                    frames = recv(noblock)
+                except zmq.Again:
+                    break
+                t = mono_ns()
+                body = frames[-1]
+                i = body.find(TEXT_KEY)
+                if i < 0:
+                    others += 1  # presence events etc. on the room topic
+                    continue
+                mark = body[i + 8]
+                if mark == MARK_DATA:
+                    n += 1
+                    t_last = t
+                    if n == 1:
+                        t_first = t
+                    if latency:
+                        lats.append(t - int(body[i + 20:i + 39]))
+                    if n >= expected:
+                        break
+                elif mark == MARK_WARM and not warm:
+                    warm = True
+                    results.put(("warm", wid))
+    finally:
+        sock.close(linger=0)
+    return ("subdone", wid, {"n": n, "t_first": t_first, "t_last": t_last, "others": others,
+                             "lats": lats.tobytes() if latency else b""})
+
+
+# --------------------------------------------------------------------------------------------------
+# publisher worker
+
+
+def pub_worker(k: int, jobs: mp.Queue, ctrl: mp.Queue, results: mp.Queue, life_end: float) -> None:
+    die_with_parent()
+    import zmq
+
+    ctx = zmq.Context()
+    try:
+        while True:
+            try:
+                job = jobs.get(timeout=max(0.1, life_end - time.time()))
+            except queue.Empty:
+                break
+            if job is None:
+                break
+            try:
+                results.put(_run_pub(ctx, k, job, ctrl, results))
+            except Exception as exc:
+                results.put(("pubdone", k, {"error": repr(exc)}))
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
+    import zmq
+
+    from zmqchat import protocol as p
+
+    system, curve = job["system"], job.get("curve")
+    session = name = f"bench{os.getpid()}p{k}"
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 10_000)  # the tail of the stream is still sent after close()
+    socks = [push]
+    replies = None
+    if system == "zmqchat":
+        replies = ctx.socket(zmq.SUB)
+        replies.setsockopt(zmq.RCVHWM, 0)
+        replies.setsockopt(zmq.LINGER, 0)
+        socks.append(replies)
+    for sock in socks:
+        if curve:
+            sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = curve
+    push.connect(job["in_endpoint"])
+    welcome_after = 0.0
+    try:
+        if replies is not None:  # subscribe first, then hello until the welcome arrives (slow joiner)
+            replies.connect(job["out_endpoint"])
+            replies.setsockopt(zmq.SUBSCRIBE, p.session_topic(session))
+            hello = p.encode_client(p.Hello(session=session, name=name, rooms=[ROOM]))
+            start = time.monotonic()
+            done = False
+            while not done:
+                if time.monotonic() - start > job["timeout"]:
+                    raise RuntimeError("no welcome from the zmqchat server")
+                push.send_multipart(hello)
+                if replies.poll(250):
+                    while replies.poll(0):
+                        _topic, msg = p.decode_server(replies.recv_multipart())
+                        if isinstance(msg, p.Welcome):
+                            done = True
+                        elif isinstance(msg, p.ErrorReply):
+                            raise RuntimeError(f"server refused hello: {msg.code} {msg.message}")
+            welcome_after = time.monotonic() - start
+        make = _fast_maker(FrameMaker(system, job["size"], session, name))
+        phase = job["phase"].encode()
+        send = push.send_multipart
+        mono_ns = time.monotonic_ns
+        # warm up until the orchestrator has heard from every subscriber
+        results.put(("pubready", k))
+        w = 0
+        go = None
+        warm_end = time.monotonic() + job["timeout"]
+        while go is None:
+            send(make(MARK_WARM, w, mono_ns(), phase))
+            w += 1
+            try:
+                go = ctrl.get(timeout=0.02)
+            except queue.Empty:
+                if time.monotonic() > warm_end:
+                    raise RuntimeError("subscribers never warmed up") from None
+        if go == "abort":
+            return ("pubdone", k, {"error": "aborted"})
+        count, rate = job["count"], job["rate"]
+        first = job["first_seq"]
+        t_start = mono_ns()
+        if rate <= 0:
+            for seq in range(first, first + count):
+                send(make(MARK_DATA, seq, mono_ns(), phase))
+        else:
+            interval = 1e9 / rate
+            sleep = time.sleep
+            for i in range(count):
+                target = t_start + int(i * interval)
+                now = mono_ns()
+                if target > now:
+                    sleep((target - now) / 1e9)
+                send(make(MARK_DATA, first + i, mono_ns(), phase))
+        t_end = mono_ns()
+        errors: dict[str, int] = {}
+        if replies is not None:  # what the server said to this session: refusals, duplicate acks
+            end = time.monotonic() + 0.2
+            while time.monotonic() < end:
+                if not replies.poll(50):
+                    continue
+                _topic, msg = p.decode_server(replies.recv_multipart())
+                kind = msg.code if isinstance(msg, p.ErrorReply) else msg.KIND.decode()
+                if isinstance(msg, (p.ErrorReply, p.Ack)):
+                    errors[kind] = errors.get(kind, 0) + 1
+        return ("pubdone", k, {"t_start": t_start, "t_end": t_end, "sent": count, "warm_sent": w,
+                               "welcome_s": welcome_after, "replies": errors})
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# the proxy baseline child: python bench.py --proxy-child IN OUT [SECRET]
+
+
+def proxy_child(in_ep: str, out_ep: str, secret_file: str, lifetime: float) -> int:
+    die_with_parent()
+    import zmq
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    ctx = zmq.Context()
+    pull, pub = ctx.socket(zmq.PULL), ctx.socket(zmq.PUB)
+    pull.setsockopt(zmq.RCVHWM, PROXY_HWM)
+    pub.setsockopt(zmq.SNDHWM, PROXY_HWM)
+    if secret_file:
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        auth = ThreadAuthenticator(ctx)  # the same ZAP setup as the zmqchat server: any client key
+        auth.start()
+        auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        public, secret = zmq.auth.load_certificate(secret_file)
+        for sock in (pull, pub):
+            sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+    pull.bind(in_ep)
+    pub.bind(out_ep)
+    threading.Thread(target=zmq.proxy, args=(pull, pub), daemon=True).start()
+    print("ready", flush=True)
+    stop.wait(lifetime)
+    os._exit(0)  # the proxy thread owns the sockets; do not wait for it
+
+
+# --------------------------------------------------------------------------------------------------
+# orchestration
+
+
+class Relay:
+    """One relay under test, as a child process: zmqchat's server or the zmq.proxy baseline."""
+
+    def __init__(self, system: str, args: argparse.Namespace, tmp: Path, curve: dict | None, lifetime: float):
+        self.system = system
+        self.port = free_port_pair()
+        self.in_ep = f"tcp://127.0.0.1:{self.port}"
+        self.out_ep = f"tcp://127.0.0.1:{self.port + 1}"
+        self.log = tmp / f"{system}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQCHAT_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        if system == "zmqchat":
+            argv = [sys.executable]
+            if args.profile:
+                Path(args.profile).mkdir(parents=True, exist_ok=True)
+                self.prof = str(Path(args.profile) / "server.prof")
+                argv += ["-m", "cProfile", "-o", self.prof]
+            argv += ["-m", "zmqchat.cli.server", "--host", "127.0.0.1", "--port", str(self.port), "--rate", "0",
+                     "--quiet", "--stats-interval", "0"]
+            if args.persist:
+                data = tmp / "data"
+                data.mkdir(exist_ok=True)
+                argv += ["--data-dir", str(data)]
+            else:
+                argv += ["--no-persist"]
+            if curve:
+                argv += ["--curve-secret", curve["server_secret_file"]]
+        else:
+            argv = [sys.executable, os.path.abspath(__file__), "--proxy-child", self.in_ep, self.out_ep,
+                    curve["server_secret_file"] if curve else "", str(lifetime)]
+        self.logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.logf,
+                                     env=env, preexec_fn=die_with_parent)
+        self._wait_listening()
+        self.spy = None
+        if system == "zmqchat" and args.py_spy:
+            spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+            self.spy_out = str(Path(args.py_spy) / f"server-{self.proc.pid}.txt")
+            # sampling profiler attached to the server's pid; it ends when the server does
+            self.spy = subprocess.Popen([spy, "record", "--pid", str(self.proc.pid), "--rate", "1000",
+                                         "--format", "raw", "--output", self.spy_out, "--nonblocking"],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+            time.sleep(1.0)  # let it attach before the load starts
+
+    def _wait_listening(self, timeout: float = 15.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.system} exited early: {self.log.read_text()[-800:]}")
+            try:
+                for port in (self.port, self.port + 1):
+                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{self.system} did not start listening within {timeout}s")
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # by pid; the zmqchat server shuts down cleanly on it
+            try:
+                self.proc.wait(15 if self.system == "zmqchat" else 5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.spy is not None and self.spy.poll() is None:
+            try:
+                self.spy.wait(15)  # py-spy writes its file when the target has exited
+            except subprocess.TimeoutExpired:
+                self.spy.terminate()
+                self.spy.wait(5)
+        self.logf.close()
+
+
+class Pool:
+    """Spawned publisher and subscriber processes, reused for every phase."""
+
+    def __init__(self, n_subs: int, n_pubs: int, life_end: float) -> None:
+        ctx = mp.get_context("spawn")
+        self.results = ctx.Queue()
+        self.sub_jobs = [ctx.Queue() for _ in range(n_subs)]
+        self.pub_jobs = [ctx.Queue() for _ in range(n_pubs)]
+        self.pub_ctrl = [ctx.Queue() for _ in range(n_pubs)]
+        self.procs = []
+        for i, q in enumerate(self.sub_jobs):
+            self.procs.append(ctx.Process(target=sub_worker, args=(i, q, self.results, life_end), daemon=True))
+        for k, q in enumerate(self.pub_jobs):
+            self.procs.append(ctx.Process(target=pub_worker, args=(k, q, self.pub_ctrl[k], self.results, life_end),
+                                          daemon=True))
+        for proc in self.procs:
+            proc.start()
+
+    def close(self) -> None:
+        for q in self.sub_jobs + self.pub_jobs:
+            q.put(None)
+        end = time.monotonic() + 5
+        for proc in self.procs:
+            proc.join(max(0.1, end - time.monotonic()))
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM to that pid
+                proc.join(2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(2)
+
+
+def run_phase(pool: Pool, relay: Relay, *, phase: str, n_subs: int, n_pubs: int, count: int, rate: float,
+              size: int, curve: dict | None, timeout: float, idle: float) -> dict:
+    """One measured stream through ``relay``: returns delivery and latency figures."""
+    from zmqchat import protocol as p
+
+    client_curve = curve["client"] if curve else None
+    per_pub = [count // n_pubs + (1 if k < count % n_pubs else 0) for k in range(n_pubs)]
+    for i in range(n_subs):
+        pool.sub_jobs[i].put({"endpoint": relay.out_ep, "topic": p.room_topic(ROOM), "expected": count,
+                              "idle": idle, "latency": rate > 0, "timeout": timeout, "curve": client_curve})
+    first = 0
+    for k in range(n_pubs):
+        pool.pub_jobs[k].put({"system": relay.system, "in_endpoint": relay.in_ep, "out_endpoint": relay.out_ep,
+                              "size": size, "count": per_pub[k], "rate": rate / n_pubs if rate > 0 else 0,
+                              "phase": phase, "first_seq": first, "timeout": timeout, "curve": client_curve})
+        first += per_pub[k]
+    warm: set[int] = set()
+    subs: dict[int, dict] = {}
+    pubs: dict[int, dict] = {}
+    started = False
+    cpu0 = cpu1 = 0.0
+    t_go = 0.0
+    end = time.monotonic() + timeout + 15
+    while len(subs) < n_subs or len(pubs) < n_pubs:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(f"phase {phase} on {relay.system} did not finish in time "
+                               f"(subs {len(subs)}/{n_subs}, pubs {len(pubs)}/{n_pubs})")
+        try:
+            msg = pool.results.get(timeout=min(left, 1.0))
+        except queue.Empty:
+            continue
+        kind, who = msg[0], msg[1]
+        if kind == "warm":
+            warm.add(who)
+            if len(warm) == n_subs and not started:
+                started = True
+                cpu0, t_go = relay.cpu(), time.monotonic()
+                for k in range(n_pubs):
+                    pool.pub_ctrl[k].put("go")
+        elif kind == "subdone":
+            subs[who] = msg[2]
+            if len(subs) == n_subs:
+                cpu1 = relay.cpu()
+        elif kind == "pubdone":
+            pubs[who] = msg[2]
+            if "error" in msg[2]:
+                raise RuntimeError(f"publisher {who} on {relay.system}: {msg[2]['error']}")
+    for sub in subs.values():
+        if "error" in sub:
+            raise RuntimeError(f"subscriber on {relay.system}: {sub['error']}")
+    wall = time.monotonic() - t_go
+    t_start = min(pb["t_start"] for pb in pubs.values())
+    t_send_end = max(pb["t_end"] for pb in pubs.values())
+    rates = []
+    delivered = 0
+    for sub in subs.values():
+        delivered += sub["n"]
+        span = (sub["t_last"] - t_start) / 1e9
+        rates.append(sub["n"] / span if span > 0 and sub["n"] else 0.0)
+    out = {"delivered": delivered, "expected": count * n_subs, "lost": count * n_subs - delivered,
+           "send_rate": count / max(1e-9, (t_send_end - t_start) / 1e9),
+           "per_sub_rate": sum(rates) / len(rates), "min_sub_rate": min(rates), "total_rate": sum(rates),
+           "relay_cpu_s": cpu1 - cpu0, "relay_cpu_pct": 100 * (cpu1 - cpu0) / max(wall, 1e-9),
+           "replies": {k: v for pb in pubs.values() for k, v in pb.get("replies", {}).items()}}
+    if rate > 0:
+        lats = array("q")
+        for sub in subs.values():
+            lats.frombytes(sub["lats"])
+        vals = sorted(lats)
+        if vals:
+            out.update({"samples": len(vals), "p50_ms": pct(vals, 50) / 1e6, "p99_ms": pct(vals, 99) / 1e6,
+                        "max_ms": vals[-1] / 1e6, "mean_ms": sum(vals) / len(vals) / 1e6})
+    return out
+
+
+def pct(sorted_vals, q: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(q / 100 * len(sorted_vals)) - 1))
+    return float(sorted_vals[k])
+
+
+def make_curve(tmp: Path) -> dict:
+    import zmq.auth
+
+    from zmqchat import keys
+
+    _, server_secret = keys.generate("server", tmp / "keys")
+    _, client_secret = keys.generate("client", tmp / "keys")
+    s_public, _ = zmq.auth.load_certificate(str(server_secret))
+    c_public, c_secret = zmq.auth.load_certificate(str(client_secret))
+    return {"server_secret_file": str(server_secret), "client": (c_secret, c_public, s_public)}
+
+
+def machine() -> dict:
+    import platform
+
+    import zmq
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "kernel": platform.release()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description="zmqchat server vs zmq.proxy on loopback: throughput and latency")
+    ap.add_argument("--subs", type=int, default=4, help="subscribers in the full-speed phase (default: %(default)s)")
+    ap.add_argument("--pubs", type=int, default=1, help="publisher processes (default: %(default)s)")
+    ap.add_argument("--count", type=int, default=100_000,
+                    help="messages in the full-speed phase (default: %(default)s)")
+    ap.add_argument("--size", type=int, default=100, help="chat text bytes per message (default: %(default)s)")
+    ap.add_argument("--rate", type=float, default=2000, help="paced rate for latency, msg/s (default: %(default)s)")
+    ap.add_argument("--latency-subs", type=int, default=20,
+                    help="subscribers in the latency phase (default: %(default)s)")
+    ap.add_argument("--latency-seconds", type=float, default=5.0,
+                    help="length of the paced latency phase (default: %(default)s)")
+    ap.add_argument("--persist", action=argparse.BooleanOptionalAction, default=True,
+                    help="zmqchat history on disk (SQLite) or in memory (default: on)")
+    ap.add_argument("--curve", action=argparse.BooleanOptionalAction, default=False,
+                    help="CURVE encryption on zmqchat and on the proxy (default: off)")
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the relays this many times; medians reported")
+    ap.add_argument("--only", choices=["zmqchat", "proxy"], help="measure one relay only (no ratios)")
+    ap.add_argument("--skip-latency", action="store_true", help="full-speed phase only")
+    ap.add_argument("--skip-throughput", action="store_true", help="latency phase only")
+    ap.add_argument("--profile", metavar="DIR", help="run the zmqchat server under cProfile, write DIR/server.prof")
+    ap.add_argument("--py-spy", metavar="DIR", help="sample the zmqchat server with py-spy (pip install py-spy), "
+                    "write DIR/server-PID.txt (collapsed stacks)")
+    ap.add_argument("--max-seconds", type=float, default=600, help="hard cap on the whole run (default: %(default)s)")
+    ap.add_argument("--json", action="store_true", help="print one JSON summary object only")
+    return ap
+
+
+def median(values: list[float]) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--proxy-child":
+        return proxy_child(argv[1], argv[2], argv[3], float(argv[4]))
+    args = build_parser().parse_args(argv)
+    if args.size < TEXT_FIXED:
+        raise SystemExit(f"--size must be at least {TEXT_FIXED}")
+    say = (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True)) if args.json else (
+        lambda *a, **k: print(*a, **k, flush=True))
+
+    def on_alarm(*_):
+        raise TimeoutError(f"bench exceeded --max-seconds={args.max_seconds}")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(math.ceil(args.max_seconds)))
+    t_begin = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="zmqchat-bench-"))
+    systems = [args.only] if args.only else ["zmqchat", "proxy"]
+    curve = make_curve(tmp) if args.curve else None
+    life_end = time.time() + args.max_seconds + 30
+    n_sub_workers = max(args.subs if not args.skip_throughput else 0,
+                        args.latency_subs if not args.skip_latency else 0, 1)
+    pool = None
+    relays: list[Relay] = []
+    results: dict[str, dict[str, list[dict]]] = {s: {"throughput": [], "latency": []} for s in systems}
+    try:
+        pool = Pool(n_sub_workers, args.pubs, life_end)
+        for rep in range(args.repeat):
+            for system in systems if rep % 2 == 0 else list(reversed(systems)):
+                relay = Relay(system, args, tmp, curve, lifetime=args.max_seconds + 30)
+                relays.append(relay)
+                try:
+                    if not args.skip_throughput:
+                        r = run_phase(pool, relay, phase="t" if rep == 0 else chr(ord("a") + rep), n_subs=args.subs,
+                                      n_pubs=args.pubs, count=args.count, rate=0, size=args.size, curve=curve,
+                                      timeout=max(30.0, args.count / 2000), idle=3.0)
+                        results[system]["throughput"].append(r)
+                        say(f"[{system}] full speed: {r['total_rate']:,.0f} msg/s delivered in total "
+                            f"({r['per_sub_rate']:,.0f}/subscriber, {args.subs} subs), sent at "
+                            f"{r['send_rate']:,.0f} msg/s, lost {r['lost']}, relay CPU {r['relay_cpu_pct']:.0f}%"
+                            + (f", replies {r['replies']}" if r["replies"] else ""))
+                    if not args.skip_latency:
+                        n = max(1, int(args.rate * args.latency_seconds))
+                        r = run_phase(pool, relay, phase="l" if rep == 0 else chr(ord("m") + rep),
+                                      n_subs=args.latency_subs, n_pubs=args.pubs, count=n, rate=args.rate,
+                                      size=args.size, curve=curve, timeout=args.latency_seconds + 30, idle=3.0)
+                        results[system]["latency"].append(r)
+                        say(f"[{system}] paced {args.rate:,.0f} msg/s to {args.latency_subs} subs: "
+                            f"p50 {r.get('p50_ms', float('nan')):.3f} ms, p99 {r.get('p99_ms', float('nan')):.3f} ms, "
+                            f"max {r.get('max_ms', float('nan')):.3f} ms, lost {r['lost']}, "
+                            f"relay CPU {r['relay_cpu_pct']:.0f}%")
+                finally:
+                    relay.stop()
+    finally:
+        signal.alarm(0)
+        if pool is not None:
+            pool.close()
+        for relay in relays:
+            relay.stop()
+        profile_note = None
+        if args.profile and any(r.system == "zmqchat" for r in relays):
+            profile_note = getattr(relays[[r.system for r in relays].index("zmqchat")], "prof", None)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    summary = summarise(args, results, systems)
+    summary["machine"] = machine()
+    summary["elapsed_s"] = round(time.monotonic() - t_begin, 1)
+    if profile_note:
+        summary["profile"] = profile_note
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print_table(summary, args)
+    return 0
+
+
+def summarise(args, results, systems) -> dict:
+    out: dict = {"config": {"subs": args.subs, "pubs": args.pubs, "count": args.count, "size": args.size,
+                            "rate": args.rate, "latency_subs": args.latency_subs,
+                            "latency_seconds": args.latency_seconds, "persist": args.persist, "curve": args.curve,
+                            "repeat": args.repeat}}
+    for system in systems:
+        tp, lat = results[system]["throughput"], results[system]["latency"]
+        entry = {}
+        if tp:
+            entry.update({"throughput_total": median([r["total_rate"] for r in tp]),
+                          "throughput_per_sub": median([r["per_sub_rate"] for r in tp]),
+                          "send_rate": median([r["send_rate"] for r in tp]),
+                          "throughput_lost": sum(r["lost"] for r in tp),
+                          "throughput_relay_cpu_pct": median([r["relay_cpu_pct"] for r in tp])})
+        if lat:
+            for key in ("p50_ms", "p99_ms", "max_ms", "mean_ms"):
+                entry[key] = median([r.get(key, float("nan")) for r in lat])
+            entry["latency_lost"] = sum(r["lost"] for r in lat)
+            entry["latency_relay_cpu_pct"] = median([r["relay_cpu_pct"] for r in lat])
+        entry["runs"] = results[system]
+        for r in tp + lat:
+            r.pop("lats", None)
+        out[system] = entry
+    if "zmqchat" in out and "proxy" in out:
+        z, x = out["zmqchat"], out["proxy"]
+        if "throughput_total" in z and x.get("throughput_total"):
+            out["throughput_ratio"] = z["throughput_total"] / x["throughput_total"]
+        if "p99_ms" in z and x.get("p99_ms"):
+            out["p99_ratio"] = z["p99_ms"] / x["p99_ms"]
+            out["p50_ratio"] = z["p50_ms"] / x["p50_ms"]
+    return out
+
+
+def print_table(summary: dict, args) -> None:
+    systems = [s for s in ("zmqchat", "proxy") if s in summary]
+    m = summary["machine"]
+    print()
+    print(f"machine: {m['nproc']} x {m['cpu']}; Python {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}")
+    c = summary["config"]
+    print(f"config: {c['size']}-byte text, persist={'on' if c['persist'] else 'off'}, "
+          f"curve={'on' if c['curve'] else 'off'}, {c['pubs']} publisher(s), repeat {c['repeat']}")
+    rows = [
+        (f"delivered msg/s, total ({c['subs']} subs)", "throughput_total", "{:,.0f}"),
+        ("delivered msg/s, per subscriber", "throughput_per_sub", "{:,.0f}"),
+        ("publisher send msg/s", "send_rate", "{:,.0f}"),
+        ("relay CPU % (full speed)", "throughput_relay_cpu_pct", "{:.0f}"),
+        (f"p50 latency ms ({c['rate']:g} msg/s, {c['latency_subs']} subs)", "p50_ms", "{:.3f}"),
+        ("p99 latency ms", "p99_ms", "{:.3f}"),
+        ("max latency ms", "max_ms", "{:.3f}"),
+        ("lost (full speed / paced)", None, None),
+    ]
+    header = f"{'':44}" + "".join(f"{s:>14}" for s in systems) + (f"{'ratio':>10}" if len(systems) == 2 else "")
+    print(header)
+    for label, key, fmt in rows:
+        line = f"{label:44}"
+        if key is None:
+            for s in systems:
+                e = summary[s]
+                line += f"{str(e.get('throughput_lost', '-')) + ' / ' + str(e.get('latency_lost', '-')):>14}"
+            print(line)
+            continue
+        vals = [summary[s].get(key) for s in systems]
+        if all(v is None for v in vals):
+            continue
+        for v in vals:
+            line += f"{fmt.format(v) if v is not None else '-':>14}"
+        if len(systems) == 2 and vals[0] and vals[1]:
+            line += f"{vals[0] / vals[1]:>10.2f}"
+        print(line)
+    for key in ("throughput_ratio", "p99_ratio"):
+        if key in summary:
+            print(f"{key}: {summary[key]:.2f}")
+    print(f"elapsed: {summary['elapsed_s']} s")
+    if summary.get("profile"):
+        print(f"profile: {summary['profile']} (python -m pstats {summary['profile']})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
