@@ -21,14 +21,18 @@ from pathlib import Path
 import zmq
 
 from . import events as ev
+from . import keys
 from . import protocol as p
 from .errors import ConnectError, ZmqchatError
 from .session import ClientSession
 
 TICK = 0.05  # seconds: the longest the loop sleeps before running the session's timers
+HANDSHAKE_GRACE = 1.0  # seconds of retries after a failed handshake before connect() gives up
 CLOSE_LINGER_MS = 500  # bounded linger: enough to flush a goodbye, never a hang on exit
 PUSH_HWM = 10_000
 SUB_HWM = 1000
+HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 def endpoints(host: str = "127.0.0.1", port: int = 4444, in_endpoint: str | None = None,
@@ -101,11 +105,9 @@ class Client:
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             if self._curve is not None:
                 sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = self._curve
-        if self._curve is not None:
-            self._monitor = self._sub.get_monitor_socket(
-                zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-            self._poller.register(self._monitor, zmq.POLLIN)
+        # A failed handshake is silent; the monitor turns it into a clear error for connect().
+        self._monitor = self._sub.get_monitor_socket(HANDSHAKE_FAILURES)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._sub.connect(self.out_endpoint)
         self._push.connect(self.in_endpoint)
         self._poller.register(self._sub, zmq.POLLIN)
@@ -119,13 +121,13 @@ class Client:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (self._handshake_problem and timeout - remaining > HANDSHAKE_GRACE):
                 self.close(linger=0)
                 why = self._handshake_problem or (
                     f"no answer from a zmqchat server at {self.in_endpoint} within {timeout:g}s"
                     + (" (check --server-key and that your key is authorised)" if self._curve else ""))
                 raise ConnectError(why)
-            found = self._pump(remaining)
+            found = self._pump(min(remaining, TICK))
             for event in found:
                 if isinstance(event, ev.Error) and event.fatal:
                     self.close(linger=0)
@@ -305,10 +307,15 @@ class Client:
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._handshake_problem = "the server refused our key (not in its authorised keys)"
-            elif not self._handshake_problem:
-                self._handshake_problem = (
-                    "CURVE handshake with the server failed: wrong --server-key, or the server is not using CURVE")
+                self._handshake_problem = "the server refused our key (it is not in the server's authorised keys)"
+            elif self._handshake_problem:
+                pass
+            elif self._curve is None:
+                self._handshake_problem = ("the handshake with the server failed: it requires CURVE "
+                                           "(use --curve-secret and --server-key)")
+            else:
+                self._handshake_problem = ("the CURVE handshake with the server failed: wrong --server-key, "
+                                           "or the server is not using CURVE")
 
 
 def _load_curve(secret: str | Path | None, server_key: str | Path | None) -> tuple[bytes, bytes, bytes] | None:
@@ -317,13 +324,5 @@ def _load_curve(secret: str | Path | None, server_key: str | Path | None) -> tup
         return None
     if secret is None or server_key is None:
         raise ZmqchatError("CURVE needs both --curve-secret (your key) and --server-key (the server's public key)")
-    from zmq.auth import load_certificate
-
-    try:
-        public, secret_key = load_certificate(str(secret))
-        server_public, _ = load_certificate(str(server_key))
-    except (OSError, ValueError) as exc:
-        raise ZmqchatError(f"cannot read key file: {exc}") from exc
-    if secret_key is None:
-        raise ZmqchatError(f"{secret} holds no secret key (use the .key_secret file)")
-    return secret_key, public, server_public
+    public, secret_key = keys.load_secret(secret)
+    return secret_key, public, keys.load_public(server_key)

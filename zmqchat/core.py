@@ -76,7 +76,7 @@ class ServerCore:
         self.bad_input = LogLimiter(clock)
         self.stats = dict.fromkeys(
             ("received", "published", "messages", "rejected", "refused", "throttled", "duplicates",
-             "recoveries", "timeouts"), 0)
+             "recoveries", "timeouts", "auth_failures"), 0)
         now = clock()
         self._next_heartbeat = now
         self._next_stats = now + config.stats_interval if config.stats_interval > 0 else float("inf")

@@ -24,6 +24,8 @@ BATCH = 2048  # messages drained from PULL before publishing
 PUB_HWM = 100_000  # messages queued per subscriber before PUB drops for it
 PULL_HWM = 100_000
 CLOSE_LINGER_MS = 1000  # time given to the "shutting down" notice on exit
+HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 class Server:
@@ -109,6 +111,20 @@ class Server:
         core = self.core
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
+        monitor = None
+        if self.curve is not None:
+            # Refused handshakes are silent to the serving loop; the monitor lets us count and log them.
+            monitor = pull.get_monitor_socket(HANDSHAKE_FAILURES)
+            poller.register(monitor, zmq.POLLIN)
+        try:
+            self._serve(pull, pub, poller, monitor)
+        finally:
+            if monitor is not None:
+                pull.disable_monitor()
+                monitor.close(linger=0)
+
+    def _serve(self, pull: zmq.Socket, pub: zmq.Socket, poller: zmq.Poller, monitor: zmq.Socket | None) -> None:
+        core = self.core
         timeout_ms = max(10, int(min(0.1, core.config.heartbeat_interval / 4) * 1000))
         curve = self.curve is not None
         bound = self.authorized_keys is not None
@@ -116,7 +132,10 @@ class Server:
             if self._reload.is_set():
                 self._reload.clear()
                 self._reload_keys()
-            if poller.poll(timeout_ms):
+            ready = dict(poller.poll(timeout_ms))
+            if monitor is not None and monitor in ready:
+                self._on_monitor(monitor)
+            if pull in ready:
                 for _ in range(BATCH):
                     try:
                         if curve:
@@ -131,6 +150,18 @@ class Server:
             core.tick()
             for frames in core.flush():
                 pub.send_multipart(frames)
+
+    def _on_monitor(self, monitor: zmq.Socket) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.core.stats["auth_failures"] += 1
+            why = "key not authorised" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake failed"
+            self.core.bad_input.warn("refused a client (%s) from %s", why, event["endpoint"].decode(errors="replace"))
 
     def _reload_keys(self) -> None:
         try:
