@@ -7,7 +7,6 @@ started by these fixtures only and stopped by their own pid at teardown.
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import socket

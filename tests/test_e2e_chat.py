@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-from conftest import script, Proc
+from conftest import Proc, script
 
 
 def test_two_clients_chat_and_own_message_once(chat):

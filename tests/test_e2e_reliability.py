@@ -9,8 +9,8 @@ import threading
 import time
 
 import zmq
-
 from conftest import WAIT, Proc, script
+
 from zmqchat import Client
 from zmqchat import events as ev
 from zmqchat import protocol as p

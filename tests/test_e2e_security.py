@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import stat
+import time
 
 import pytest
 import zmq
-
 from conftest import WAIT, Proc, script
+
 from zmqchat import protocol as p
 from zmqchat.keys import load_public, load_secret
 

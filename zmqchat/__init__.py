@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .client import Client  # noqa: E402
-from .errors import ConnectError, ZmqchatError  # noqa: E402
+from .client import Client
+from .errors import ConnectError, ZmqchatError
 
 __all__ = ["Client", "ConnectError", "ZmqchatError", "__version__"]

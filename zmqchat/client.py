@@ -158,7 +158,7 @@ class Client:
         if self._own_context:
             self._context.term()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Client:  # noqa: PYI034 (Client is not meant to be subclassed)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -43,8 +43,8 @@ DEFAULT_MAX_TEXT_BYTES = 16 * 1024  # UTF-8 bytes of one chat message's text
 MIN_MAX_MESSAGE_BYTES = 1024
 MAX_LIST_ITEMS = 256  # rooms in a hello, names in a who reply stay bounded
 
-ROOM_RE = re.compile(r"#[A-Za-z0-9_.\-]{1,%d}" % (MAX_ROOM_CHARS - 1))
-SESSION_RE = re.compile(r"[A-Za-z0-9_\-]{1,%d}" % MAX_SESSION_CHARS)
+ROOM_RE = re.compile(rf"#[A-Za-z0-9_.\-]{{1,{MAX_ROOM_CHARS - 1}}}")
+SESSION_RE = re.compile(rf"[A-Za-z0-9_\-]{{1,{MAX_SESSION_CHARS}}}")
 
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 class TokenBucket:
     """``rate`` tokens per second, holding at most ``burst``; one message costs one token."""
 
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate

@@ -108,7 +108,6 @@ class Server:
             self._auth.configure_curve(domain="*", location=str(self.authorized_keys))
 
     def _loop(self, pull: zmq.Socket, pub: zmq.Socket) -> None:
-        core = self.core
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         monitor = None
@@ -166,7 +165,7 @@ class Server:
     def _reload_keys(self) -> None:
         try:
             self._configure_auth()
-        except Exception as exc:  # a broken key file must not take the server down
+        except Exception as exc:  # noqa: BLE001 (a broken key file must not take the server down)
             log.error("could not reload authorised keys: %s", exc)
             return
         log.info("reloaded authorised keys: %d", len(self.bound_names))

@@ -205,7 +205,7 @@ class ClientSession:
     def receive(self, frames: list[bytes]) -> None:
         """Handle one message from the SUB socket."""
         try:
-            topic, msg = p.decode_server(frames)
+            _topic, msg = p.decode_server(frames)
         except p.ProtocolError:
             self.bad_frames += 1
             return

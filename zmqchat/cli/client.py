@@ -110,8 +110,7 @@ class LineLoop:
                 chunk = os.read(self.fd, 65536)
                 if not chunk:
                     if self.partial:
-                        if self._line(self.partial) is QUIT:
-                            return 0
+                        self._line(self.partial)
                     return 0
                 *lines, self.partial = (self.partial + chunk).split(b"\n")
                 for raw in lines:

@@ -56,8 +56,8 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
 
 def client_kwargs(args: argparse.Namespace) -> dict:
     """Client(...) keyword arguments from parsed connection flags."""
-    return dict(host=args.host, port=args.port, in_endpoint=args.in_endpoint, out_endpoint=args.out_endpoint,
-                curve_secret=args.curve_secret, server_key=args.server_key, connect_timeout=args.connect_timeout)
+    return {"host": args.host, "port": args.port, "in_endpoint": args.in_endpoint, "out_endpoint": args.out_endpoint,
+            "curve_secret": args.curve_secret, "server_key": args.server_key, "connect_timeout": args.connect_timeout}
 
 
 def setup_logging(level: str) -> None:
