@@ -186,14 +186,15 @@ class ServerCore:
     def _send_history(self, member: Member, room: str, after: int, before: int, limit: int) -> None:
         topic = p.session_topic(member.session)
         limit = min(limit, self.config.max_history_reply)
-        # after > 0 continues from a known point (gap fill): oldest first, and ``upto`` stops where the
-        # reply stops, so the client asks for the rest. after == 0 is a backlog: the newest messages.
-        rows = self.history.range(room, after, before, limit, newest=after <= 0)
+        # A bounded range (gap fill) is served oldest first and ``upto`` stops where the reply stops, so
+        # the client asks for the rest. An open range (after = before = 0) is a backlog: the newest.
+        backlog = after <= 0 and before <= 0
+        rows = self.history.range(room, after, before, limit, newest=backlog)
         for _seq, body in rows:
             self.out.append([topic, p.VERSION, p.HistoryMessage.KIND, body])
         last = self.history.last_seq(room)
         upto = min(before - 1, last) if before > 0 else last
-        if after > 0 and len(rows) == limit:
+        if not backlog and rows and len(rows) == limit:
             upto = rows[-1][0]
         self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+import zlib
 
 from . import events as ev
 
@@ -13,6 +15,27 @@ _CONTROL = {c: "\ufffd" for c in range(32) if c not in (9, 10)} | {127: "\ufffd"
 def clean(text: str) -> str:
     """Neutralise control characters (terminal escapes) that someone else's text could carry."""
     return text.translate(_CONTROL)
+
+
+def mention_pattern(name: str) -> re.Pattern[str]:
+    """``@name`` as a word anywhere, or ``name:`` / ``name,`` opening the text; case-insensitive."""
+    n = re.escape(name)
+    return re.compile(rf"(?<![^\s(\[{{,;])@{n}(?:[:,](?=\s|$))?(?![^\s,.:;!?)\]}}'\"])|^\s*{n}[:,](?=\s|$)", re.IGNORECASE)
+
+
+def mentions(text: str, name: str) -> bool:
+    """Whether ``text`` addresses ``name`` (``@alice``, or a line starting ``alice:``)."""
+    return bool(mention_pattern(name).search(text))
+
+
+def strip_mention(text: str, name: str) -> str:
+    """``text`` without its mentions of ``name``: ``"@echo hi there"`` -> ``"hi there"``."""
+    return " ".join(mention_pattern(name).sub(" ", text).split())
+
+
+def name_colour(name: str, palette_size: int) -> int:
+    """A stable index into a palette for ``name``: the same in every process and on every run."""
+    return zlib.crc32(name.encode()) % palette_size
 
 
 def clock_time(ts: float) -> str:

@@ -402,6 +402,8 @@ def _build(cls: type[Message], raw: bytes) -> Message:
         raise ProtocolError(f"{cls.KIND.decode()}: body is not valid UTF-8") from exc
     except ValueError as exc:
         raise ProtocolError(f"{cls.KIND.decode()}: body is not valid JSON ({exc.args[0][:60]})") from exc
+    except RecursionError as exc:  # "[[[[…" under the size limit must not take a peer down
+        raise ProtocolError(f"{cls.KIND.decode()}: body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise ProtocolError(f"{cls.KIND.decode()}: body must be a JSON object")
     kwargs: dict[str, Any] = {}

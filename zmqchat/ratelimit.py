@@ -27,9 +27,10 @@ class TokenBucket:
 class RateLimiter:
     """One bucket per key (a session); ``rate`` <= 0 disables limiting."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
         self.rate = rate
         self.burst = max(burst, 1.0)
+        self.max_keys = max_keys  # made-up keys must not grow memory without bound
         self._buckets: dict[str, TokenBucket] = {}
 
     def check(self, key: str, now: float) -> float:
@@ -38,6 +39,8 @@ class RateLimiter:
             return 0.0
         bucket = self._buckets.get(key)
         if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                del self._buckets[next(iter(self._buckets))]  # the oldest key
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
         return bucket.take(now)
 

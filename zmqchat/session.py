@@ -136,7 +136,7 @@ class ClientSession:
             if sync.requested_at is None or now - sync.requested_at < HISTORY_RETRY:
                 continue
             if sync.synced:
-                self._request_gap(room, sync, min(sync.buffer) if sync.buffer else 0)
+                self._request_gap(room, sync, min(sync.buffer) if sync.buffer else sync.newest + 1)
             else:  # the reply to our join never came: ask again
                 sync.requested_at = now
                 self._send(p.Join(session=self.session_id, room=room, last_seq=sync.last if sync.last else -1))
@@ -261,7 +261,7 @@ class ClientSession:
             sync.joined = True
             self.events.append(ev.Presence(msg.room, self.name, "join", self.clock_ts()))
         missing = 0
-        if sync.synced:
+        if sync.synced or msg.after > 0:  # a gap fill or a catch-up after reconnecting, not a backlog
             missing = sum(1 for s in range(sync.last + 1, msg.upto + 1) if s not in sync.buffer)
         for seq in sorted(s for s in sync.buffer if s <= msg.upto):
             message, history = sync.buffer.pop(seq)
