@@ -84,7 +84,8 @@ def test_hello_gets_welcome_join_and_empty_backlog(core, clock):
     assert [topic for topic, _ in out] == [p.session_topic("s1"), GENERAL, p.session_topic("s1")]
     welcome, presence, end = (msg for _, msg in out)
     assert welcome == p.Welcome(session="s1", name="alice", motd=DEFAULT_MOTD, heartbeat_interval=1.0,
-                                max_text_bytes=p.DEFAULT_MAX_TEXT_BYTES, server_time=1000.0)
+                                max_text_bytes=p.DEFAULT_MAX_TEXT_BYTES, server_time=1000.0,
+                                epoch=core.history.epoch, max_message_bytes=p.DEFAULT_MAX_MESSAGE_BYTES)
     assert presence == p.PresenceEvent(room="#general", name="alice", event="join", ts=1000.0)
     assert hist_end(end) == ("#general", 0, 0, 0)
     assert core.presence.names_in("#general") == ["alice"]
@@ -158,10 +159,24 @@ def test_rehello_with_last_seq_replays_what_was_missed(core):
     for i in range(5):
         say(core, "s1", f"t{i}", f"m{i}")
     published(core)
-    send(core, p.Hello(session="s1", name="alice", rooms=["#general"], last_seq={"#general": 3}))
+    send(core, p.Hello(session="s1", name="alice", rooms=["#general"], last_seq={"#general": 3},
+                       epoch=core.history.epoch))
     out = published(core)
     assert [msg.seq for _, msg in of_type(out, p.HistoryMessage)] == [4, 5]
     assert hist_end(out[-1][1]) == ("#general", 3, 5, 2)
+
+
+def test_rehello_from_another_epoch_gets_the_backlog_not_a_range(core):
+    hello(core, "s1", "alice")
+    for i in range(5):
+        say(core, "s1", f"t{i}", f"m{i}")
+    published(core)
+    # numbers from a history that no longer exists (a --no-persist restart) must not be trusted
+    send(core, p.Hello(session="s1", name="alice", rooms=["#general"], last_seq={"#general": 3}, epoch="old"))
+    out = published(core)
+    assert out[0][1].epoch == core.history.epoch
+    assert [msg.seq for _, msg in of_type(out, p.HistoryMessage)] == [1, 2, 3, 4, 5]
+    assert hist_end(out[-1][1]) == ("#general", 0, 5, 5)
 
 
 def test_rehello_with_another_name_is_refused(core):
@@ -280,7 +295,7 @@ def test_empty_message_refused(core, text):
     hello(core, "s1", "alice")
     say(core, "s1", text, "m1")
     err = error(published(core))
-    assert (err.code, err.message, err.mid) == (p.ERR_TOO_LONG, "empty message", "m1")
+    assert (err.code, err.message, err.mid) == (p.ERR_EMPTY, "empty message", "m1")
 
 
 def test_rate_limited_flood_does_not_affect_others(clock):
@@ -296,11 +311,15 @@ def test_rate_limited_flood_does_not_affect_others(clock):
     errors = of_type(out, p.ErrorReply)
     assert [topic for topic, _ in errors] == [p.session_topic("s1")] * 2
     assert [(e.code, e.mid, e.retry_after, e.message) for _, e in errors] == [
-        (p.ERR_RATE_LIMITED, "a3", 1.0, "slow down: wait 1.0s"), (p.ERR_RATE_LIMITED, "a4", 1.0, "slow down: wait 1.0s")]
+        (p.ERR_RATE_LIMITED, "a3", 1.0, "slow down: wait 1.0s"), (p.ERR_RATE_LIMITED, "a4", 1.0, "slow down")]
     assert core.stats["throttled"] == 2
-    clock.advance(1.0)
-    say(core, "s1", "flood 3", "a3")  # resent after retry_after: accepted, not a duplicate
-    assert [(m.seq, m.mid) for _, m in published(core)] == [(5, "a3")]
+    # once a3 was refused, a4 may not overtake it, even with a token to spare
+    clock.advance(5)
+    say(core, "s1", "flood 4", "a4")
+    assert [e.mid for _, e in of_type(published(core), p.ErrorReply)] == ["a4"]
+    say(core, "s1", "flood 3", "a3")  # resent: accepted, not a duplicate
+    say(core, "s1", "flood 4", "a4")
+    assert [(m.seq, m.text) for _, m in of_type(published(core), p.RoomMessage)] == [(5, "flood 3"), (6, "flood 4")]
 
 
 def test_rate_zero_is_unlimited(clock):
@@ -458,7 +477,8 @@ def test_oversize_message_rejected(clock):
     core = make_core(clock, max_message_bytes=2048, max_text_bytes=100_000)
     hello(core, "s1", "alice")
     say(core, "s1", "x" * 3000, "big")
-    assert published(core) == []
+    err = error(published(core))
+    assert (err.code, err.mid) == (p.ERR_TOO_LONG, "big") and "on the wire" in err.message
     assert core.stats["rejected"] == 1
     say(core, "s1", "x" * 1500, "fits")
     assert [m.mid for _, m in published(core)] == ["fits"]
@@ -539,9 +559,9 @@ def test_history_of_room_not_joined_and_bad_room(ten):
 
 
 def test_history_request_with_zero_limit(ten):
-    send(ten, p.HistoryRequest(session="s1", room="#general", after=1, limit=0))
-    out = published(ten)
-    assert [hist_end(m) for _, m in out] == [("#general", 1, 10, 0)]
+    for bad in ({"limit": 0}, {"limit": -5}, {"after": -1}, {"before": -2}):
+        send(ten, p.HistoryRequest(session="s1", room="#general", **{"after": 1, **bad}))
+        assert error(published(ten)).code == p.ERR_BAD_REQUEST
 
 
 def test_gap_fill_from_zero_sends_everything_upto_claims(clock):
@@ -569,6 +589,9 @@ def test_history_reply_contract_for_gap_fills(after, before, limit, held):
     published(core)
     send(core, p.HistoryRequest(session="s1", room="#general", after=after, before=before, limit=limit))
     out = published(core)
+    if after < 0 or before < 0:
+        assert error(out).code == p.ERR_BAD_REQUEST
+        return
     sent = [m.seq for _, m in out[:-1]]
     _, got_after, upto, count = hist_end(out[-1][1])
     assert (got_after, count) == (after, len(sent))

@@ -455,3 +455,12 @@ def test_decode_byte_mutations(msg, data):
             del frame[pos:]
     frames[index] = bytes(frame)
     (_check_client if is_client else _check_server)(frames)
+
+
+@pytest.mark.parametrize("field", ["text", "mid", "room"])
+def test_lone_surrogates_are_a_protocol_error(field):
+    # valid JSON, but no UTF-8 encoder accepts "\ud800": it must not reach code that encodes it
+    body = {"session": "s1", "room": "#general", "text": "hi", "mid": "m1", field: "x\ud800"}
+    raw = json.dumps(body).encode()
+    with pytest.raises(p.ProtocolError, match="not valid Unicode"):
+        p.decode_client([p.VERSION, b"msg", raw])

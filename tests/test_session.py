@@ -751,3 +751,33 @@ def test_messages_lost_while_disconnected_are_reported(clock):
     got = events(session)
     assert seqs(got) == [8, 9, 10]
     assert ev.Notice("2 message(s) in #general are no longer in history") in got
+
+
+# --------------------------------------------------------------------------------------------------
+# history epochs
+
+
+def _welcome_epoch(session: ClientSession, epoch: str) -> None:
+    deliver(session, p.Welcome(session=SID, name=session.name, motd="m", heartbeat_interval=1.0,
+                               max_text_bytes=500, server_time=WALL, epoch=epoch))
+
+
+def test_new_history_epoch_resets_sequence_numbers(clock):
+    session = make_session(clock)
+    session.start()
+    _welcome_epoch(session, "e1")
+    deliver(session, end(0, 0))
+    for seq in (1, 2, 3):
+        deliver(session, live(seq))
+    events(session)
+    sent(session)
+    # the server restarts without its history: seq starts at 1 again under a new epoch
+    deliver(session, p.ErrorReply(code=p.ERR_UNKNOWN_SESSION, message="who?"))
+    hello = [m for m in sent(session) if isinstance(m, p.Hello)][-1]
+    assert (hello.epoch, hello.last_seq) == ("e1", {"#general": 3})
+    _welcome_epoch(session, "e2")
+    deliver(session, end(0, 0))
+    deliver(session, live(1))
+    got = events(session)
+    assert any(isinstance(e, ev.Notice) and "reset" in e.text for e in got)
+    assert seqs(got) == [1]  # not dropped as "already seen"

@@ -175,6 +175,11 @@ class Client:
         room = p.normalise_room(room) if room else None
         if room is not None and room not in self.session.rooms:
             raise ZmqchatError(f"you are not in {room}; join it first")
+        # JSON escaping can make the wire form much larger than the text: check what will be sent.
+        probe = p.Say(session=self.session.session_id, room=room or self.room, text=text, mid="0" * 32, action=action)
+        wire = sum(map(len, p.encode_client(probe)))
+        if wire > self.session.max_message_bytes:
+            raise ZmqchatError(f"message too long ({wire} bytes on the wire, at most {self.session.max_message_bytes})")
         mid = self.session.say(text, room, action)
         self._flush()
         return mid

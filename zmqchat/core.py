@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 from . import protocol as p
 from .history import History
@@ -20,12 +21,13 @@ from .ratelimit import RateLimiter
 log = logging.getLogger("zmqchat.server")
 
 DEFAULT_MOTD = "Welcome to zmqchat. Type /help for commands, exit to leave."
+HEARTBEAT_ROOMS = 1000  # rooms whose newest seq rides on each heartbeat (more: gaps found at the next message)
 UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0  # a stale client hears "please say hello" this often, at most
 
 
 @dataclass
 class ServerConfig:
-    """Tunable rules; every field has a command-line flag."""
+    """Tunable rules; each has a command-line flag except max_history_reply."""
 
     motd: str = DEFAULT_MOTD
     heartbeat_interval: float = 1.0  # seconds between server heartbeats (and expected client ones)
@@ -76,7 +78,7 @@ class ServerCore:
         self.bad_input = LogLimiter(clock)
         self.stats = dict.fromkeys(
             ("received", "published", "messages", "rejected", "refused", "throttled", "duplicates",
-             "recoveries", "timeouts", "auth_failures"), 0)
+             "recoveries", "timeouts", "auth_failures", "errors"), 0)
         now = clock()
         self._next_heartbeat = now
         self._next_stats = now + config.stats_interval if config.stats_interval > 0 else float("inf")
@@ -95,13 +97,17 @@ class ServerCore:
         ``bound_name`` the name the allowlist binds to that key. Never raises for bad input."""
         self.stats["received"] += 1
         try:
-            size = sum(map(len, frames))
-            if size > self.config.max_message_bytes:
-                raise p.ProtocolError(f"message of {size} bytes is over the {self.config.max_message_bytes} limit")
             msg = p.decode_client(frames)
         except p.ProtocolError as exc:
             self.stats["rejected"] += 1
             self.bad_input.warn("dropped bad message: %s", exc)
+            return
+        size = sum(map(len, frames))
+        if size > self.config.max_message_bytes:
+            self.stats["rejected"] += 1
+            if self.presence.get(msg.session) is not None:
+                self._refuse(msg.session, p.ERR_TOO_LONG, f"message too long ({size} bytes on the wire, at most "
+                             f"{self.config.max_message_bytes})", getattr(msg, "mid", ""))
             return
         if not isinstance(msg, p.Hello):
             member = self.presence.get(msg.session)
@@ -128,7 +134,8 @@ class ServerCore:
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             # Newest seq of each occupied room: lets a client notice it lost the tail of a burst.
-            seqs = {room: self.history.last_seq(room) for room in self.presence.room_counts()}
+            rooms = islice(self.presence.room_counts(), HEARTBEAT_ROOMS)
+            seqs = {room: self.history.last_seq(room) for room in rooms}
             self._publish(p.ALL_TOPIC, p.ServerHeartbeat(ts=now, seqs=seqs))
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_interval
@@ -226,9 +233,12 @@ class ServerCore:
         member.last_seen = now
         self._reply(member, p.Welcome(session=msg.session, name=msg.name, motd=self.config.motd,
                                       heartbeat_interval=self.config.heartbeat_interval,
-                                      max_text_bytes=self.config.max_text_bytes, server_time=now))
+                                      max_text_bytes=self.config.max_text_bytes, server_time=now,
+                                      epoch=self.history.epoch, max_message_bytes=self.config.max_message_bytes))
+        same_epoch = msg.epoch == self.history.epoch
+        member.blocked_mid = ""
         for room in rooms:
-            last = msg.last_seq.get(room)
+            last = msg.last_seq.get(room) if same_epoch else None
             self._enter_room(member, room, last if isinstance(last, int) and not isinstance(last, bool) else -1)
 
     def handle_say(self, msg: p.Say, member: Member) -> None:
@@ -242,17 +252,27 @@ class ServerCore:
             self._refuse(member.session, p.ERR_NOT_IN_ROOM, f"you are not in {msg.room}; /join it first", msg.mid)
             return
         size = len(msg.text.encode())
-        if size > self.config.max_text_bytes or not msg.text.strip():
-            why = "empty message" if size <= self.config.max_text_bytes else (
-                f"message too long ({size} bytes, at most {self.config.max_text_bytes})")
-            self._refuse(member.session, p.ERR_TOO_LONG, why, msg.mid)
+        if size > self.config.max_text_bytes:
+            self._refuse(member.session, p.ERR_TOO_LONG,
+                         f"message too long ({size} bytes, at most {self.config.max_text_bytes})", msg.mid)
+            return
+        if not msg.text.strip():
+            self._refuse(member.session, p.ERR_EMPTY, "empty message", msg.mid)
             return
         now = self.clock()
+        # Once a message is refused for rate, later ones are refused until it comes back, so a burst
+        # that was already in flight cannot overtake it: one sender's messages stay in order.
+        if member.blocked_mid and msg.mid != member.blocked_mid:
+            self.stats["throttled"] += 1
+            self._refuse(member.session, p.ERR_RATE_LIMITED, "slow down", msg.mid, 1.0 / max(self.config.rate, 1.0))
+            return
         wait = self.limiter.check(member.session, now)
         if wait > 0:
             self.stats["throttled"] += 1
+            member.blocked_mid = msg.mid
             self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", msg.mid, wait)
             return
+        member.blocked_mid = ""
         name, text, mid, action, room = member.name, msg.text, msg.mid, msg.action, msg.room
 
         def body(seq: int) -> bytes:
@@ -287,6 +307,9 @@ class ServerCore:
     def handle_history(self, msg: p.HistoryRequest, member: Member) -> None:
         if p.room_problem(msg.room):
             self._refuse(member.session, p.ERR_BAD_ROOM, p.room_problem(msg.room) or "")
+            return
+        if msg.limit < 1 or msg.after < 0 or msg.before < 0:
+            self._refuse(member.session, p.ERR_BAD_REQUEST, "history: limit must be >= 1, after and before >= 0")
             return
         self.stats["recoveries"] += 1
         self._send_history(member, msg.room, msg.after, msg.before, msg.limit)

@@ -7,6 +7,7 @@ that anyone has seen is on disk and its sequence number is never reused after a 
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from collections import OrderedDict, deque
 from itertools import islice
@@ -15,6 +16,7 @@ from pathlib import Path
 DEDUPE_KEYS = 200_000  # (sender, mid) pairs remembered, in memory and reloaded from disk
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
     room TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -38,6 +40,8 @@ class History:
         self._pending: list[tuple[str, int, float, str, bytes]] = []
         self._untrimmed: dict[str, int] = {}
         self._db: sqlite3.Connection | None = None
+        # The epoch names this store: sequence numbers are only comparable within one epoch.
+        self.epoch = secrets.token_hex(8)
         if self.path is not None:
             self._open(self.path)
 
@@ -50,6 +54,8 @@ class History:
         db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; see docs/history.md
         db.executescript(_SCHEMA)
         self._db = db
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (self.epoch,))
+        self.epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
         for room, in db.execute("SELECT DISTINCT room FROM messages").fetchall():
             rows = db.execute(
                 "SELECT seq, body FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?", (room, self.limit)

@@ -38,7 +38,7 @@ MAX_NAME_CHARS = 32
 MAX_ROOM_CHARS = 48
 MAX_SESSION_CHARS = 64
 MAX_MID_CHARS = 96
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024  # whole multipart message, enforced by MAXMSGSIZE too
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024  # whole multipart message; the PULL's MAXMSGSIZE caps each frame
 DEFAULT_MAX_TEXT_BYTES = 16 * 1024  # UTF-8 bytes of one chat message's text
 MIN_MAX_MESSAGE_BYTES = 1024
 MAX_LIST_ITEMS = 256  # rooms in a hello, names in a who reply stay bounded
@@ -134,6 +134,7 @@ class Hello(Message):
     name: str
     rooms: list = field(default_factory=list)
     last_seq: dict = field(default_factory=dict)  # room -> last sequence number seen
+    epoch: str = ""  # the history epoch those numbers belong to (from an earlier welcome)
 
 
 @_client
@@ -231,6 +232,8 @@ class Welcome(Message):
     heartbeat_interval: float
     max_text_bytes: int
     server_time: float
+    epoch: str = ""  # identifies the history store; a new epoch means sequence numbers started over
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 @_server
@@ -259,8 +262,10 @@ class HistoryMessage(RoomMessage):
 @_server
 @dataclass(frozen=True)
 class HistoryEnd(Message):
-    """Closes a history reply: every message of ``room`` with ``after < seq <= upto`` that the server
-    still holds has been sent; ``upto`` is the room's newest sequence number at the time."""
+    """Closes a history reply. For a bounded request (gap fill, catch-up: replies come oldest first, in
+    chunks) every message of ``room`` with ``after < seq <= upto`` that the server still holds has been
+    sent; ``newest`` > ``upto`` means ask again from ``upto``. For a backlog (after = before = 0) the newest
+    ``count`` messages up to ``upto`` were sent."""
 
     KIND: ClassVar[bytes] = b"hist_end"
     room: str
@@ -359,6 +364,8 @@ ERR_TOO_LONG = "too_long"
 ERR_RATE_LIMITED = "rate_limited"
 ERR_UNKNOWN_SESSION = "unknown_session"
 ERR_NOT_AUTHORISED = "not_authorised"
+ERR_EMPTY = "empty"
+ERR_BAD_REQUEST = "bad_request"
 
 # --------------------------------------------------------------------------------------------------
 # encode / decode
@@ -418,8 +425,18 @@ def _build(cls: type[Message], raw: bytes) -> Message:
         # bool is an int subclass in Python; JSON true must not pass as a number
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise ProtocolError(f"{cls.KIND.decode()}: field {name!r} must be {typ.__name__}")
+        if typ is str:
+            _check_text(cls, name, value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_text(cls: type[Message], name: str, value: str) -> None:
+    # JSON may carry lone surrogates ("\ud800") that no UTF-8 encoder accepts: refuse them here, once.
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"{cls.KIND.decode()}: field {name!r} is not valid Unicode") from exc
 
 
 def _check_header(version: bytes, kind: bytes, table: dict[bytes, type[Message]]) -> type[Message]:

@@ -146,6 +146,9 @@ class Server:
                             core.receive(pull.recv_multipart(zmq.NOBLOCK))
                     except zmq.Again:
                         break
+                    except Exception:
+                        core.stats["errors"] += 1
+                        log.exception("internal error while handling a message (dropped)")
             core.tick()
             for frames in core.flush():
                 pub.send_multipart(frames)

@@ -69,6 +69,8 @@ class ClientSession:
         self.pending: OrderedDict[str, Pending] = OrderedDict()
         self.heartbeat_interval = DEFAULT_HEARTBEAT
         self.max_text_bytes = p.DEFAULT_MAX_TEXT_BYTES
+        self.max_message_bytes = p.DEFAULT_MAX_MESSAGE_BYTES
+        self.epoch = ""  # the server history's epoch our sequence numbers belong to
         self.bad_frames = 0
         self._counter = 0
         self._last_heard = clock()
@@ -107,7 +109,8 @@ class ClientSession:
             sync.synced = False
             sync.requested_at = now  # the hello's history reply is due; asked again if it never comes
         last = {room: s.last for room, s in self.rooms.items() if s.last > 0}
-        self._send(p.Hello(session=self.session_id, name=self.name, rooms=list(self.rooms), last_seq=last))
+        self._send(p.Hello(session=self.session_id, name=self.name, rooms=list(self.rooms), last_seq=last,
+                           epoch=self.epoch))
         self._last_hello = self.clock()
 
     def tick(self) -> None:
@@ -223,6 +226,14 @@ class ClientSession:
         if self.state != "connected":
             self.heartbeat_interval = msg.heartbeat_interval
             self.max_text_bytes = msg.max_text_bytes
+            self.max_message_bytes = msg.max_message_bytes
+            if self.epoch and msg.epoch != self.epoch:
+                # The server's history started over (e.g. --no-persist restart): our numbers mean nothing.
+                for sync in self.rooms.values():
+                    sync.last = sync.newest = 0
+                    sync.buffer.clear()
+                self.events.append(ev.Notice("the server's history was reset; earlier messages are gone"))
+            self.epoch = msg.epoch
             self.events.append(ev.Connected(msg.name, msg.motd, reconnected=self._was_connected))
             self.state = "connected"
             self._was_connected = True
