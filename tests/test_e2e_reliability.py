@@ -146,7 +146,7 @@ def test_slow_subscriber_recovers_gap_from_history(chat):
         slow.stats()
         stats = next(e for e in slow.events(WAIT) if isinstance(e, ev.Stats)).stats
     assert got == texts
-    assert stats["recoveries"] >= 1  # the gap was really there and was filled from history
+    assert stats["recoveries"] >= 1 and stats["recovered"] > 0  # a real gap, filled from history
 
 
 def test_flood_is_throttled_and_others_get_through(chat):

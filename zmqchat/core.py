@@ -78,7 +78,7 @@ class ServerCore:
         self.bad_input = LogLimiter(clock)
         self.stats = dict.fromkeys(
             ("received", "published", "messages", "rejected", "refused", "throttled", "duplicates",
-             "recoveries", "timeouts", "auth_failures", "errors"), 0)
+             "recoveries", "recovered", "timeouts", "auth_failures", "errors"), 0)
         now = clock()
         self._next_heartbeat = now
         self._next_stats = now + config.stats_interval if config.stats_interval > 0 else float("inf")
@@ -190,7 +190,7 @@ class ServerCore:
         else:
             self._send_history(member, room, last_seq, 0, self.config.max_history_reply)
 
-    def _send_history(self, member: Member, room: str, after: int, before: int, limit: int) -> None:
+    def _send_history(self, member: Member, room: str, after: int, before: int, limit: int) -> int:
         topic = p.session_topic(member.session)
         limit = min(limit, self.config.max_history_reply)
         # A bounded range (gap fill) is served oldest first and ``upto`` stops where the reply stops, so
@@ -204,6 +204,7 @@ class ServerCore:
         if not backlog and rows and len(rows) == limit:
             upto = rows[-1][0]
         self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last))
+        return len(rows)
 
     # -- handlers, one per client message kind
 
@@ -312,7 +313,10 @@ class ServerCore:
             self._refuse(member.session, p.ERR_BAD_REQUEST, "history: limit must be >= 1, after and before >= 0")
             return
         self.stats["recoveries"] += 1
-        self._send_history(member, msg.room, msg.after, msg.before, msg.limit)
+        sent = self._send_history(member, msg.room, msg.after, msg.before, msg.limit)
+        if msg.before > 0:
+            # PUB cannot report its drops; what clients fetch to fill their gaps is the measurable part.
+            self.stats["recovered"] += sent
 
     def handle_stats(self, msg: p.StatsRequest, member: Member) -> None:
         self._reply(member, p.StatsReply(stats=self.snapshot()))
