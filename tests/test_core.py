@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zmqchat import protocol as p
-from zmqchat.core import DEFAULT_MOTD, ServerConfig, ServerCore
+from zmqchat.core import DEFAULT_MOTD, LATCH_TIMEOUT, ServerConfig, ServerCore
 from zmqchat.history import History
 
 GENERAL = p.room_topic("#general")
@@ -719,3 +719,40 @@ def test_any_message_sequence_keeps_the_core_consistent(steps):
         assert core.presence.owner_of(member.name) == member.session
         for room in member.rooms:
             assert member.name in core.presence.names_in(room)
+
+
+def test_rate_latch_is_released_when_the_refused_message_fails_otherwise(clock):
+    core = make_core(clock, rate=1.0, burst=1.0)
+    hello(core, "s1", "alice")
+    say(core, "s1", "one", "a1")
+    say(core, "s1", "two", "a2")  # refused for rate: holds the latch
+    published(core)
+    send(core, p.Part(session="s1", room="#general"))
+    published(core)
+    clock.advance(5)
+    say(core, "s1", "two", "a2")  # comes back, but the sender left the room meanwhile
+    assert error(published(core)).code == p.ERR_NOT_IN_ROOM
+    send(core, p.Join(session="s1", room="#general"))
+    published(core)
+    say(core, "s1", "three", "a3")
+    assert [m.text for _, m in of_type(published(core), p.RoomMessage)] == ["three"]
+
+
+def test_rate_latch_expires_if_the_refused_message_never_returns(clock):
+    core = make_core(clock, rate=1.0, burst=1.0)
+    hello(core, "s1", "alice")
+    say(core, "s1", "one", "a1")
+    say(core, "s1", "lost", "a2")
+    published(core)
+    clock.advance(LATCH_TIMEOUT + 1)
+    say(core, "s1", "three", "a3")
+    assert [m.text for _, m in of_type(published(core), p.RoomMessage)] == ["three"]
+
+
+def test_oversize_message_in_someone_elses_session_is_dropped_silently(clock):
+    core = make_core(clock, max_message_bytes=2048, max_text_bytes=100_000)
+    hello(core, "s1", "alice", key="KEY-A")
+    say(core, "s1", "x" * 3000, "s1.1", key="KEY-M")  # mallory guesses alice's next mid
+    assert published(core) == []
+    say(core, "s1", "real", "s1.1", key="KEY-A")
+    assert [m.text for _, m in of_type(published(core), p.RoomMessage)] == ["real"]

@@ -71,8 +71,11 @@ def hist(seq: int, room: str = "#general", sender: str = "bob", mid: str | None 
     return p.HistoryMessage(**live(seq, room, sender, mid).body())
 
 
-def end(after: int, upto: int, count: int = 0, room: str = "#general", newest: int | None = None) -> p.HistoryEnd:
-    return p.HistoryEnd(room=room, after=after, upto=upto, count=count, newest=upto if newest is None else newest)
+def end(after: int, upto: int, count: int = 0, room: str = "#general", newest: int | None = None,
+        before: int | None = None) -> p.HistoryEnd:
+    """A history reply; ``before`` defaults to a bounded request's (upto + 1)."""
+    return p.HistoryEnd(room=room, after=after, upto=upto, count=count, newest=upto if newest is None else newest,
+                        before=upto + 1 if before is None else before)
 
 
 def connected(clock: FakeClock, rooms=("#general",)) -> ClientSession:
@@ -781,3 +784,20 @@ def test_new_history_epoch_resets_sequence_numbers(clock):
     got = events(session)
     assert any(isinstance(e, ev.Notice) and "reset" in e.text for e in got)
     assert seqs(got) == [1]  # not dropped as "already seen"
+
+
+def test_history_display_reply_is_not_taken_for_a_gap_fill(clock):
+    session = make_session(clock)
+    session.start()
+    welcome(session)
+    deliver(session, end(0, 0, before=0))  # empty room
+    deliver(session, live(3))  # 1 and 2 were dropped: a gap request with after=0 is outstanding
+    events(session)
+    session.history(1)
+    deliver(session, hist(3))
+    deliver(session, end(0, 3, count=1, before=0))  # the /history reply: must not close the gap
+    assert seqs(events(session)) == []
+    deliver(session, hist(1))
+    deliver(session, hist(2))
+    deliver(session, end(0, 2, count=2, before=3))
+    assert seqs(events(session)) == [1, 2, 3]

@@ -169,7 +169,10 @@ class Client:
     def say(self, text: str, room: str | None = None, action: bool = False) -> str:
         """Send ``text`` to ``room`` (default: the current room); returns the message id. Delivery is
         confirmed when our own message comes back (see ``drain``)."""
-        size = len(text.encode())
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError as exc:
+            raise ZmqchatError("message is not valid Unicode (lone surrogate)") from exc
         if size > self.session.max_text_bytes:
             raise ZmqchatError(f"message too long ({size} bytes, at most {self.session.max_text_bytes})")
         room = p.normalise_room(room) if room else None

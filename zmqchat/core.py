@@ -22,7 +22,8 @@ log = logging.getLogger("zmqchat.server")
 
 DEFAULT_MOTD = "Welcome to zmqchat. Type /help for commands, exit to leave."
 HEARTBEAT_ROOMS = 1000  # rooms whose newest seq rides on each heartbeat (more: gaps found at the next message)
-UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0  # a stale client hears "please say hello" this often, at most
+UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0
+LATCH_TIMEOUT = 10.0  # seconds a rate-refused message may hold back its sender's later ones  # a stale client hears "please say hello" this often, at most
 
 
 @dataclass
@@ -103,25 +104,27 @@ class ServerCore:
             self.bad_input.warn("dropped bad message: %s", exc)
             return
         size = sum(map(len, frames))
+        if isinstance(msg, p.Hello):
+            if size > self.config.max_message_bytes:
+                self.stats["rejected"] += 1
+                return
+            self.handle_hello(msg, key, bound_name)
+            return
+        member = self.presence.get(msg.session)
+        if member is None:
+            self._unknown_session(msg)
+            return
+        if member.key != key:  # checked before anything is said to that session
+            self.stats["rejected"] += 1
+            self.bad_input.warn("dropped %s for %s's session from another key", msg.KIND.decode(), member.name)
+            return
+        member.last_seen = self.clock()
         if size > self.config.max_message_bytes:
             self.stats["rejected"] += 1
-            if self.presence.get(msg.session) is not None:
-                self._refuse(msg.session, p.ERR_TOO_LONG, f"message too long ({size} bytes on the wire, at most "
-                             f"{self.config.max_message_bytes})", getattr(msg, "mid", ""))
+            self._refuse(msg.session, p.ERR_TOO_LONG, f"message too long ({size} bytes on the wire, at most "
+                         f"{self.config.max_message_bytes})", getattr(msg, "mid", ""))
             return
-        if not isinstance(msg, p.Hello):
-            member = self.presence.get(msg.session)
-            if member is None:
-                self._unknown_session(msg)
-                return
-            if member.key != key:
-                self.stats["rejected"] += 1
-                self.bad_input.warn("dropped %s for %s's session from another key", msg.KIND.decode(), member.name)
-                return
-            member.last_seen = self.clock()
-            self._handlers[type(msg)](msg, member)
-        else:
-            self.handle_hello(msg, key, bound_name)
+        self._handlers[type(msg)](msg, member)
 
     def tick(self) -> None:
         """Timers: expire silent clients, heartbeat, stats line. Call at least every heartbeat interval."""
@@ -203,7 +206,8 @@ class ServerCore:
         upto = min(before - 1, last) if before > 0 else last
         if not backlog and rows and len(rows) == limit:
             upto = rows[-1][0]
-        self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last))
+        self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last,
+                                         before=before))
         return len(rows)
 
     # -- handlers, one per client message kind
@@ -243,6 +247,8 @@ class ServerCore:
             self._enter_room(member, room, last if isinstance(last, int) and not isinstance(last, bool) else -1)
 
     def handle_say(self, msg: p.Say, member: Member) -> None:
+        if member.blocked_mid == msg.mid:
+            member.blocked_mid = ""  # it came back: whatever happens to it now, it no longer holds the rest
         key = f"{member.name}\x1f{msg.mid}"
         seen = self.history.seen(key)
         if seen is not None:
@@ -263,17 +269,18 @@ class ServerCore:
         now = self.clock()
         # Once a message is refused for rate, later ones are refused until it comes back, so a burst
         # that was already in flight cannot overtake it: one sender's messages stay in order.
-        if member.blocked_mid and msg.mid != member.blocked_mid:
+        if member.blocked_mid and now - member.blocked_at > LATCH_TIMEOUT:
+            member.blocked_mid = ""  # the refused message never came back (client gone or gave up)
+        if member.blocked_mid:
             self.stats["throttled"] += 1
             self._refuse(member.session, p.ERR_RATE_LIMITED, "slow down", msg.mid, 1.0 / max(self.config.rate, 1.0))
             return
         wait = self.limiter.check(member.session, now)
         if wait > 0:
             self.stats["throttled"] += 1
-            member.blocked_mid = msg.mid
+            member.blocked_mid, member.blocked_at = msg.mid, now
             self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", msg.mid, wait)
             return
-        member.blocked_mid = ""
         name, text, mid, action, room = member.name, msg.text, msg.mid, msg.action, msg.room
 
         def body(seq: int) -> bytes:

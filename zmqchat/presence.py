@@ -17,7 +17,8 @@ class Member:
     last_seen: float
     rooms: set[str] = field(default_factory=set)
     key: str | None = None  # CURVE public key that opened the session, when CURVE is on
-    blocked_mid: str = ""  # the message refused for rate; later ones wait until it is accepted
+    blocked_mid: str = ""  # the message refused for rate; later ones wait until it comes back
+    blocked_at: float = 0.0
 
 
 class Presence:

@@ -41,7 +41,7 @@ MAX_MID_CHARS = 96
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024  # whole multipart message; the PULL's MAXMSGSIZE caps each frame
 DEFAULT_MAX_TEXT_BYTES = 16 * 1024  # UTF-8 bytes of one chat message's text
 MIN_MAX_MESSAGE_BYTES = 1024
-MAX_LIST_ITEMS = 256  # rooms in a hello, names in a who reply stay bounded
+MAX_LIST_ITEMS = 256  # rooms taken from one hello
 
 ROOM_RE = re.compile(rf"#[A-Za-z0-9_.\-]{{1,{MAX_ROOM_CHARS - 1}}}")
 SESSION_RE = re.compile(rf"[A-Za-z0-9_\-]{{1,{MAX_SESSION_CHARS}}}")
@@ -186,7 +186,7 @@ class RoomsRequest(Message):
 @dataclass(frozen=True)
 class HistoryRequest(Message):
     """Ask for room messages with ``after < seq < before`` (``before`` 0: up to the newest), at most
-    ``limit``, newest ones when more exist."""
+    ``limit``: the newest ones for a backlog (after = before = 0), else the oldest (see HistoryEnd)."""
 
     KIND: ClassVar[bytes] = b"history"
     session: str
@@ -273,6 +273,7 @@ class HistoryEnd(Message):
     upto: int
     count: int
     newest: int = 0  # the room's newest sequence number; more than upto means "ask again from upto"
+    before: int = 0  # the request's ``before``: 0 for a backlog or /history, > 0 for a gap fill
 
 
 @_server

@@ -265,8 +265,8 @@ class ClientSession:
         if sync is None:
             return
         sync.show_old = False
-        if sync.synced and msg.after != sync.gap_after:
-            return  # a /history display reply: nothing to reorder
+        if sync.synced and (msg.before == 0 or msg.after != sync.gap_after):
+            return  # a /history display reply (before = 0) or a stale one: nothing to reorder
         if not sync.joined:
             # Our own join, confirmed on our session topic: the room-topic notice may beat our subscription.
             sync.joined = True

@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--no-persist", action="store_true", help="keep history in memory only")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-message-bytes", type=int, default=p.DEFAULT_MAX_MESSAGE_BYTES,
-                        help="largest message accepted on the wire; larger ones cut the sender off "
-                        "(default: %(default)s)")
+                        help="largest message accepted on the wire (a larger one gets an error; a single "
+                        "frame over it cuts the sender off) (default: %(default)s)")
     limits.add_argument("--max-text-bytes", type=int, default=p.DEFAULT_MAX_TEXT_BYTES,
                         help="largest chat message text in UTF-8 bytes (default: %(default)s)")
     limits.add_argument("--rate", type=float, default=20.0,

@@ -28,7 +28,7 @@ from prompt_toolkit.styles import Style
 from .. import events as ev
 from ..client import Client
 from ..commands import COMMANDS, QUIT, run_line
-from ..display import clean, clock_time, event_line, mentions, name_colour
+from ..display import HELP, clean, clock_time, event_line, mentions, name_colour
 from ..errors import ZmqchatError
 
 POLL_INTERVAL = 0.025  # seconds between polls of the chat sockets: instant to the eye, idle for the CPU
@@ -95,21 +95,26 @@ class ChatUI:
     # -- running
 
     def run(self) -> int:
-        """Run the prompt and the event pump in one asyncio loop on this thread; returns the exit status."""
-        return asyncio.run(self.run_async())
-
-    async def run_async(self) -> int:
-        pump = asyncio.ensure_future(self._pump())
+        """Run the prompt and the event pump in one asyncio loop on this thread, then leave; returns the exit
+        status."""
         try:
-            status = await self._read_lines()
-        finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            status = asyncio.run(self.run_async())
+        except KeyboardInterrupt:  # Ctrl-C between two prompts, while no prompt was reading keys
+            status = 0
         status = self._leave(status)
         if self.failure is not None and not isinstance(self.failure, ZmqchatError):
             raise self.failure  # a bug: let the traceback show
         return status
+
+    async def run_async(self) -> int:
+        """The prompt loop, with the event pump beside it; returns the exit status so far."""
+        pump = asyncio.ensure_future(self._pump())
+        try:
+            return await self._read_lines()
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
 
     async def _read_lines(self) -> int:
         while self.exit_status is None:
@@ -123,7 +128,7 @@ class ChatUI:
             if result is QUIT:
                 return 0
             if isinstance(result, str):
-                if result.startswith("Commands:"):
+                if result == HELP:
                     result += "\n" + KEYS_HELP
                 await self._print(self._text(result, "error" if result.startswith("ERROR") else "hint"))
         return self.exit_status
