@@ -56,13 +56,16 @@ PROXY_HWM = 100_000  # the same high-water marks as the zmqchat server (PULL and
 # process hygiene
 
 
+try:
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before any fork: the child only calls it
+except OSError:
+    _LIBC = None
+
+
 def die_with_parent() -> None:
     """Linux: get SIGTERM when the process that started us dies, so nothing outlives the bench."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port_pair() -> int:
@@ -182,7 +185,7 @@ def sub_worker(wid: int, jobs: mp.Queue, results: mp.Queue, life_end: float) -> 
                 break
             try:
                 results.put(_run_sub(ctx, wid, job, results))
-            except Exception as exc:  # report, never hang the bench
+            except Exception as exc:  # noqa: BLE001 (reported to the orchestrator, never a hang)
                 results.put(("subdone", wid, {"error": repr(exc)}))
     finally:
         ctx.destroy(linger=0)
@@ -264,7 +267,7 @@ def pub_worker(k: int, jobs: mp.Queue, ctrl: mp.Queue, results: mp.Queue, life_e
                 break
             try:
                 results.put(_run_pub(ctx, k, job, ctrl, results))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (reported to the orchestrator, never a hang)
                 results.put(("pubdone", k, {"error": repr(exc)}))
     finally:
         ctx.destroy(linger=0)
@@ -308,7 +311,7 @@ def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
                         if isinstance(msg, p.Welcome):
                             done = True
                         elif isinstance(msg, p.ErrorReply):
-                            raise RuntimeError(f"server refused hello: {msg.code} {msg.message}")
+                            raise RuntimeError(f"server refused hello: {msg.code} {msg.message}")  # noqa: TRY004
             welcome_after = time.monotonic() - start
         make = _fast_maker(FrameMaker(system, job["size"], session, name))
         phase = job["phase"].encode()
@@ -429,9 +432,9 @@ class Relay:
         else:
             argv = [sys.executable, os.path.abspath(__file__), "--proxy-child", self.in_ep, self.out_ep,
                     curve["server_secret_file"] if curve else "", str(lifetime)]
-        self.logf = open(self.log, "wb")
+        self.logf = open(self.log, "wb")  # noqa: SIM115 (the child's stderr, closed in stop())
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.logf,
-                                     env=env, preexec_fn=die_with_parent)
+                                     env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
         self._wait_listening()
         self.spy = None
         if system == "zmqchat" and args.py_spy:
@@ -442,7 +445,8 @@ class Relay:
             self.spy = subprocess.Popen([spy, "record", "--pid", str(self.proc.pid), "--rate", "1000",
                                          "--format", "raw", "--output", self.spy_out, "--nonblocking"],
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+                                        stderr=subprocess.DEVNULL,
+                                        preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
             time.sleep(1.0)  # let it attach before the load starts
 
     def _wait_listening(self, timeout: float = 15.0) -> None:
@@ -619,8 +623,11 @@ def machine() -> dict:
                 break
     except OSError:
         pass
+    import zmqchat
+
     return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "kernel": platform.release()}
+            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "kernel": platform.release(),
+            "zmqchat": os.path.dirname(zmqchat.__file__)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -639,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="zmqchat history on disk (SQLite) or in memory (default: on)")
     ap.add_argument("--curve", action=argparse.BooleanOptionalAction, default=False,
                     help="CURVE encryption on zmqchat and on the proxy (default: off)")
-    ap.add_argument("--repeat", type=int, default=1, help="alternate the relays this many times; medians reported")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="alternate the relays this many times; medians reported (default: %(default)s)")
     ap.add_argument("--only", choices=["zmqchat", "proxy"], help="measure one relay only (no ratios)")
     ap.add_argument("--skip-latency", action="store_true", help="full-speed phase only")
     ap.add_argument("--skip-throughput", action="store_true", help="latency phase only")
@@ -673,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         raise TimeoutError(f"bench exceeded --max-seconds={args.max_seconds}")
 
     signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(int(math.ceil(args.max_seconds)))
+    signal.alarm(math.ceil(args.max_seconds))
     t_begin = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="zmqchat-bench-"))
     systems = [args.only] if args.only else ["zmqchat", "proxy"]
@@ -772,7 +780,8 @@ def print_table(summary: dict, args) -> None:
     systems = [s for s in ("zmqchat", "proxy") if s in summary]
     m = summary["machine"]
     print()
-    print(f"machine: {m['nproc']} x {m['cpu']}; Python {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}")
+    print(f"machine: {m['nproc']} x {m['cpu']}; Python {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}; "
+          f"zmqchat from {m['zmqchat']}")
     c = summary["config"]
     print(f"config: {c['size']}-byte text, persist={'on' if c['persist'] else 'off'}, "
           f"curve={'on' if c['curve'] else 'off'}, {c['pubs']} publisher(s), repeat {c['repeat']}")

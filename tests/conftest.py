@@ -7,6 +7,7 @@ started by these fixtures only and stopped by their own pid at teardown.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -34,13 +35,10 @@ def script(name: str) -> list[str]:
 
 
 def free_port_pair() -> int:
-    """A port P on 127.0.0.1 with P and P+1 both free right now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port >= 65535:
-            continue
+    """A port P on 127.0.0.1 with P and P+1 both free right now, below the kernel's ephemeral range (so
+    that many outgoing connections elsewhere on the machine cannot take it meanwhile)."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
         try:
             with socket.socket() as a, socket.socket() as b:
                 a.bind(("127.0.0.1", port))

@@ -35,7 +35,8 @@ class ConnectionLost(Event):
 
 @dataclass(frozen=True)
 class Message(Event):
-    """A room message. ``history``: replayed from the server's history, not live; ``own``: ours."""
+    """A room message. ``history``: old talk replayed on joining a room or by /history (messages recovered
+    after a gap or a reconnect are new to us and are not marked); ``own``: ours."""
 
     type: ClassVar[str] = "message"
     room: str

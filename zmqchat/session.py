@@ -274,9 +274,10 @@ class ClientSession:
         missing = 0
         if sync.synced or msg.after > 0:  # a gap fill or a catch-up after reconnecting, not a backlog
             missing = sum(1 for s in range(sync.last + 1, msg.upto + 1) if s not in sync.buffer)
+        backlog = msg.after == 0 and msg.before == 0  # old talk shown on joining, not missed messages
         for seq in sorted(s for s in sync.buffer if s <= msg.upto):
             message, history = sync.buffer.pop(seq)
-            self.events.append(self._event(message, history))
+            self.events.append(self._event(message, history and backlog))
         sync.last = max(sync.last, msg.upto)
         sync.newest = max(sync.newest, msg.newest)
         sync.synced = True
@@ -290,8 +291,8 @@ class ClientSession:
         """Deliver buffered messages that continue the sequence; ask for the gap if one remains."""
         while sync.last + 1 in sync.buffer:
             sync.last += 1
-            message, history = sync.buffer.pop(sync.last)
-            self.events.append(self._event(message, history))
+            message, _ = sync.buffer.pop(sync.last)
+            self.events.append(self._event(message, False))  # live, or recovered after a gap: both new
         if sync.requested_at is not None:
             return
         if sync.buffer:

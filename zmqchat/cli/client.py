@@ -57,7 +57,7 @@ def chat(args: argparse.Namespace) -> int:
 
         return run_tui(client)
     show = _json_printer if args.json else _text_printer
-    return LineLoop(client, show, args.drain_timeout).run()
+    return LineLoop(client, show, args.drain_timeout, json_mode=args.json).run()
 
 
 def _text_printer(event: ev.Event) -> None:
@@ -73,8 +73,9 @@ def _json_printer(event: ev.Event) -> None:
 class LineLoop:
     """stdin lines in, events out, one poll for both."""
 
-    def __init__(self, client: Client, show, drain_timeout: float) -> None:
+    def __init__(self, client: Client, show, drain_timeout: float, json_mode: bool = False) -> None:
         self.client = client
+        self.json_mode = json_mode
         self.show = show
         self.drain_timeout = drain_timeout
         self.fd = sys.stdin.fileno()
@@ -127,5 +128,10 @@ class LineLoop:
     def _line(self, raw: bytes) -> object:
         result = run_line(self.client, raw.decode("utf-8", errors="replace"))
         if isinstance(result, str):
-            print(result, flush=True)
+            if not self.json_mode:
+                print(result, flush=True)
+            elif result.startswith("ERROR: "):  # local problems are events too, so every line stays JSON
+                self.show(ev.Error("local", result[len("ERROR: "):]))
+            else:
+                self.show(ev.Notice(result))
         return result

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from typing import Any
+from collections.abc import Callable
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application import run_in_terminal
@@ -71,7 +71,7 @@ class ChatUI:
     """The prompt, the event printer and the connection status of one terminal session."""
 
     def __init__(self, client: Client, *, input: Input | None = None, output: Output | None = None,
-                 colour: bool | None = None, clock: Any = time.monotonic) -> None:
+                 colour: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.colour = colour_wanted() if colour is None else colour
         self.style = Style.from_dict(COLOUR_RULES if self.colour else PLAIN_RULES)
