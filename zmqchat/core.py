@@ -82,6 +82,7 @@ class ServerCore:
              "recoveries", "recovered", "timeouts", "auth_failures", "errors"), 0)
         now = clock()
         self._next_heartbeat = now
+        self._next_expiry = now
         self._next_stats = now + config.stats_interval if config.stats_interval > 0 else float("inf")
         self._unknown_session_bucket = RateLimiter(UNKNOWN_SESSION_REPLIES_PER_SEC, 2.0)
         self._handlers: dict[type[p.Message], Callable] = {
@@ -129,11 +130,14 @@ class ServerCore:
     def tick(self) -> None:
         """Timers: expire silent clients, heartbeat, stats line. Call at least every heartbeat interval."""
         now = self.clock()
-        for member in self.presence.expire(now):
-            self.stats["timeouts"] += 1
-            self.limiter.forget(member.session)
-            log.info("%s left (timed out)", member.name)
-            self._announce_leave(member, "timeout", now)
+        if now >= self._next_expiry:
+            # A scan of every session: a few times per heartbeat interval is plenty, per batch is not.
+            self._next_expiry = now + self.config.heartbeat_interval / 4
+            for member in self.presence.expire(now):
+                self.stats["timeouts"] += 1
+                self.limiter.forget(member.session)
+                log.info("%s left (timed out)", member.name)
+                self._announce_leave(member, "timeout", now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             # Newest seq of each occupied room: lets a client notice it lost the tail of a burst.
@@ -284,8 +288,7 @@ class ServerCore:
         name, text, mid, action, room = member.name, msg.text, msg.mid, msg.action, msg.room
 
         def body(seq: int) -> bytes:
-            return p.encode_body(p.RoomMessage(room=room, seq=seq, ts=now, sender=name, text=text, mid=mid,
-                                         action=action))
+            return p.room_message_body(room, seq, now, name, text, mid, action)
 
         _seq, encoded = self.history.append(room, now, key, body)
         self.stats["messages"] += 1
