@@ -756,3 +756,16 @@ def test_oversize_message_in_someone_elses_session_is_dropped_silently(clock):
     assert published(core) == []
     say(core, "s1", "real", "s1.1", key="KEY-A")
     assert [m.text for _, m in of_type(published(core), p.RoomMessage)] == ["real"]
+
+
+def test_big_rooms_do_not_announce_joins_and_leaves(clock):
+    core = make_core(clock, presence_limit=2)
+    hello(core, "s1", "alice")
+    assert len(of_type(hello(core, "s2", "bob"), p.PresenceEvent)) == 1
+    assert of_type(hello(core, "s3", "carol"), p.PresenceEvent) == []  # a third member: quiet
+    send(core, p.Bye(session="s3"))
+    assert of_type(published(core), p.PresenceEvent) == []  # left a 3-member room: quiet
+    send(core, p.Bye(session="s2"))
+    assert [m.name for _, m in of_type(published(core), p.PresenceEvent)] == ["bob"]
+    send(core, p.WhoRequest(session="s1"))
+    assert [m.rooms for _, m in published(core)] == [{"#general": ["alice"]}]

@@ -40,6 +40,7 @@ class ServerConfig:
     max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES  # whole message; also the PULL's MAXMSGSIZE
     max_history_reply: int = 1000  # messages in one history reply
     stats_interval: float = 0.0  # seconds between stats log lines (0: never)
+    presence_limit: int = 500  # rooms with more members do not announce joins and leaves
 
 
 class LogLimiter:
@@ -119,7 +120,7 @@ class ServerCore:
             self.stats["rejected"] += 1
             self.bad_input.warn("dropped %s for %s's session from another key", msg.KIND.decode(), member.name)
             return
-        member.last_seen = self.clock()
+        self.presence.touch(member.session, self.clock())
         if size > self.config.max_message_bytes:
             self.stats["rejected"] += 1
             self._refuse(msg.session, p.ERR_TOO_LONG, f"message too long ({size} bytes on the wire, at most "
@@ -182,16 +183,22 @@ class ServerCore:
         if self._unknown_session_bucket.check(msg.session, self.clock()) == 0.0:
             self._refuse(msg.session, p.ERR_UNKNOWN_SESSION, "unknown session; send hello")
 
+    def _announce(self, room: str, name: str, event: str, now: float) -> None:
+        # Every join reaches every member: n joins cost n^2 deliveries. Big rooms stay quiet (/who works).
+        # Called after the change: a leaver no longer counts, so add it back to judge the room's size.
+        size = self.presence.size_of(room) + (event != "join")
+        if size <= self.config.presence_limit:
+            self._publish(p.room_topic(room), p.PresenceEvent(room=room, name=name, event=event, ts=now))
+
     def _announce_leave(self, member: Member, event: str, now: float) -> None:
         for room in sorted(member.rooms):
-            self._publish(p.room_topic(room), p.PresenceEvent(room=room, name=member.name, event=event, ts=now))
+            self._announce(room, member.name, event, now)
 
     def _enter_room(self, member: Member, room: str, last_seq: int) -> None:
         """Join ``member`` to ``room`` (announcing it if new) and replay what it has not seen."""
         if self.presence.join(member, room):
             log.info("%s joined %s", member.name, room)
-            self._publish(p.room_topic(room), p.PresenceEvent(room=room, name=member.name, event="join",
-                                                              ts=self.clock()))
+            self._announce(room, member.name, "join", self.clock())
         if last_seq < 0:
             self._send_history(member, room, 0, 0, self.config.backlog)
         else:
@@ -239,7 +246,7 @@ class ServerCore:
             member = self.presence.add(msg.session, msg.name, now)
             member.key = key
             log.info("%s connected (session %s)", msg.name, msg.session)
-        member.last_seen = now
+        self.presence.touch(member.session, now)
         self._reply(member, p.Welcome(session=msg.session, name=msg.name, motd=self.config.motd,
                                       heartbeat_interval=self.config.heartbeat_interval,
                                       max_text_bytes=self.config.max_text_bytes, server_time=now,
@@ -305,8 +312,7 @@ class ServerCore:
     def handle_part(self, msg: p.Part, member: Member) -> None:
         if self.presence.part(member, msg.room):
             log.info("%s left %s", member.name, msg.room)
-            self._publish(p.room_topic(msg.room), p.PresenceEvent(room=msg.room, name=member.name, event="part",
-                                                                  ts=self.clock()))
+            self._announce(msg.room, member.name, "part", self.clock())
 
     def handle_who(self, msg: p.WhoRequest, member: Member) -> None:
         rooms = [msg.room] if msg.room else sorted(member.rooms)

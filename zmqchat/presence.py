@@ -5,6 +5,7 @@ A session is one connected client (its random session id); a name belongs to at 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 
@@ -26,7 +27,8 @@ class Presence:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._sessions: dict[str, Member] = {}
+        # Ordered by last_seen (touch moves a session to the end), so expiry looks only at the front.
+        self._sessions: OrderedDict[str, Member] = OrderedDict()
         self._names: dict[str, str] = {}  # name -> session
         self._rooms: dict[str, set[str]] = {}  # room -> sessions
 
@@ -51,6 +53,7 @@ class Presence:
         member = self._sessions.get(session)
         if member is not None:
             member.last_seen = now
+            self._sessions.move_to_end(session)
         return member
 
     def join(self, member: Member, room: str) -> bool:
@@ -91,8 +94,15 @@ class Presence:
     def expire(self, now: float) -> list[Member]:
         """Remove and return every session silent for longer than the timeout."""
         deadline = now - self.timeout
-        dead = [m.session for m in self._sessions.values() if m.last_seen < deadline]
+        dead = []
+        for member in self._sessions.values():
+            if member.last_seen >= deadline:
+                break  # everyone after this one was seen later
+            dead.append(member.session)
         return [m for m in map(self.remove, dead) if m is not None]
+
+    def size_of(self, room: str) -> int:
+        return len(self._rooms.get(room, ()))
 
     def names_in(self, room: str) -> list[str]:
         return sorted(self._sessions[s].name for s in self._rooms.get(room, ()))

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds between heartbeats, both ways (default: %(default)s)")
     chat.add_argument("--heartbeat-misses", type=int, default=3,
                       help="missed client heartbeats before it is timed out (default: %(default)s)")
+    chat.add_argument("--presence-limit", type=int, default=500,
+                      help="rooms with more members than this do not announce joins and leaves (default: %(default)s)")
     hist = parser.add_argument_group("history")
     hist.add_argument("--history", type=int, default=1000, help="messages kept per room (default: %(default)s)")
     hist.add_argument("--backlog", type=int, default=20,
@@ -104,7 +106,8 @@ def serve(args: argparse.Namespace) -> int:
     config = ServerConfig(motd=args.motd, heartbeat_interval=args.heartbeat_interval,
                           heartbeat_misses=args.heartbeat_misses, backlog=args.backlog, rate=args.rate,
                           burst=args.burst, max_text_bytes=args.max_text_bytes,
-                          max_message_bytes=args.max_message_bytes, stats_interval=args.stats_interval)
+                          max_message_bytes=args.max_message_bytes, stats_interval=args.stats_interval,
+                          presence_limit=args.presence_limit)
     server = Server(ServerCore(config, history), in_ep, out_ep, max_message_bytes=args.max_message_bytes,
                     curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=args.pub_hwm)
     signal.signal(signal.SIGINT, lambda *_: server.stop())
