@@ -438,12 +438,12 @@ def _build(cls: type[Message], raw: bytes) -> Message:
                 raise ProtocolError(f"{cls.KIND.decode()}: missing field {name!r}")
             continue
         value = body[name]
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        # bool is an int subclass in Python; JSON true must not pass as a number
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise ProtocolError(f"{cls.KIND.decode()}: field {name!r} must be {typ.__name__}")
-        if typ is str:
+        if type(value) is not typ:  # the JSON decoder makes exact types: this is the rare path
+            if typ is float and type(value) is int:
+                value = float(value)
+            else:  # bool is an int subclass: JSON true must not pass as a number, nor 1 as a bool
+                raise ProtocolError(f"{cls.KIND.decode()}: field {name!r} must be {typ.__name__}")
+        if typ is str and not value.isascii():
             _check_text(cls, name, value)
         kwargs[name] = value
     return cls(**kwargs)
