@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zmqchat import protocol as p
-from zmqchat.core import DEFAULT_MOTD, LATCH_TIMEOUT, ServerConfig, ServerCore
-from zmqchat.history import History
+from zmqchat.core import COMMIT_GIVE_UP, DEFAULT_MOTD, LATCH_TIMEOUT, ServerConfig, ServerCore
+from zmqchat.history import History, HistoryError
 
 GENERAL = p.room_topic("#general")
 DEV = p.room_topic("#dev")
@@ -727,13 +727,15 @@ def test_rate_latch_is_released_when_the_refused_message_fails_otherwise(clock):
     say(core, "s1", "one", "a1")
     say(core, "s1", "two", "a2")  # refused for rate: holds the latch
     published(core)
-    send(core, p.Part(session="s1", room="#general"))
+    clock.advance(2)
+    send(core, p.Part(session="s1", room="#general"))  # requests cost a token too
     published(core)
     clock.advance(5)
     say(core, "s1", "two", "a2")  # comes back, but the sender left the room meanwhile
     assert error(published(core)).code == p.ERR_NOT_IN_ROOM
     send(core, p.Join(session="s1", room="#general"))
     published(core)
+    clock.advance(2)
     say(core, "s1", "three", "a3")
     assert [m.text for _, m in of_type(published(core), p.RoomMessage)] == ["three"]
 
@@ -769,3 +771,82 @@ def test_big_rooms_do_not_announce_joins_and_leaves(clock):
     assert [m.name for _, m in of_type(published(core), p.PresenceEvent)] == ["bob"]
     send(core, p.WhoRequest(session="s1"))
     assert [m.rooms for _, m in published(core)] == [{"#general": ["alice"]}]
+
+
+def test_requests_share_the_senders_token_bucket(clock):
+    core = make_core(clock, rate=1.0, burst=5.0)
+    hello(core, "s1", "alice")
+    hello(core, "s2", "bob")
+    for _ in range(5):
+        send(core, p.HistoryRequest(session="s1", room="#general", limit=100))  # 1.5 tokens each
+    out = published(core)
+    assert len(of_type(out, p.HistoryEnd)) == 3
+    assert [e.code for _, e in of_type(out, p.ErrorReply)] == [p.ERR_RATE_LIMITED] * 2
+    for _ in range(10):
+        send(core, p.Join(session="s1", room="#flood"))
+    assert core.stats["throttled"] == 12
+    send(core, p.WhoRequest(session="s2"))  # bob is unaffected
+    assert [type(m) for _, m in published(core)][-1] is p.WhoReply
+
+
+def test_history_reply_is_bounded_in_bytes(clock):
+    core = make_core(clock, History(limit=1000), rate=0.0, max_text_bytes=16_000)
+    hello(core, "s1", "alice")
+    for i in range(200):
+        say(core, "s1", "x" * 15_000, f"m{i}")
+    published(core)
+    send(core, p.HistoryRequest(session="s1", room="#general", after=1, before=0, limit=1000))
+    out = published(core)
+    sent = [m.seq for _, m in of_type(out, p.HistoryMessage)]
+    end = out[-1][1]
+    assert 0 < len(sent) < 199 and sum(len(m.text) for _, m in of_type(out, p.HistoryMessage)) <= 1 << 20
+    assert sent == list(range(2, 2 + len(sent))) and end.upto == sent[-1] and end.newest == 200
+    send(core, p.HistoryRequest(session="s1", room="#general", limit=1000))  # a backlog keeps the newest
+    assert [m.seq for _, m in of_type(published(core), p.HistoryMessage)][-1] == 200
+
+
+def test_timestamps_use_the_wall_clock_and_timers_the_monotonic_one():
+    timer, wall = FakeClock(), FakeClock()
+    timer.now, wall.now = 10.0, 1_800_000_000.0
+    core = ServerCore(ServerConfig(), History(limit=10), clock=timer, wall_clock=wall)
+    hello(core, "s1", "alice")
+    say(core, "s1", "hi", "m1")
+    (_, msg), = of_type(published(core), p.RoomMessage)
+    assert msg.ts == wall.now
+    wall.now -= 3600  # the wall clock steps back an hour: timers do not care
+    timer.advance(1.0)
+    core.tick()
+    assert [type(m) for _, m in published(core)] == [p.ServerHeartbeat]
+
+
+class FailingHistory(History):
+    """Refuses commits while ``failing`` is set, like a database locked by another program."""
+
+    failing = True
+
+    def commit(self) -> None:
+        if self.failing:
+            raise HistoryError("history database: database is locked")
+        super().commit()
+
+
+def test_nothing_is_published_while_history_cannot_be_saved(clock):
+    history = FailingHistory(limit=10)
+    core = make_core(clock, history)
+    send(core, p.Hello(session="s1", name="alice", rooms=["#general"]))
+    say(core, "s1", "kept", "m1")
+    assert core.flush() == []  # not on disk: not published
+    clock.advance(5)
+    history.failing = False
+    out = published(core)
+    assert [m.text for _, m in of_type(out, p.RoomMessage)] == ["kept"]
+
+
+def test_server_gives_up_when_history_stays_unwritable(clock):
+    core = make_core(clock, FailingHistory(limit=10))
+    hello_frames = p.encode_client(p.Hello(session="s1", name="alice", rooms=["#general"]))
+    core.receive(hello_frames)
+    assert core.flush() == []
+    clock.advance(COMMIT_GIVE_UP + 1)
+    with pytest.raises(HistoryError):
+        core.flush()

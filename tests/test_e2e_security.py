@@ -188,3 +188,33 @@ def test_sighup_reload_removes_access_for_new_connections(chat, keys):
     server.expect("reloaded authorised keys: 2", stream="err")
     refused(chat, "bob", *client_keys(keydir, "bob"), message="^ERROR: the server refused our key")
     chat.client("alice", *client_keys(keydir, "alice"))
+
+
+def test_a_key_removed_by_sighup_cannot_speak_on_its_open_connection(chat, keys, zmq_ctx):
+    keydir, allowed = keys
+    server = secure_server(chat, keydir, allowed)
+    watcher = chat.client("alice", *client_keys(keydir, "alice"), "--json")
+    push, sub = _raw_peer(zmq_ctx, chat, keydir, "mallory")
+    welcome = None
+    while welcome is None:  # mallory joins as herself; resend until the subscription is in place
+        push.send_multipart(p.encode_client(p.Hello(session="m1", name="mallory", rooms=["#general"])))
+        try:
+            welcome = _wait_for(sub, lambda t, m: isinstance(m, p.Welcome), timeout=0.5)
+        except pytest.fail.Exception:
+            continue
+    watcher.expect('"name": "mallory", "event": "join"')
+    (allowed / "mallory.key").unlink()
+    server.signal(signal.SIGHUP)
+    server.expect("reloaded authorised keys: 2", stream="err")
+    watcher.expect('"name": "mallory", "event": "revoked"')  # her session ended
+    # the same, still-open connection now claims a free name and speaks: dropped, counted
+    push.send_multipart(p.encode_client(p.Hello(session="m2", name="eve", rooms=["#general"])))
+    push.send_multipart(p.encode_client(p.Say(session="m2", room="#general", text="I am eve", mid="m2.1")))
+    failures = 0
+    deadline = time.monotonic() + WAIT
+    while failures < 2 and time.monotonic() < deadline:  # mallory's frames travel on another connection
+        start = len(watcher.lines["out"])
+        watcher.send("/stats")
+        failures = json.loads(watcher.expect('"type": "stats"', start=start))["stats"]["auth_failures"]
+    assert failures >= 2
+    assert watcher.count("I am eve") == 0 and watcher.count('"name": "eve"') == 0

@@ -366,3 +366,26 @@ def test_reopen_with_a_smaller_limit(tmp_path):
     assert small.last_seq("#a") == 10
     assert small.append("#a", 0.0, "x", body_of("#a", "x"))[0] == 11
     small.close()
+
+
+def test_a_failed_commit_keeps_the_batch_for_the_next_one(tmp_path, monkeypatch):
+    import sqlite3
+
+    from zmqchat import history as history_module
+    from zmqchat.history import HistoryError
+
+    monkeypatch.setattr(history_module, "BUSY_TIMEOUT", 0.05)
+    path = tmp_path / "h.sqlite3"
+    store = History(limit=10, path=path)
+    store.append("#g", 1.0, "alice\x1fm1", lambda seq: b"one")
+    locker = sqlite3.connect(str(path), isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+    with pytest.raises(HistoryError, match="locked"):
+        store.commit()
+    locker.execute("ROLLBACK")
+    locker.close()
+    store.commit()
+    store.close()
+    reopened = History(limit=10, path=path)
+    assert reopened.range("#g") == [(1, b"one")]
+    reopened.close()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 from . import protocol as p
-from .history import History
+from .history import History, HistoryError
 from .presence import Member, Presence
 from .ratelimit import RateLimiter
 
@@ -23,6 +23,8 @@ log = logging.getLogger("zmqchat.server")
 DEFAULT_MOTD = "Welcome to zmqchat. Type /help for commands, exit to leave."
 HEARTBEAT_ROOMS = 1000  # rooms whose newest seq rides on each heartbeat (more: gaps found at the next message)
 UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0
+COMMIT_GIVE_UP = 30.0  # seconds of failing history commits before the server stops with an error
+HISTORY_REPLY_BYTES = 1 << 20  # one history reply carries at most this much; the client asks for the rest
 LATCH_TIMEOUT = 10.0  # seconds a rate-refused message may hold back its sender's later ones  # a stale client hears "please say hello" this often, at most
 
 
@@ -41,6 +43,13 @@ class ServerConfig:
     max_history_reply: int = 1000  # messages in one history reply
     stats_interval: float = 0.0  # seconds between stats log lines (0: never)
     presence_limit: int = 500  # rooms with more members do not announce joins and leaves
+
+
+# Tokens each request costs from the sender's bucket (messages cost 1, in handle_say; pings and bye: 0).
+REQUEST_COSTS: dict[type[p.Message], Callable[[p.Message], float]] = {
+    p.Join: lambda m: 1.0, p.Part: lambda m: 1.0, p.WhoRequest: lambda m: 1.0, p.RoomsRequest: lambda m: 1.0,
+    p.StatsRequest: lambda m: 1.0, p.HistoryRequest: lambda m: 1.0 + max(0, m.limit) / 200,
+}
 
 
 class LogLimiter:
@@ -70,14 +79,19 @@ class LogLimiter:
 class ServerCore:
     """Consumes client frames (``receive``) and timers (``tick``); ``flush`` returns what to publish."""
 
-    def __init__(self, config: ServerConfig, history: History, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: ServerConfig, history: History, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] | None = None) -> None:
         self.config = config
         self.history = history
-        self.clock = clock
+        self.clock = clock  # timers: heartbeats, expiry, rate limits (monotonic: a clock step breaks none)
+        # timestamps people read; an injected test clock serves as both
+        self.wall_clock = wall_clock or (time.time if clock is time.monotonic else clock)
         self.presence = Presence(config.heartbeat_interval * config.heartbeat_misses)
         self.limiter = RateLimiter(config.rate, config.burst)
         self.out: list[list[bytes]] = []
         self.bad_input = LogLimiter(clock)
+        self.db_errors = LogLimiter(clock, burst=1)
+        self._failing_since: float | None = None
         self.stats = dict.fromkeys(
             ("received", "published", "messages", "rejected", "refused", "throttled", "duplicates",
              "recoveries", "recovered", "timeouts", "auth_failures", "errors"), 0)
@@ -126,7 +140,20 @@ class ServerCore:
             self._refuse(msg.session, p.ERR_TOO_LONG, f"message too long ({size} bytes on the wire, at most "
                          f"{self.config.max_message_bytes})", getattr(msg, "mid", ""))
             return
+        cost = REQUEST_COSTS.get(type(msg))
+        if cost is not None and not self._charge(member, cost(msg)):
+            return
         self._handlers[type(msg)](msg, member)
+
+    def _charge(self, member: Member, cost: float) -> bool:
+        """Requests share the sender's token bucket with its messages: a flood of joins or history
+        requests is throttled like a flood of messages."""
+        wait = self.limiter.check(member.session, self.clock(), cost)
+        if wait <= 0:
+            return True
+        self.stats["throttled"] += 1
+        self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", retry_after=wait)
+        return False
 
     def tick(self) -> None:
         """Timers: expire silent clients, heartbeat, stats line. Call at least every heartbeat interval."""
@@ -138,20 +165,32 @@ class ServerCore:
                 self.stats["timeouts"] += 1
                 self.limiter.forget(member.session)
                 log.info("%s left (timed out)", member.name)
-                self._announce_leave(member, "timeout", now)
+                self._announce_leave(member, "timeout")
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             # Newest seq of each occupied room: lets a client notice it lost the tail of a burst.
             rooms = islice(self.presence.room_counts(), HEARTBEAT_ROOMS)
             seqs = {room: self.history.last_seq(room) for room in rooms}
-            self._publish(p.ALL_TOPIC, p.ServerHeartbeat(ts=now, seqs=seqs))
+            self._publish(p.ALL_TOPIC, p.ServerHeartbeat(ts=self.wall_clock(), seqs=seqs))
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_interval
             log.info("stats %s", " ".join(f"{k}={v}" for k, v in self.snapshot().items()))
 
     def flush(self) -> list[list[bytes]]:
-        """Commit history, then hand over everything to publish, in order."""
-        self.history.commit()
+        """Commit history, then hand over everything to publish, in order. While the database refuses
+        writes nothing is published (what is not on disk must not be seen); after COMMIT_GIVE_UP
+        seconds of that, HistoryError ends the server."""
+        try:
+            self.history.commit()
+        except HistoryError as exc:
+            now = self.clock()
+            if self._failing_since is None:
+                self._failing_since = now
+            self.db_errors.warn("%s (holding %d messages, retrying)", exc, len(self.out))
+            if now - self._failing_since > COMMIT_GIVE_UP:
+                raise
+            return []
+        self._failing_since = None
         out, self.out = self.out, []
         self.stats["published"] += len(out)
         return out
@@ -159,6 +198,15 @@ class ServerCore:
     def shutdown(self, message: str = "server shutting down") -> list[list[bytes]]:
         self._publish(p.ALL_TOPIC, p.Shutdown(message=message))
         return self.flush()
+
+    def revoke(self, allowed_keys: set[str]) -> None:
+        """End every session whose CURVE key is not in ``allowed_keys`` (after the allowlist shrank)."""
+        for member in self.presence.members():
+            if member.key is not None and member.key not in allowed_keys:
+                self.presence.remove(member.session)
+                self.limiter.forget(member.session)
+                log.info("%s removed: key no longer authorised", member.name)
+                self._announce_leave(member, "revoked")
 
     def snapshot(self) -> dict[str, int]:
         """Counters for /stats and the periodic stats line."""
@@ -183,22 +231,23 @@ class ServerCore:
         if self._unknown_session_bucket.check(msg.session, self.clock()) == 0.0:
             self._refuse(msg.session, p.ERR_UNKNOWN_SESSION, "unknown session; send hello")
 
-    def _announce(self, room: str, name: str, event: str, now: float) -> None:
+    def _announce(self, room: str, name: str, event: str) -> None:
         # Every join reaches every member: n joins cost n^2 deliveries. Big rooms stay quiet (/who works).
         # Called after the change: a leaver no longer counts, so add it back to judge the room's size.
         size = self.presence.size_of(room) + (event != "join")
         if size <= self.config.presence_limit:
-            self._publish(p.room_topic(room), p.PresenceEvent(room=room, name=name, event=event, ts=now))
+            self._publish(p.room_topic(room), p.PresenceEvent(room=room, name=name, event=event,
+                                                              ts=self.wall_clock()))
 
-    def _announce_leave(self, member: Member, event: str, now: float) -> None:
+    def _announce_leave(self, member: Member, event: str) -> None:
         for room in sorted(member.rooms):
-            self._announce(room, member.name, event, now)
+            self._announce(room, member.name, event)
 
     def _enter_room(self, member: Member, room: str, last_seq: int) -> None:
         """Join ``member`` to ``room`` (announcing it if new) and replay what it has not seen."""
         if self.presence.join(member, room):
             log.info("%s joined %s", member.name, room)
-            self._announce(room, member.name, "join", self.clock())
+            self._announce(room, member.name, "join")
         if last_seq < 0:
             self._send_history(member, room, 0, 0, self.config.backlog)
         else:
@@ -211,11 +260,14 @@ class ServerCore:
         # the client asks for the rest. An open range (after = before = 0) is a backlog: the newest.
         backlog = after <= 0 and before <= 0
         rows = self.history.range(room, after, before, limit, newest=backlog)
+        cut = len(rows) == limit
+        if sum(len(body) for _, body in rows) > HISTORY_REPLY_BYTES:
+            rows, cut = _within_bytes(rows, HISTORY_REPLY_BYTES, keep_newest=backlog), True
         for _seq, body in rows:
             self.out.append([topic, p.VERSION, p.HistoryMessage.KIND, body])
         last = self.history.last_seq(room)
         upto = min(before - 1, last) if before > 0 else last
-        if not backlog and rows and len(rows) == limit:
+        if not backlog and rows and cut:
             upto = rows[-1][0]
         self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last,
                                          before=before))
@@ -249,7 +301,7 @@ class ServerCore:
         self.presence.touch(member.session, now)
         self._reply(member, p.Welcome(session=msg.session, name=msg.name, motd=self.config.motd,
                                       heartbeat_interval=self.config.heartbeat_interval,
-                                      max_text_bytes=self.config.max_text_bytes, server_time=now,
+                                      max_text_bytes=self.config.max_text_bytes, server_time=self.wall_clock(),
                                       epoch=self.history.epoch, max_message_bytes=self.config.max_message_bytes))
         same_epoch = msg.epoch == self.history.epoch
         member.blocked_mid = ""
@@ -294,10 +346,12 @@ class ServerCore:
             return
         name, text, mid, action, room = member.name, msg.text, msg.mid, msg.action, msg.room
 
-        def body(seq: int) -> bytes:
-            return p.room_message_body(room, seq, now, name, text, mid, action)
+        ts = self.wall_clock()
 
-        _seq, encoded = self.history.append(room, now, key, body)
+        def body(seq: int) -> bytes:
+            return p.room_message_body(room, seq, ts, name, text, mid, action)
+
+        _seq, encoded = self.history.append(room, ts, key, body)
         self.stats["messages"] += 1
         log.debug("%s <%s> %s", room, name, text)
         self.out.append([p.room_topic(room), p.VERSION, p.RoomMessage.KIND, encoded])
@@ -312,7 +366,7 @@ class ServerCore:
     def handle_part(self, msg: p.Part, member: Member) -> None:
         if self.presence.part(member, msg.room):
             log.info("%s left %s", member.name, msg.room)
-            self._announce(msg.room, member.name, "part", self.clock())
+            self._announce(msg.room, member.name, "part")
 
     def handle_who(self, msg: p.WhoRequest, member: Member) -> None:
         rooms = [msg.room] if msg.room else sorted(member.rooms)
@@ -344,5 +398,18 @@ class ServerCore:
         self.presence.remove(member.session)
         self.limiter.forget(member.session)
         log.info("%s left", member.name)
-        self._announce_leave(member, "quit", self.clock())
+        self._announce_leave(member, "quit")
         self._reply(member, p.Goodbye(session=member.session))
+
+
+def _within_bytes(rows: list[tuple[int, bytes]], budget: int, keep_newest: bool) -> list[tuple[int, bytes]]:
+    """The longest run of ``rows`` (from the newest end, or from the oldest) whose bodies fit ``budget``;
+    at least one row, so that a reply always makes progress."""
+    ordered = reversed(rows) if keep_newest else iter(rows)
+    kept, used = [], 0
+    for row in ordered:
+        used += len(row[1])
+        if kept and used > budget:
+            break
+        kept.append(row)
+    return kept[::-1] if keep_newest else kept

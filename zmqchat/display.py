@@ -8,7 +8,8 @@ import zlib
 
 from . import events as ev
 
-PRESENCE_WORDS = {"join": "joined", "part": "left", "quit": "left", "timeout": "left (timed out)"}
+PRESENCE_WORDS = {"join": "joined", "part": "left", "quit": "left", "timeout": "left (timed out)",
+                  "revoked": "left (key no longer authorised)"}
 _CONTROL = {c: "\ufffd" for c in range(32) if c not in (9, 10)} | {127: "\ufffd"}
 
 

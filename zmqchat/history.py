@@ -7,6 +7,7 @@ that anyone has seen is on disk and its sequence number is never reused after a 
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 import threading
@@ -14,6 +15,15 @@ from collections import OrderedDict, deque
 from itertools import islice
 from pathlib import Path
 
+from .errors import ZmqchatError
+
+log = logging.getLogger("zmqchat.server")
+
+
+class HistoryError(ZmqchatError):
+    """The history database refused a write (locked, full, broken); its text says which file and why."""
+
+BUSY_TIMEOUT = 1.0  # seconds
 DEDUPE_KEYS = 200_000  # (sender, mid) pairs remembered, in memory and reloaded from disk
 
 _SCHEMA = """
@@ -51,7 +61,8 @@ class History:
 
     def _open(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # A short busy timeout: a lock held by another program stalls the serving loop at most this long.
+        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; see docs/history.md
         # Checkpoints (the only fsyncs in this mode) run on their own thread, off the publish path.
@@ -81,22 +92,36 @@ class History:
             self._pending.clear()
             return
         db = self._db
-        db.execute("BEGIN")
-        db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", self._pending)
+        untrimmed = dict(self._untrimmed)  # rows per room since its last trim, applied once committed
         for room, _seq, _ts, _key, _body in self._pending:
-            self._untrimmed[room] = self._untrimmed.get(room, 0) + 1
-        trim = [room for room, n in self._untrimmed.items() if n >= max(64, self.limit // 8)]
+            untrimmed[room] = untrimmed.get(room, 0) + 1
+        trim = [room for room, n in untrimmed.items() if n >= max(64, self.limit // 8)]
+        try:
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", self._pending)
+            for room in trim:
+                db.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, self._last[room] - self.limit))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Locked by another program, disk full, I/O error: nothing of the batch is kept on disk, and
+            # the batch stays pending so the next commit() tries it again.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise HistoryError(f"history database {self.path}: {exc}") from exc
         for room in trim:
-            db.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, self._last[room] - self.limit))
-            del self._untrimmed[room]
-        db.execute("COMMIT")
+            del untrimmed[room]
+        self._untrimmed = untrimmed
         self._pending.clear()
 
     def close(self) -> None:
         if self._db is not None:
-            self.commit()
-            for room in list(self._untrimmed):
-                self._db.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, self._last[room] - self.limit))
+            try:
+                self.commit()
+                for room in list(self._untrimmed):
+                    self._db.execute("DELETE FROM messages WHERE room = ? AND seq <= ?",
+                                     (room, self._last[room] - self.limit))
+            except (HistoryError, sqlite3.Error) as exc:
+                log.error("could not save the last messages: %s", exc)
             self._db.close()
             self._db = None
         if self._checkpointer is not None:

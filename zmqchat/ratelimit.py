@@ -14,14 +14,15 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = now
 
-    def take(self, now: float) -> float:
-        """Spend a token: 0.0 if allowed, otherwise the seconds to wait before one is available."""
+    def take(self, now: float, cost: float = 1.0) -> float:
+        """Spend ``cost`` tokens: 0.0 if allowed, otherwise the seconds to wait until they are there."""
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        cost = min(cost, self.burst)  # a request dearer than the whole burst is still possible, when full
+        if self.tokens >= cost:
+            self.tokens -= cost
             return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return (cost - self.tokens) / self.rate
 
 
 class RateLimiter:
@@ -33,8 +34,8 @@ class RateLimiter:
         self.max_keys = max_keys  # made-up keys must not grow memory without bound
         self._buckets: dict[str, TokenBucket] = {}
 
-    def check(self, key: str, now: float) -> float:
-        """0.0 if ``key`` may send now, else the seconds until it may."""
+    def check(self, key: str, now: float, cost: float = 1.0) -> float:
+        """0.0 if ``key`` may spend ``cost`` now, else the seconds until it may."""
         if self.rate <= 0:
             return 0.0
         bucket = self._buckets.get(key)
@@ -42,7 +43,7 @@ class RateLimiter:
             if len(self._buckets) >= self.max_keys:
                 del self._buckets[next(iter(self._buckets))]  # the oldest key
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
-        return bucket.take(now)
+        return bucket.take(now, cost)
 
     def forget(self, key: str) -> None:
         self._buckets.pop(key, None)

@@ -140,8 +140,14 @@ class Server:
                         if curve:
                             parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
                             key = parts[0].get("User-Id")
-                            core.receive([f.bytes for f in parts], key,
-                                         self.bound_names.get(key) if bound else None)
+                            name = self.bound_names.get(key) if bound else None
+                            if bound and name is None:
+                                # A connection opened before its key was removed (SIGHUP): still
+                                # encrypted, no longer anyone. Never let it through unbound.
+                                core.stats["auth_failures"] += 1
+                                core.bad_input.warn("dropped a message from a key that is no longer authorised")
+                                continue
+                            core.receive([f.bytes for f in parts], key, name)
                         else:
                             core.receive(_recv_frames(pull))
                     except zmq.Again:
@@ -172,6 +178,7 @@ class Server:
             log.error("could not reload authorised keys: %s", exc)
             return
         log.info("reloaded authorised keys: %d", len(self.bound_names))
+        self.core.revoke(set(self.bound_names))
 
 
 # Plain ints: send_multipart/recv_multipart combine enum flags in Python for every frame, which the
