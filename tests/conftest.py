@@ -163,6 +163,24 @@ def chat(tmp_path: Path):
         harness.stop_all()
 
 
+class FakeClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 @pytest.fixture
 def zmq_ctx():
     """A context whose sockets all close with linger 0 at teardown."""

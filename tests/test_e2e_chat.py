@@ -44,14 +44,19 @@ def test_rooms_are_isolated_including_prefixes(chat):
     bob.expect("#dev <bob> dev only$")
     carol.send("devops only")
     carol.expect("#devops <carol> devops only$")
-    # a marker in each room, sent after the others, proves the earlier lines had their chance to leak
-    alice.send("general marker")
-    alice.expect("general marker")
+    alice.send("general only")
+    alice.expect("general only")
+    # Every line above was published before any marker below. PUB keeps order per subscriber, so once a
+    # client sees its own marker, any leaked line would already have reached it.
+    for proc, room in ((alice, "#general"), (bob, "#dev"), (carol, "#devops")):
+        proc.send(f"marker {room}")
+        proc.expect(f"{room} <.*> marker {room}$")
+    assert alice.count("dev only|devops only") == 0
+    assert bob.count("devops only|general only") == 0
+    assert carol.count("dev only$|general only") == 0 and carol.count("devops only") == 1
     carol.send("/join #dev")
     carol.expect("#dev -- carol joined")
-    carol.expect("#dev <bob> dev only$")  # the backlog of the room just joined
-    assert bob.count("devops only") == 0 and alice.count("dev only|devops only") == 0
-    assert carol.count("general marker") == 0 and bob.count("general marker") == 0
+    carol.expect(r"#dev \(history\) <bob> dev only$")  # the backlog of the room just joined
     carol.send("/part #dev")
     carol.expect("you left #dev")
     bob.expect("#dev -- carol left")
@@ -197,3 +202,20 @@ def test_ipc_endpoints(chat, tmp_path):
     alice = chat.client("alice", *ends)
     alice.send("over ipc")
     alice.expect("<alice> over ipc$")
+
+
+def test_pipe_mode_exits_1_when_a_line_is_refused(chat):
+    chat.server()
+    reader = chat.client("reader")
+    started = time.monotonic()
+    pipe = Proc(script("zmqchat-client") + ["--name", "ci", "--port", str(chat.port)])
+    chat.procs.append(pipe)
+    pipe.expect("^Connected as ci")
+    pipe.send("fine", "x" * 20000, "/part", "after part")
+    pipe.close_stdin()
+    assert pipe.wait() == 1
+    assert time.monotonic() - started < 5  # the parted room's pending echo is not waited for
+    pipe.expect("^ERROR: message too long", stream="err")
+    pipe.expect("^ERROR: you are in no room", stream="err")
+    pipe.expect(r"^ERROR: 2 input line\(s\) were refused", stream="err")
+    reader.expect("<ci> fine$")

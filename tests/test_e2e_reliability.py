@@ -83,6 +83,7 @@ def test_pipe_client_survives_server_restart_within_drain_timeout(chat):
 
 def test_garbage_never_stops_the_server(chat, zmq_ctx):
     server = chat.server()
+    alice = chat.client("alice")  # connected before the garbage: what we time is the server, not start-up
     push = zmq_ctx.socket(zmq.PUSH)
     push.connect(f"tcp://127.0.0.1:{chat.port}")
     rng = random.Random(1234)
@@ -114,10 +115,9 @@ def test_garbage_never_stops_the_server(chat, zmq_ctx):
     big.connect(f"tcp://127.0.0.1:{chat.port}")
     big.send_multipart([p.VERSION, b"msg", b"x" * (p.DEFAULT_MAX_MESSAGE_BYTES + 10)])
     started = time.monotonic()
-    alice = chat.client("alice")
     alice.send("still here")
-    alice.expect("<alice> still here$", timeout=3)
-    assert time.monotonic() - started < 3
+    alice.expect("<alice> still here$")
+    assert time.monotonic() - started < 2  # the issue asks for "within a second"; slack for a loaded CI box
     alice.send("/stats")
     line = alice.expect("rejected=")
     rejected = int(line.split("rejected=")[1].split()[0])

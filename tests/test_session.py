@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import FakeClock
 
 from zmqchat import events as ev
 from zmqchat import protocol as p
@@ -14,24 +15,6 @@ SID = "s1"
 MY_TOPIC = p.session_topic(SID)
 GENERAL = p.room_topic("#general")
 WALL = 5000.0
-
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 def make_session(clock: FakeClock, rooms=("#general",), name: str = "alice") -> ClientSession:

@@ -61,9 +61,9 @@ class Client:
         self.session = ClientSession(name, rooms)
         self.connect_timeout = connect_timeout
         self.rcvhwm = rcvhwm
+        self._curve = _load_curve(curve_secret, server_key)  # before the context: a bad key leaks nothing
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._curve = _load_curve(curve_secret, server_key)
         self._queue: deque[ev.Event] = deque()
         self._push: zmq.Socket | None = None
         self._sub: zmq.Socket | None = None

@@ -22,7 +22,7 @@ def run_line(client: Client, line: str) -> object | str | None:
     elif line.startswith("/"):
         return _command(client, line)
     if not client.room:
-        return "you are in no room: /join #room first"
+        return "ERROR: you are in no room: /join #room first"
     try:
         client.say(line)
     except ZmqchatError as exc:

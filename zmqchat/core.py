@@ -22,10 +22,10 @@ log = logging.getLogger("zmqchat.server")
 
 DEFAULT_MOTD = "Welcome to zmqchat. Type /help for commands, exit to leave."
 HEARTBEAT_ROOMS = 1000  # rooms whose newest seq rides on each heartbeat (more: gaps found at the next message)
-UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0
+UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0  # a stale client hears "please say hello" this often, at most
 COMMIT_GIVE_UP = 30.0  # seconds of failing history commits before the server stops with an error
 HISTORY_REPLY_BYTES = 1 << 20  # one history reply carries at most this much; the client asks for the rest
-LATCH_TIMEOUT = 10.0  # seconds a rate-refused message may hold back its sender's later ones  # a stale client hears "please say hello" this often, at most
+LATCH_TIMEOUT = 10.0  # seconds a rate-refused message may hold back its sender's later ones
 
 
 @dataclass

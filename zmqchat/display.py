@@ -44,10 +44,12 @@ def clock_time(ts: float) -> str:
 
 
 def message_line(event: ev.Message) -> str:
-    """``[12:01:07] #general <bob> hi``; ``/me`` actions read ``* bob waves``."""
+    """``[12:01:07] #general <bob> hi``; ``/me`` actions read ``* bob waves``; replayed old talk is
+    marked ``(history)``."""
     text = clean(event.text).replace("\n", "\n    ")
     who = f"* {clean(event.sender)}" if event.action else f"<{clean(event.sender)}>"
-    return f"[{clock_time(event.ts)}] {event.room} {who} {text}"
+    old = "(history) " if event.history else ""
+    return f"[{clock_time(event.ts)}] {event.room} {old}{who} {text}"
 
 
 def event_line(event: ev.Event) -> str | None:

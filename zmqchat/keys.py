@@ -18,8 +18,13 @@ _NAME_RE = re.compile(r'^\s*name\s*=\s*"([^"]*)"\s*$', re.MULTILINE)
 
 def generate(name: str, directory: str | Path) -> tuple[Path, Path]:
     """Write ``NAME.key`` (public) and ``NAME.key_secret`` (secret, mode 0600); returns both paths."""
+    if Path(name).name != name or name.startswith(".") or "\\" in name:
+        raise ZmqchatError(f"invalid key name {name!r}: it becomes a file name (no '/', '\\' or leading '.')")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ZmqchatError(f"cannot create {directory}: {exc}") from exc
     public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
     for path in (public, secret):
         if path.exists():

@@ -178,6 +178,10 @@ class ClientSession:
         if self.rooms.pop(room, None) is not None:
             self.subscriptions.append((False, p.room_topic(room)))
             self._send(p.Part(session=self.session_id, room=room))
+            # Their echoes will not reach us now. Sent ones are published (the part comes after them);
+            # unsent ones would only be refused as not_in_room.
+            for mid in [mid for mid, pend in self.pending.items() if pend.msg.room == room]:
+                del self.pending[mid]
         if room == self.current_room:
             self.current_room = next(iter(self.rooms), "")
         return room

@@ -47,8 +47,6 @@ def chat(args: argparse.Namespace) -> int:
     client = Client(args.name, rooms=[p.normalise_room(args.room)], connect=False, **client_kwargs(args))
     try:
         client.connect()
-    except ZmqchatError:
-        raise
     except KeyboardInterrupt:
         client.close(linger=0)
         return 130
@@ -63,7 +61,7 @@ def chat(args: argparse.Namespace) -> int:
 def _text_printer(event: ev.Event) -> None:
     line = event_line(event)
     if line is not None:
-        print(line, flush=True)
+        print(line, file=sys.stderr if isinstance(event, ev.Error) else sys.stdout, flush=True)
 
 
 def _json_printer(event: ev.Event) -> None:
@@ -80,6 +78,7 @@ class LineLoop:
         self.drain_timeout = drain_timeout
         self.fd = sys.stdin.fileno()
         self.partial = b""
+        self.refused = 0  # input lines refused, here or by the server: a pipe must not exit 0 then
 
     def run(self) -> int:
         client = self.client
@@ -96,6 +95,9 @@ class LineLoop:
             status = 1
         self._show_all(client.poll(0)[0])
         client.close()
+        if status == 0 and self.refused:
+            print(f"ERROR: {self.refused} input line(s) were refused (see above)", file=sys.stderr)
+            status = 1
         return status
 
     def _loop(self) -> int:
@@ -121,16 +123,20 @@ class LineLoop:
     def _show_all(self, found: list[ev.Event]) -> int | None:
         for event in found:
             self.show(event)
-            if isinstance(event, ev.Error) and event.fatal:
-                return 1
+            if isinstance(event, ev.Error):
+                if event.fatal:
+                    return 1
+                self.refused += 1
         return None
 
     def _line(self, raw: bytes) -> object:
         result = run_line(self.client, raw.decode("utf-8", errors="replace"))
         if isinstance(result, str):
+            failed = result.startswith("ERROR: ")
+            self.refused += failed
             if not self.json_mode:
-                print(result, flush=True)
-            elif result.startswith("ERROR: "):  # local problems are events too, so every line stays JSON
+                print(result, file=sys.stderr if failed else sys.stdout, flush=True)
+            elif failed:  # local problems are events too, so every line stays JSON
                 self.show(ev.Error("local", result[len("ERROR: "):]))
             else:
                 self.show(ev.Notice(result))

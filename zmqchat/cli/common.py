@@ -28,6 +28,12 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str] 
             continue
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             value: object = (raw.strip().lower() in TRUE_WORDS) == isinstance(action, argparse._StoreTrueAction)
+        elif isinstance(action, argparse._AppendAction):  # a repeatable flag: comma-separated values
+            convert = action.type or str
+            try:
+                value = [convert(item.strip()) for item in raw.split(",") if item.strip()]
+            except (TypeError, ValueError):
+                parser.error(f"{env_name(action.dest)}={raw!r} is not a valid list of {action.dest}")
         elif action.type is not None:
             try:
                 value = action.type(raw)
