@@ -134,7 +134,9 @@ def test_a_failing_handler_is_logged(chat, caplog):
     assert "handler explode failed" in caplog.text and "ValueError: oops" in caplog.text
 
 
-def test_replays_are_told_apart_from_messages_recovered_later():
+def test_old_talk_is_ignored_and_recovered_messages_are_handled():
+    # The session marks only old talk as history (a join's backlog, /history); messages recovered after
+    # a gap or a reconnect arrive unmarked, because they are new to the bot.
     heard: list[str] = []
     bot = Bot("bot", client=object())  # dispatch alone needs no connection
 
@@ -146,9 +148,9 @@ def test_replays_are_told_apart_from_messages_recovered_later():
         return ev.Message(room, seq, 0.0, "alice", text, history=history)
 
     for event in [ev.Connected("bot", ""), ev.Presence("#a", "bot", "join", 0.0), said(1, "backlog", True),
-                  said(2, "backlog", True), said(3, "live 3", False), said(4, "gap filled 4", True),
+                  said(2, "backlog", True), said(3, "live 3", False), said(4, "gap filled 4", False),
                   said(5, "live 5", False), said(2, "/history answer", True), ev.ConnectionLost(),
-                  ev.Connected("bot", "", reconnected=True), said(6, "missed while away 6", True),
+                  ev.Connected("bot", "", reconnected=True), said(6, "missed while away 6", False),
                   said(7, "live 7", False), ev.Presence("#b", "bot", "join", 0.0), said(9, "backlog", True, "#b"),
                   said(10, "live 10", False, "#b")]:
         bot.dispatch(event)

@@ -15,7 +15,7 @@
 By default a bot's commands and ``on_message`` see neither its own messages nor replays (``ignore_own``,
 ``ignore_history``): the backlog of a room it joins and ``/history`` answers. So it never answers itself, and
 never answers old messages again after a restart. Messages it missed while the connection was down, or lost
-to a full queue, come back from history too; they are new to the bot, so it does handle those.
+to a full queue, are recovered from history but are not marked as history: the bot handles those.
 """
 
 from __future__ import annotations
@@ -64,8 +64,6 @@ class Bot:
         self._on_event: list[EventHandler] = []
         self._commands: dict[str, CommandHandler] = {}
         self._stopping = False
-        self._backlog_room = ""  # our own join in this room was just reported: its backlog follows
-        self._newest: dict[str, int] = {}  # room -> the newest sequence number the bot has been shown
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **kwargs: Any) -> Bot:
@@ -179,12 +177,12 @@ class Bot:
             self.close(drain_timeout=0)
             raise ConnectError(event.message)
         _log_state(self.name, event)
-        replay = self._is_replay(event)
         for handler in self._on_event:
             self._call(handler, event)
         if not isinstance(event, ev.Message):
             return
-        if (event.own and self.ignore_own) or (replay and self.ignore_history):
+        # ``history`` marks old talk only (a join's backlog, /history); recovered messages are new
+        if (event.own and self.ignore_own) or (event.history and self.ignore_history):
             return
         word, _, args = event.text.strip().partition(" ")
         command = self._commands.get(word.lower())
@@ -195,23 +193,6 @@ class Bot:
             return
         for handler in self._on_message:
             self._call(handler, event)
-
-    def _is_replay(self, event: ev.Event) -> bool:
-        """Whether ``event`` is an old message shown again: part of the backlog that follows our own join of
-        a room, or older than what the bot was already shown there (a /history answer)."""
-        if isinstance(event, ev.Presence) and event.name == self.name and event.event == "join":
-            self._backlog_room = event.room
-            return False
-        in_backlog = isinstance(event, ev.Message) and event.history and event.room == self._backlog_room
-        if not in_backlog:
-            self._backlog_room = ""
-        if isinstance(event, ev.Connected) and event.reconnected:
-            self._newest.clear()  # what the session recovers after a reconnect is all new to us
-        if not isinstance(event, ev.Message):
-            return False
-        newest = self._newest.get(event.room, 0)
-        self._newest[event.room] = max(event.seq, newest)
-        return in_backlog or (event.history and event.seq <= newest)
 
     def _call(self, handler: Callable[..., Any], *args: Any) -> Any:
         try:
