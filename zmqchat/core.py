@@ -321,12 +321,13 @@ class ServerCore:
         if msg.room not in member.rooms:
             self._refuse(member.session, p.ERR_NOT_IN_ROOM, f"you are not in {msg.room}; /join it first", msg.mid)
             return
-        size = len(msg.text.encode())
-        if size > self.config.max_text_bytes:
-            self._refuse(member.session, p.ERR_TOO_LONG,
-                         f"message too long ({size} bytes, at most {self.config.max_text_bytes})", msg.mid)
+        text = msg.text
+        # A character is at most 4 UTF-8 bytes: short texts need no encoding to be measured.
+        if len(text) * 4 > self.config.max_text_bytes and len(text.encode()) > self.config.max_text_bytes:
+            self._refuse(member.session, p.ERR_TOO_LONG, f"message too long ({len(text.encode())} bytes, at most "
+                         f"{self.config.max_text_bytes})", msg.mid)
             return
-        if not msg.text.strip():
+        if not text or text.isspace():
             self._refuse(member.session, p.ERR_EMPTY, "empty message", msg.mid)
             return
         now = self.clock()
