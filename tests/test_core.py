@@ -756,7 +756,7 @@ def test_big_rooms_do_not_announce_joins_and_leaves(clock):
     assert [m.rooms for _, m in published(core)] == [{"#general": ["alice"]}]
 
 
-def test_requests_share_the_senders_token_bucket(clock):
+def test_requests_have_a_token_bucket_of_their_own(clock):
     core = make_core(clock, rate=1.0, burst=5.0)
     hello(core, "s1", "alice")
     hello(core, "s2", "bob")
@@ -833,3 +833,40 @@ def test_server_gives_up_when_history_stays_unwritable(clock):
     clock.advance(COMMIT_GIVE_UP + 1)
     with pytest.raises(HistoryError):
         core.flush()
+
+
+def test_a_message_flood_does_not_starve_the_senders_own_requests(clock):
+    core = make_core(clock, rate=1.0, burst=3.0)
+    hello(core, "s1", "alice")
+    for i in range(10):
+        say(core, "s1", f"flood {i}", f"m{i}")
+    published(core)
+    send(core, p.HistoryRequest(session="s1", room="#general", after=1, before=3, limit=1))
+    assert [type(m) for _, m in published(core)] == [p.HistoryMessage, p.HistoryEnd]
+
+
+def test_repeated_hellos_are_charged_and_then_skip_the_replay(clock):
+    core = make_core(clock, rate=1.0, burst=3.0)
+    hello(core, "s1", "alice")
+    say(core, "s1", "one", "m1")
+    published(core)
+    kinds = []
+    for _ in range(5):
+        send(core, p.Hello(session="s1", name="alice", rooms=["#general"], last_seq={"#general": 0},
+                           epoch=core.history.epoch))
+        kinds.append([type(m).__name__ for _, m in published(core)])
+    assert kinds[0] == ["Welcome", "HistoryMessage", "HistoryEnd"]  # a catch-up from 0: everything
+    assert kinds[-1] == ["Welcome"]  # over budget: welcomed, no replay (the client's join retry gets it)
+    assert core.stats["throttled"] >= 1
+
+
+def test_revoked_keys_are_told_and_their_sessions_end(clock):
+    core = make_core(clock)
+    hello(core, "s1", "alice", key="KA", bound_name="alice")
+    hello(core, "s2", "bob", key="KB", bound_name="bob")
+    core.revoke({"KA"})
+    out = published(core)
+    err = next(m for t, m in out if t == p.session_topic("s2"))
+    assert (err.code, "no longer authorised" in err.message) == (p.ERR_NOT_AUTHORISED, True)
+    assert [(m.name, m.event) for _, m in of_type(out, p.PresenceEvent)] == [("bob", "revoked")]
+    assert core.presence.get("s2") is None and core.presence.get("s1") is not None

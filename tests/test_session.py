@@ -784,3 +784,40 @@ def test_history_display_reply_is_not_taken_for_a_gap_fill(clock):
     deliver(session, hist(2))
     deliver(session, end(0, 2, count=2, before=3))
     assert seqs(events(session)) == [1, 2, 3]
+
+
+def test_messages_missed_in_a_room_joined_while_empty_are_not_old_talk(clock):
+    session = connected(clock)  # joined #general while it was empty: last = 0
+    deliver(session, p.ErrorReply(code=p.ERR_UNKNOWN_SESSION, message="who?"))  # the server restarted
+    hello = [m for m in sent(session) if isinstance(m, p.Hello)][-1]
+    assert hello.last_seq == {"#general": 0}  # a catch-up from 0, not a backlog
+    welcome(session)
+    deliver(session, hist(1))
+    deliver(session, end(0, 1, count=1, before=0))
+    got = [e for e in events(session) if isinstance(e, ev.Message)]
+    assert [(e.seq, e.history) for e in got] == [(1, False)]
+
+
+def test_a_throttled_request_is_retried_quietly_when_allowed(clock):
+    session = connected(clock)
+    deliver(session, live(3))  # a gap: history request sent
+    assert isinstance(sent(session)[-1], p.HistoryRequest)
+    deliver(session, p.ErrorReply(code=p.ERR_RATE_LIMITED, message="slow down", retry_after=0.5))
+    assert events(session) == []  # nothing for the user to see
+    clock.advance(0.6)
+    session.tick()
+    assert [type(m) for m in sent(session)] == [p.HistoryRequest]
+
+
+def test_part_waits_for_the_rooms_messages_to_come_back(clock):
+    session = connected(clock, rooms=("#general", "#dev"))
+    session.current_room = "#dev"
+    mid = session.say("last words")
+    sent(session)
+    session.part("#dev")
+    assert session.current_room == "#general"
+    assert [m for m in sent(session) if isinstance(m, p.Part)] == []  # the echo is still due
+    deliver(session, p.RoomMessage(room="#dev", seq=1, ts=1.0, sender="alice", text="last words", mid=mid))
+    assert [m.room for m in sent(session) if isinstance(m, p.Part)] == ["#dev"]
+    assert "#dev" not in session.rooms and not session.pending
+    assert (False, p.room_topic("#dev")) in session.subscriptions

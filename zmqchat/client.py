@@ -176,7 +176,7 @@ class Client:
         if size > self.session.max_text_bytes:
             raise ZmqchatError(f"message too long ({size} bytes, at most {self.session.max_text_bytes})")
         room = p.normalise_room(room) if room else None
-        if room is not None and room not in self.session.rooms:
+        if room is not None and (room not in self.session.rooms or room in self.session.parting):
             raise ZmqchatError(f"you are not in {room}; join it first")
         # JSON escaping can make the wire form much larger than the text: check what will be sent.
         probe = p.Say(session=self.session.session_id, room=room or self.room, text=text, mid="0" * 32, action=action)

@@ -45,9 +45,10 @@ class ServerConfig:
     presence_limit: int = 500  # rooms with more members do not announce joins and leaves
 
 
-# Tokens each request costs from the sender's bucket (messages cost 1, in handle_say; pings and bye: 0).
+# Tokens each request costs from the sender's request bucket (messages cost 1 from their own bucket;
+# pings, bye and part cost nothing: a refused part would leave the sender in a room it left).
 REQUEST_COSTS: dict[type[p.Message], Callable[[p.Message], float]] = {
-    p.Join: lambda m: 1.0, p.Part: lambda m: 1.0, p.WhoRequest: lambda m: 1.0, p.RoomsRequest: lambda m: 1.0,
+    p.Join: lambda m: 1.0, p.WhoRequest: lambda m: 1.0, p.RoomsRequest: lambda m: 1.0,
     p.StatsRequest: lambda m: 1.0, p.HistoryRequest: lambda m: 1.0 + max(0, m.limit) / 200,
 }
 
@@ -88,6 +89,7 @@ class ServerCore:
         self.wall_clock = wall_clock or (time.time if clock is time.monotonic else clock)
         self.presence = Presence(config.heartbeat_interval * config.heartbeat_misses)
         self.limiter = RateLimiter(config.rate, config.burst)
+        self.request_limiter = RateLimiter(config.rate, config.burst)
         self.out: list[list[bytes]] = []
         self.bad_input = LogLimiter(clock)
         self.db_errors = LogLimiter(clock, burst=1)
@@ -145,14 +147,16 @@ class ServerCore:
             return
         self._handlers[type(msg)](msg, member)
 
-    def _charge(self, member: Member, cost: float) -> bool:
-        """Requests share the sender's token bucket with its messages: a flood of joins or history
-        requests is throttled like a flood of messages."""
-        wait = self.limiter.check(member.session, self.clock(), cost)
+    def _charge(self, member: Member, cost: float, reply: bool = True) -> bool:
+        """Requests have a token bucket of their own per sender (same rate and burst as messages): a flood
+        of joins or history requests is throttled like a flood of messages, and a client busy sending
+        never starves its own gap recovery."""
+        wait = self.request_limiter.check(member.session, self.clock(), cost)
         if wait <= 0:
             return True
         self.stats["throttled"] += 1
-        self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", retry_after=wait)
+        if reply:
+            self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", retry_after=wait)
         return False
 
     def tick(self) -> None:
@@ -164,6 +168,7 @@ class ServerCore:
             for member in self.presence.expire(now):
                 self.stats["timeouts"] += 1
                 self.limiter.forget(member.session)
+                self.request_limiter.forget(member.session)
                 log.info("%s left (timed out)", member.name)
                 self._announce_leave(member, "timeout")
         if now >= self._next_heartbeat:
@@ -205,7 +210,9 @@ class ServerCore:
             if member.key is not None and member.key not in allowed_keys:
                 self.presence.remove(member.session)
                 self.limiter.forget(member.session)
+                self.request_limiter.forget(member.session)
                 log.info("%s removed: key no longer authorised", member.name)
+                self._refuse(member.session, p.ERR_NOT_AUTHORISED, "your key is no longer authorised on this server")
                 self._announce_leave(member, "revoked")
 
     def snapshot(self) -> dict[str, int]:
@@ -243,22 +250,22 @@ class ServerCore:
         for room in sorted(member.rooms):
             self._announce(room, member.name, event)
 
-    def _enter_room(self, member: Member, room: str, last_seq: int) -> None:
+    def _enter_room(self, member: Member, room: str, last_seq: int, replay: bool = True) -> None:
         """Join ``member`` to ``room`` (announcing it if new) and replay what it has not seen."""
         if self.presence.join(member, room):
             log.info("%s joined %s", member.name, room)
             self._announce(room, member.name, "join")
-        if last_seq < 0:
-            self._send_history(member, room, 0, 0, self.config.backlog)
-        else:
-            self._send_history(member, room, last_seq, 0, self.config.max_history_reply)
+        if replay and last_seq < 0:
+            self._send_history(member, room, 0, 0, self.config.backlog, backlog=True)
+        elif replay:  # a catch-up, also from 0 (a room joined while it was empty): everything, oldest first
+            self._send_history(member, room, last_seq, 0, self.config.max_history_reply, backlog=False)
 
-    def _send_history(self, member: Member, room: str, after: int, before: int, limit: int) -> int:
+    def _send_history(self, member: Member, room: str, after: int, before: int, limit: int,
+                      backlog: bool) -> int:
+        """A backlog is the newest ``limit`` messages; anything else is served oldest first and ``upto``
+        stops where the reply stops, so the client asks for the rest."""
         topic = p.session_topic(member.session)
         limit = min(limit, self.config.max_history_reply)
-        # A bounded range (gap fill) is served oldest first and ``upto`` stops where the reply stops, so
-        # the client asks for the rest. An open range (after = before = 0) is a backlog: the newest.
-        backlog = after <= 0 and before <= 0
         rows = self.history.range(room, after, before, limit, newest=backlog)
         cut = len(rows) == limit
         if sum(len(body) for _, body in rows) > HISTORY_REPLY_BYTES:
@@ -294,6 +301,9 @@ class ServerCore:
             self._refuse(msg.session, p.ERR_NOT_AUTHORISED, "session belongs to someone else")
             return
         rooms = [r for r in msg.rooms[: p.MAX_LIST_ITEMS] if isinstance(r, str) and p.room_problem(r) is None]
+        # A repeated hello replays history for every room: it is charged like the history requests it
+        # amounts to. Over budget, the rooms are entered without replay; the client asks again (charged).
+        replay = member is None or self._charge(member, 1.0 + len(rooms) / 4, reply=False)
         if member is None:
             member = self.presence.add(msg.session, msg.name, now)
             member.key = key
@@ -307,7 +317,8 @@ class ServerCore:
         member.blocked_mid = ""
         for room in rooms:
             last = msg.last_seq.get(room) if same_epoch else None
-            self._enter_room(member, room, last if isinstance(last, int) and not isinstance(last, bool) else -1)
+            last = last if isinstance(last, int) and not isinstance(last, bool) else -1
+            self._enter_room(member, room, last, replay)
 
     def handle_say(self, msg: p.Say, member: Member) -> None:
         if member.blocked_mid == msg.mid:
@@ -384,7 +395,8 @@ class ServerCore:
             self._refuse(member.session, p.ERR_BAD_REQUEST, "history: limit must be >= 1, after and before >= 0")
             return
         self.stats["recoveries"] += 1
-        sent = self._send_history(member, msg.room, msg.after, msg.before, msg.limit)
+        sent = self._send_history(member, msg.room, msg.after, msg.before, msg.limit,
+                                  backlog=msg.after == 0 and msg.before == 0)
         if msg.before > 0:
             # PUB cannot report its drops; what clients fetch to fill their gaps is the measurable part.
             self.stats["recovered"] += sent
@@ -398,6 +410,7 @@ class ServerCore:
     def handle_bye(self, msg: p.Bye, member: Member) -> None:
         self.presence.remove(member.session)
         self.limiter.forget(member.session)
+        self.request_limiter.forget(member.session)
         log.info("%s left", member.name)
         self._announce_leave(member, "quit")
         self._reply(member, p.Goodbye(session=member.session))

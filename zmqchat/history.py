@@ -7,6 +7,7 @@ that anyone has seen is on disk and its sequence number is never reused after a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import sqlite3
@@ -105,8 +106,9 @@ class History:
         except sqlite3.Error as exc:
             # Locked by another program, disk full, I/O error: nothing of the batch is kept on disk, and
             # the batch stays pending so the next commit() tries it again.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
             raise HistoryError(f"history database {self.path}: {exc}") from exc
         for room in trim:
             del untrimmed[room]
@@ -188,6 +190,7 @@ class _Checkpointer(threading.Thread):
     serving loop never waits for a checkpoint's fsync (it doubled the p99 latency when done inline)."""
 
     INTERVAL = 1.0  # seconds
+    TRUNCATE_PAGES = 4096  # a WAL over this (16 MiB of 4 KiB pages) is rewound, briefly holding the writer
 
     def __init__(self, path: Path) -> None:
         super().__init__(name="zmqchat-checkpoint", daemon=True)
@@ -198,17 +201,22 @@ class _Checkpointer(threading.Thread):
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         try:
             while not self._stopping.wait(self.INTERVAL):
-                self._checkpoint(db, "PASSIVE")
+                # PASSIVE never waits, but under steady writes the WAL is never idle long enough to be
+                # rewound, so it would grow without bound: past a size, TRUNCATE rewinds it.
+                result = self._checkpoint(db, "PASSIVE")
+                if result is not None and result[1] > self.TRUNCATE_PAGES:
+                    self._checkpoint(db, "TRUNCATE")
             self._checkpoint(db, "TRUNCATE")
         finally:
             db.close()
 
     @staticmethod
-    def _checkpoint(db: sqlite3.Connection, mode: str) -> None:
+    def _checkpoint(db: sqlite3.Connection, mode: str) -> tuple[int, int, int] | None:
+        """(busy, WAL pages, pages checkpointed), or None if the database was busy."""
         try:
-            db.execute(f"PRAGMA wal_checkpoint({mode})")
+            return db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         except sqlite3.Error:
-            pass  # busy now; the next one catches up, and the WAL itself is durable
+            return None  # busy now; the next one catches up, and the WAL itself is durable
 
     def stop(self) -> None:
         self._stopping.set()

@@ -178,7 +178,8 @@ class Server:
             log.error("could not reload authorised keys: %s", exc)
             return
         log.info("reloaded authorised keys: %d", len(self.bound_names))
-        self.core.revoke(set(self.bound_names))
+        if self.authorized_keys is not None:  # without an allowlist any key is welcome: nobody to revoke
+            self.core.revoke(set(self.bound_names))
 
 
 # Plain ints, and the Cython socket's own methods: send_multipart/recv_multipart and the Python wrapper

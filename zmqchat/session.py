@@ -67,6 +67,7 @@ class ClientSession:
         self.subscriptions: list[tuple[bool, bytes]] = []  # (subscribe?, topic)
         self.events: list[ev.Event] = []
         self.pending: OrderedDict[str, Pending] = OrderedDict()
+        self.parting: set[str] = set()  # rooms left by the user, kept until their messages come back
         self.heartbeat_interval = DEFAULT_HEARTBEAT
         self.max_text_bytes = p.DEFAULT_MAX_TEXT_BYTES
         self.max_message_bytes = p.DEFAULT_MAX_MESSAGE_BYTES
@@ -108,7 +109,9 @@ class ClientSession:
         for sync in self.rooms.values():
             sync.synced = False
             sync.requested_at = now  # the hello's history reply is due; asked again if it never comes
-        last = {room: s.last for room, s in self.rooms.items() if s.last > 0}
+        # Every room the server confirmed gets a catch-up from where we are (0 included: a room joined
+        # while empty); a room never confirmed gets the backlog.
+        last = {room: s.last for room, s in self.rooms.items() if s.joined}
         self._send(p.Hello(session=self.session_id, name=self.name, rooms=list(self.rooms), last_seq=last,
                            epoch=self.epoch))
         self._last_hello = self.clock()
@@ -167,6 +170,7 @@ class ClientSession:
         """Subscribe to ``room`` (before asking, so nothing published after the join is missed)."""
         self.current_room = room
         if room in self.rooms:
+            self.parting.discard(room)  # back before the part went out: stay
             return
         self.rooms[room] = RoomSync(requested_at=self.clock())
         self.subscriptions.append((True, p.room_topic(room)))
@@ -175,16 +179,22 @@ class ClientSession:
     def part(self, room: str | None = None) -> str:
         """Leave ``room`` (default: the current one); returns the room left."""
         room = room or self.current_room
-        if self.rooms.pop(room, None) is not None:
+        if room in self.rooms and room not in self.parting:
+            self.parting.add(room)
+            self._finish_parts()  # at once, unless messages to the room still wait for their echo
+        if room == self.current_room:
+            self.current_room = next((r for r in self.rooms if r not in self.parting), "")
+        return room
+
+    def _finish_parts(self) -> None:
+        """Leave the rooms being parted whose messages have all come back: leaving earlier would lose
+        their echoes (so delivery could not be confirmed) or get queued ones refused as not_in_room."""
+        waiting = {pend.msg.room for pend in self.pending.values()}
+        for room in [r for r in self.parting if r not in waiting]:
+            self.parting.discard(room)
+            self.rooms.pop(room, None)
             self.subscriptions.append((False, p.room_topic(room)))
             self._send(p.Part(session=self.session_id, room=room))
-            # Their echoes will not reach us now. Sent ones are published (the part comes after them);
-            # unsent ones would only be refused as not_in_room.
-            for mid in [mid for mid, pend in self.pending.items() if pend.msg.room == room]:
-                del self.pending[mid]
-        if room == self.current_room:
-            self.current_room = next(iter(self.rooms), "")
-        return room
 
     def who(self, room: str = "") -> None:
         self._send(p.WhoRequest(session=self.session_id, room=room))
@@ -271,6 +281,7 @@ class ClientSession:
         sync.show_old = False
         if sync.synced and (msg.before == 0 or msg.after != sync.gap_after):
             return  # a /history display reply (before = 0) or a stale one: nothing to reorder
+        backlog = not sync.joined  # the reply to our first join is old talk; later ones are what we missed
         if not sync.joined:
             # Our own join, confirmed on our session topic: the room-topic notice may beat our subscription.
             sync.joined = True
@@ -278,7 +289,6 @@ class ClientSession:
         missing = 0
         if sync.synced or msg.after > 0:  # a gap fill or a catch-up after reconnecting, not a backlog
             missing = sum(1 for s in range(sync.last + 1, msg.upto + 1) if s not in sync.buffer)
-        backlog = msg.after == 0 and msg.before == 0  # old talk shown on joining, not missed messages
         for seq in sorted(s for s in sync.buffer if s <= msg.upto):
             message, history = sync.buffer.pop(seq)
             self.events.append(self._event(message, history and backlog))
@@ -318,7 +328,11 @@ class ClientSession:
         self._acked(msg.mid)
 
     def _acked(self, mid: str) -> None:
-        if self.pending.pop(mid, None) is None or not self._stop_and_wait:
+        if self.pending.pop(mid, None) is None:
+            return
+        if self.parting:
+            self._finish_parts()
+        if not self._stop_and_wait:
             return
         if not self.pending:
             self._stop_and_wait = False
@@ -347,6 +361,13 @@ class ClientSession:
                 self.state = "lost"
                 self._hello()
             return
+        if msg.code == p.ERR_RATE_LIMITED and not msg.mid:
+            # A request (join, history) was throttled: ask again once allowed, quietly.
+            retry_at = self.clock() + msg.retry_after
+            for sync in self.rooms.values():
+                if sync.requested_at is not None:
+                    sync.requested_at = retry_at - HISTORY_RETRY
+            return
         if msg.code == p.ERR_RATE_LIMITED and msg.mid in self.pending:
             # Hold this and every later message until the bucket refills, so order is kept.
             self._throttled_until = self.clock() + msg.retry_after
@@ -358,7 +379,8 @@ class ClientSession:
             return
         if msg.mid:
             self._acked(msg.mid)
-        fatal = msg.code in FATAL_CODES and self.state != "connected"
+        # A revoked key is told so while connected: that one ends the session too.
+        fatal = msg.code == p.ERR_NOT_AUTHORISED or (msg.code in FATAL_CODES and self.state != "connected")
         self.events.append(ev.Error(msg.code, msg.message, fatal=fatal))
 
     def _rate_limited_notice(self, msg: p.ErrorReply) -> None:

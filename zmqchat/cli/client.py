@@ -141,3 +141,7 @@ class LineLoop:
             else:
                 self.show(ev.Notice(result))
         return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
