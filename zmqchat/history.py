@@ -12,7 +12,9 @@ import logging
 import secrets
 import sqlite3
 import threading
+import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
@@ -53,6 +55,7 @@ class History:
         self._untrimmed: dict[str, int] = {}
         self._db: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
+        self._last_write = 0.0  # monotonic time of the last commit, read by the checkpointer
         # The epoch names this store: sequence numbers are only comparable within one epoch.
         self.epoch = secrets.token_hex(8)
         if self.path is not None:
@@ -84,7 +87,7 @@ class History:
         ).fetchall()
         for key, room, seq in reversed(keys):
             self._dedupe[key] = (room, seq)
-        self._checkpointer = _Checkpointer(path)
+        self._checkpointer = _Checkpointer(path, lambda: self._last_write)
         self._checkpointer.start()
 
     def commit(self) -> None:
@@ -114,6 +117,7 @@ class History:
             del untrimmed[room]
         self._untrimmed = untrimmed
         self._pending.clear()
+        self._last_write = time.monotonic()
 
     def close(self) -> None:
         if self._db is not None:
@@ -190,11 +194,16 @@ class _Checkpointer(threading.Thread):
     serving loop never waits for a checkpoint's fsync (it doubled the p99 latency when done inline)."""
 
     INTERVAL = 1.0  # seconds
-    TRUNCATE_PAGES = 4096  # a WAL over this (16 MiB of 4 KiB pages) is rewound, briefly holding the writer
+    # Rewinding the WAL (TRUNCATE) holds the writer for a checkpoint's fsync: 10-25 ms here. So it is done
+    # when the WAL is over 16 MiB and writes have paused for a moment, or regardless past 256 MiB.
+    TRUNCATE_PAGES = 4096
+    TRUNCATE_PAGES_ANYWAY = 65536
+    IDLE = 0.5  # seconds without a commit
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, last_write: Callable[[], float]) -> None:
         super().__init__(name="zmqchat-checkpoint", daemon=True)
         self.path = path
+        self.last_write = last_write
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -204,7 +213,9 @@ class _Checkpointer(threading.Thread):
                 # PASSIVE never waits, but under steady writes the WAL is never idle long enough to be
                 # rewound, so it would grow without bound: past a size, TRUNCATE rewinds it.
                 result = self._checkpoint(db, "PASSIVE")
-                if result is not None and result[1] > self.TRUNCATE_PAGES:
+                pages = result[1] if result is not None else 0
+                idle = time.monotonic() - self.last_write() > self.IDLE
+                if (pages > self.TRUNCATE_PAGES and idle) or pages > self.TRUNCATE_PAGES_ANYWAY:
                     self._checkpoint(db, "TRUNCATE")
             self._checkpoint(db, "TRUNCATE")
         finally:
