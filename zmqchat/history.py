@@ -71,6 +71,7 @@ class History:
         db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; see docs/history.md
         # Checkpoints (the only fsyncs in this mode) run on their own thread, off the publish path.
         db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute("PRAGMA journal_size_limit=67108864")  # a rewound WAL file shrinks back to 64 MiB
         db.executescript(_SCHEMA)
         self._db = db
         db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (self.epoch,))
