@@ -170,7 +170,8 @@ def _fast_maker(maker: FrameMaker):
 # subscriber worker: counts and timestamps, nothing else
 
 
-def sub_worker(wid: int, jobs: mp.Queue, results: mp.Queue, life_end: float) -> None:
+def _serve_jobs(run, done_tag: str, wid: int, jobs: mp.Queue, results: mp.Queue, life_end: float) -> None:
+    """A worker's life: one zmq context, jobs until None or ``life_end``, every failure reported."""
     die_with_parent()
     import zmq
 
@@ -184,11 +185,15 @@ def sub_worker(wid: int, jobs: mp.Queue, results: mp.Queue, life_end: float) -> 
             if job is None:
                 break
             try:
-                results.put(_run_sub(ctx, wid, job, results))
+                results.put(run(ctx, job))
             except Exception as exc:  # noqa: BLE001 (reported to the orchestrator, never a hang)
-                results.put(("subdone", wid, {"error": repr(exc)}))
+                results.put((done_tag, wid, {"error": repr(exc)}))
     finally:
         ctx.destroy(linger=0)
+
+
+def sub_worker(wid: int, jobs: mp.Queue, results: mp.Queue, life_end: float) -> None:
+    _serve_jobs(lambda ctx, job: _run_sub(ctx, wid, job, results), "subdone", wid, jobs, results, life_end)
 
 
 def _run_sub(ctx, wid: int, job: dict, results: mp.Queue):
@@ -253,24 +258,7 @@ def _run_sub(ctx, wid: int, job: dict, results: mp.Queue):
 
 
 def pub_worker(k: int, jobs: mp.Queue, ctrl: mp.Queue, results: mp.Queue, life_end: float) -> None:
-    die_with_parent()
-    import zmq
-
-    ctx = zmq.Context()
-    try:
-        while True:
-            try:
-                job = jobs.get(timeout=max(0.1, life_end - time.time()))
-            except queue.Empty:
-                break
-            if job is None:
-                break
-            try:
-                results.put(_run_pub(ctx, k, job, ctrl, results))
-            except Exception as exc:  # noqa: BLE001 (reported to the orchestrator, never a hang)
-                results.put(("pubdone", k, {"error": repr(exc)}))
-    finally:
-        ctx.destroy(linger=0)
+    _serve_jobs(lambda ctx, job: _run_pub(ctx, k, job, ctrl, results), "pubdone", k, jobs, results, life_end)
 
 
 def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):

@@ -45,8 +45,10 @@ CREATE TABLE IF NOT EXISTS messages (
 class History:
     """Sequencer and store. ``path`` None keeps everything in memory only."""
 
-    def __init__(self, limit: int, path: str | Path | None = None) -> None:
+    def __init__(self, limit: int, path: str | Path | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = max(1, limit)
+        self.clock = clock  # only to tell the checkpointer when writes pause
         self.path = Path(path) if path is not None else None
         self._rooms: dict[str, deque[tuple[int, bytes]]] = {}
         self._last: dict[str, int] = {}
@@ -88,7 +90,7 @@ class History:
         ).fetchall()
         for key, room, seq in reversed(keys):
             self._dedupe[key] = (room, seq)
-        self._checkpointer = _Checkpointer(path, lambda: self._last_write)
+        self._checkpointer = _Checkpointer(path, lambda: self.clock() - self._last_write)
         self._checkpointer.start()
 
     def commit(self) -> None:
@@ -118,7 +120,7 @@ class History:
             del untrimmed[room]
         self._untrimmed = untrimmed
         self._pending.clear()
-        self._last_write = time.monotonic()
+        self._last_write = self.clock()
 
     def close(self) -> None:
         if self._db is not None:
@@ -201,10 +203,10 @@ class _Checkpointer(threading.Thread):
     TRUNCATE_PAGES_ANYWAY = 65536
     IDLE = 0.5  # seconds without a commit
 
-    def __init__(self, path: Path, last_write: Callable[[], float]) -> None:
+    def __init__(self, path: Path, idle_for: Callable[[], float]) -> None:
         super().__init__(name="zmqchat-checkpoint", daemon=True)
         self.path = path
-        self.last_write = last_write
+        self.idle_for = idle_for  # seconds since the last commit
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -215,7 +217,7 @@ class _Checkpointer(threading.Thread):
                 # rewound, so it would grow without bound: past a size, TRUNCATE rewinds it.
                 result = self._checkpoint(db, "PASSIVE")
                 pages = result[1] if result is not None else 0
-                idle = time.monotonic() - self.last_write() > self.IDLE
+                idle = self.idle_for() > self.IDLE
                 if (pages > self.TRUNCATE_PAGES and idle) or pages > self.TRUNCATE_PAGES_ANYWAY:
                     self._checkpoint(db, "TRUNCATE")
             self._checkpoint(db, "TRUNCATE")
