@@ -389,3 +389,13 @@ def test_a_failed_commit_keeps_the_batch_for_the_next_one(tmp_path, monkeypatch)
     reopened = History(limit=10, path=path)
     assert reopened.range("#g") == [(1, b"one")]
     reopened.close()
+
+
+def test_committed_seq_lags_until_the_commit(tmp_path):
+    store = History(limit=10, path=tmp_path / "h.sqlite3")
+    store.append("#g", 1.0, "k1", lambda seq: b"one")
+    assert (store.last_seq("#g"), store.committed_seq("#g")) == (1, 0)
+    store.commit()
+    assert store.committed_seq("#g") == 1
+    store.close()
+    assert History(limit=10).committed_seq("#g") == 0  # in memory: committed is last

@@ -175,7 +175,8 @@ class ServerCore:
             self._next_heartbeat = now + self.config.heartbeat_interval
             # Newest seq of each occupied room: lets a client notice it lost the tail of a burst.
             rooms = islice(self.presence.room_counts(), HEARTBEAT_ROOMS)
-            seqs = {room: self.history.last_seq(room) for room in rooms}
+            # committed numbers only: a heartbeat may go out while a batch waits for the disk
+            seqs = {room: self.history.committed_seq(room) for room in rooms}
             self._publish(p.ALL_TOPIC, p.ServerHeartbeat(ts=self.wall_clock(), seqs=seqs))
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_interval
@@ -183,8 +184,8 @@ class ServerCore:
 
     def flush(self) -> list[list[bytes]]:
         """Commit history, then hand over everything to publish, in order. While the database refuses
-        writes nothing is published (what is not on disk must not be seen); after COMMIT_GIVE_UP
-        seconds of that, HistoryError ends the server."""
+        writes only heartbeats are published (what is not on disk must not be seen); after
+        COMMIT_GIVE_UP seconds of that, HistoryError ends the server."""
         try:
             self.history.commit()
         except HistoryError as exc:
@@ -194,7 +195,11 @@ class ServerCore:
             self.db_errors.warn("%s (holding %d messages, retrying)", exc, len(self.out))
             if now - self._failing_since > COMMIT_GIVE_UP:
                 raise
-            return []
+            # Heartbeats still go out, so clients do not take a slow disk for a lost server.
+            beats = [f for f in self.out if f[0] == p.ALL_TOPIC and f[2] == p.ServerHeartbeat.KIND]
+            self.out = [f for f in self.out if not (f[0] == p.ALL_TOPIC and f[2] == p.ServerHeartbeat.KIND)]
+            self.stats["published"] += len(beats)
+            return beats
         self._failing_since = None
         out, self.out = self.out, []
         self.stats["published"] += len(out)

@@ -52,6 +52,7 @@ class History:
         self.path = Path(path) if path is not None else None
         self._rooms: dict[str, deque[tuple[int, bytes]]] = {}
         self._last: dict[str, int] = {}
+        self._committed: dict[str, int] = {}  # room -> newest seq on disk
         self._dedupe: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._pending: list[tuple[str, int, float, str, bytes]] = []
         self._untrimmed: dict[str, int] = {}
@@ -84,7 +85,7 @@ class History:
             ).fetchall()
             rows.reverse()
             self._rooms[room] = deque(((seq, bytes(body)) for seq, body in rows), maxlen=self.limit)
-            self._last[room] = rows[-1][0] if rows else 0
+            self._last[room] = self._committed[room] = rows[-1][0] if rows else 0
         keys = db.execute(
             "SELECT dedupe_key, room, seq FROM messages ORDER BY ts DESC LIMIT ?", (DEDUPE_KEYS,)
         ).fetchall()
@@ -118,6 +119,8 @@ class History:
             raise HistoryError(f"history database {self.path}: {exc}") from exc
         for room in trim:
             del untrimmed[room]
+        for room, seq, _ts, _key, _body in self._pending:
+            self._committed[room] = seq
         self._untrimmed = untrimmed
         self._pending.clear()
         self._last_write = self.clock()
@@ -142,6 +145,10 @@ class History:
     def last_seq(self, room: str) -> int:
         """The newest sequence number of ``room`` (0 before its first message)."""
         return self._last.get(room, 0)
+
+    def committed_seq(self, room: str) -> int:
+        """The newest sequence number of ``room`` that is on disk (all of them without persistence)."""
+        return self._committed.get(room, 0) if self._db is not None else self._last.get(room, 0)
 
     def seen(self, key: str) -> tuple[str, int] | None:
         """Where the message with this dedupe key was published, if it was."""
