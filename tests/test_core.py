@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from zmqchat import protocol as p
 from zmqchat.core import COMMIT_GIVE_UP, DEFAULT_MOTD, LATCH_TIMEOUT, ServerConfig, ServerCore
 from zmqchat.history import History, HistoryError
+from zmqchat.ratelimit import TokenBucket
 
 GENERAL = p.room_topic("#general")
 DEV = p.room_topic("#dev")
@@ -876,3 +877,13 @@ def test_revoked_keys_are_told_and_their_sessions_end(clock):
     assert (err.code, "no longer authorised" in err.message) == (p.ERR_NOT_AUTHORISED, True)
     assert [(m.name, m.event) for _, m in of_type(out, p.PresenceEvent)] == [("bob", "revoked")]
     assert core.presence.get("s2") is None and core.presence.get("s1") is not None
+
+
+def test_new_sessions_are_rate_limited_server_wide(clock):
+    core = make_core(clock)
+    core._new_sessions = TokenBucket(rate=10.0, burst=3.0, now=clock())
+    results = [type(hello(core, f"s{i}", f"user{i}")[0][1]).__name__ for i in range(5)]
+    assert results == ["Welcome"] * 3 + ["ErrorReply"] * 2
+    clock.advance(0.1)
+    assert type(hello(core, "s4", "user4")[0][1]) is p.Welcome  # its retry gets in
+    assert len(core.presence) == 4

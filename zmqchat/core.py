@@ -16,13 +16,15 @@ from itertools import islice
 from . import protocol as p
 from .history import History, HistoryError
 from .presence import Member, Presence
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, TokenBucket
 
 log = logging.getLogger("zmqchat.server")
 
 DEFAULT_MOTD = "Welcome to zmqchat. Type /help for commands, exit to leave."
 HEARTBEAT_ROOMS = 1000  # rooms whose newest seq rides on each heartbeat (more: gaps found at the next message)
 UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0  # a stale client hears "please say hello" this often, at most
+NEW_SESSIONS_PER_SEC = 1000.0  # hellos that open a session, server-wide (with silent ones expiring in
+NEW_SESSIONS_BURST = 5000.0  # 3 s, at most a few thousand made-up sessions can exist at once)
 COMMIT_GIVE_UP = 30.0  # seconds of failing history commits before the server stops with an error
 HISTORY_REPLY_BYTES = 1 << 20  # one history reply carries at most this much; the client asks for the rest
 LATCH_TIMEOUT = 10.0  # seconds a rate-refused message may hold back its sender's later ones
@@ -90,6 +92,7 @@ class ServerCore:
         self.presence = Presence(config.heartbeat_interval * config.heartbeat_misses)
         self.limiter = RateLimiter(config.rate, config.burst)
         self.request_limiter = RateLimiter(config.rate, config.burst)
+        self._new_sessions = TokenBucket(NEW_SESSIONS_PER_SEC, NEW_SESSIONS_BURST, clock())
         self.out: list[list[bytes]] = []
         self.bad_input = LogLimiter(clock)
         self.db_errors = LogLimiter(clock, burst=1)
@@ -306,6 +309,13 @@ class ServerCore:
             self._refuse(msg.session, p.ERR_NOT_AUTHORISED, "session belongs to someone else")
             return
         rooms = [r for r in msg.rooms[: p.MAX_LIST_ITEMS] if isinstance(r, str) and p.room_problem(r) is None]
+        if member is None and self._new_sessions.take(now) > 0:
+            # A flood of made-up sessions (without CURVE anyone can make them) cannot outrun this; real
+            # clients retry their hello every quarter second and get in.
+            self.stats["throttled"] += 1
+            self._refuse(msg.session, p.ERR_RATE_LIMITED, "server busy: too many new sessions, retrying",
+                         retry_after=1.0 / NEW_SESSIONS_PER_SEC)
+            return
         # A repeated hello replays history for every room: it is charged like the history requests it
         # amounts to. Over budget, the rooms are entered without replay; the client asks again (charged).
         replay = member is None or self._charge(member, 1.0 + len(rooms) / 4, reply=False)
