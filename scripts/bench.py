@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -110,7 +111,7 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
 
 
 class FrameMaker:
-    """Builds the frames one publisher sends: ``make(marker, seq, ts_ns, phase)`` -> list[bytes].
+    """Builds the frames one publisher sends: ``make(marker, seq, ts_ns, n)`` -> list[bytes].
 
     zmqchat: ``encode_client(Say(...))`` (checked byte for byte at construction).
     proxy:   ``[room_topic, VERSION, b"msg", encode_body(RoomMessage(...))]``, what zmqchat publishes.
@@ -136,32 +137,32 @@ class FrameMaker:
         pre, rest = body.split(text_ph.encode())
         between, post = rest.split(mid_ph.encode())
         self.a, self.b, self.c = pre, between, post  # between = padding + '","mid":"' 
+        self.session = session.encode()
         if system == "zmqchat":
             sample = p.Say(session=session, room=ROOM, text=self._text(MARK_DATA, 7, 12345).decode(),
-                           mid=self._mid(MARK_DATA, 7, "t").decode())
-            assert self.make(MARK_DATA, 7, 12345, "t") == p.encode_client(sample), "frame template mismatch"
+                           mid=f"{session}.7")
+            assert self.make(MARK_DATA, 7, 12345, 7) == p.encode_client(sample), "frame template mismatch"
 
     def _text(self, marker: int, seq: int, ts: int) -> bytes:
         return b"%c%010d %019d " % (marker, seq, ts) + self.pad.encode()
 
-    @staticmethod
-    def _mid(marker: int, seq: int, phase: str) -> bytes:
-        return b"%s%c%010d" % (phase.encode(), marker, seq)
-
-    def make(self, marker: int, seq: int, ts: int, phase: str) -> list[bytes]:
-        body = b"".join((self.a, b"%c%010d %019d " % (marker, seq, ts), self.b,
-                         b"%s%c%010d" % (phase.encode(), marker, seq), self.c))
+    def make(self, marker: int, seq: int, ts: int, n: int) -> list[bytes]:
+        """``n``: the message counter of the mid, ``<session>.<n>`` (1, 2, 3, ... per session)."""
+        body = b"".join((self.a, b"%c%010d %019d " % (marker, seq, ts), self.b, b"%b.%d" % (self.session, n), self.c))
         return [*self.head, body]
 
 
 def _fast_maker(maker: FrameMaker):
-    """The per-message hot path of a publisher, with everything constant bound once."""
+    """The per-message hot path of a publisher, with everything constant bound once. Each call takes the
+    next message counter: zmqchat accepts a session's counters only in order, without gaps."""
     a, b = maker.a, maker.b  # b holds the padding of the text, then the JSON up to the mid
     c = maker.c
     head = maker.head
+    session = maker.session
+    counter = itertools.count(1).__next__
 
-    def make(marker: int, seq: int, ts: int, phase: bytes) -> list[bytes]:
-        return [*head, b"%b%c%010d %019d %b%b%c%010d%b" % (a, marker, seq, ts, b, phase, marker, seq, c)]
+    def make(marker: int, seq: int, ts: int) -> list[bytes]:
+        return [*head, b"%b%c%010d %019d %b%b.%d%b" % (a, marker, seq, ts, b, session, counter(), c)]
 
     return make
 
@@ -261,13 +262,17 @@ def pub_worker(k: int, jobs: mp.Queue, ctrl: mp.Queue, results: mp.Queue, life_e
     _serve_jobs(lambda ctx, job: _run_pub(ctx, k, job, ctrl, results), "pubdone", k, jobs, results, life_end)
 
 
+_JOBS = itertools.count(1)
+
+
 def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
     import zmq
 
     from zmqchat import protocol as p
 
     system, curve = job["system"], job.get("curve")
-    session = name = f"bench{os.getpid()}p{k}"
+    # a new session per job: its message counters start at 1 (the server knows an old one's counters)
+    session = name = f"bench{os.getpid()}p{k}j{next(_JOBS)}"
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 10_000)  # the tail of the stream is still sent after close()
     socks = [push]
@@ -302,7 +307,6 @@ def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
                             raise RuntimeError(f"server refused hello: {msg.code} {msg.message}")  # noqa: TRY004
             welcome_after = time.monotonic() - start
         make = _fast_maker(FrameMaker(system, job["size"], session, name))
-        phase = job["phase"].encode()
         send = push.send_multipart
         mono_ns = time.monotonic_ns
         # warm up until the orchestrator has heard from every subscriber
@@ -311,7 +315,7 @@ def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
         go = None
         warm_end = time.monotonic() + job["timeout"]
         while go is None:
-            send(make(MARK_WARM, w, mono_ns(), phase))
+            send(make(MARK_WARM, w, mono_ns()))
             w += 1
             try:
                 go = ctrl.get(timeout=0.02)
@@ -325,7 +329,7 @@ def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
         t_start = mono_ns()
         if rate <= 0:
             for seq in range(first, first + count):
-                send(make(MARK_DATA, seq, mono_ns(), phase))
+                send(make(MARK_DATA, seq, mono_ns()))
         else:
             interval = 1e9 / rate
             sleep = time.sleep
@@ -334,7 +338,7 @@ def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
                 now = mono_ns()
                 if target > now:
                     sleep((target - now) / 1e9)
-                send(make(MARK_DATA, first + i, mono_ns(), phase))
+                send(make(MARK_DATA, first + i, mono_ns()))
         t_end = mono_ns()
         errors: dict[str, int] = {}
         if replies is not None:  # what the server said to this session: refusals, duplicate acks

@@ -273,7 +273,7 @@ class Announcer:
     def broadcast(self, k: int) -> None:
         text = f"BCAST {k} {time.monotonic_ns():019d} hello everyone"
         self.push.send_multipart(self.p.encode_client(self.p.Say(session=self.session, room=ROOM, text=text,
-                                                                 mid=f"bcast{k}")))
+                                                                 mid=f"{self.session}.{k + 1}")))
 
     def close(self) -> None:
         self.push.close(linger=0)

@@ -36,11 +36,11 @@ def client_keys(keydir, name, server="server"):
     return ["--curve-secret", str(keydir / f"{name}.key_secret"), "--server-key", str(keydir / f"{server}.key")]
 
 
-def secure_server(chat, keydir, allowed=None):
+def secure_server(chat, keydir, allowed=None, *more):
     extra = ["--curve-secret", str(keydir / "server.key_secret")]
     if allowed is not None:
         extra += ["--authorized-keys", str(allowed)]
-    return chat.server(*extra)
+    return chat.server(*extra, *more)
 
 
 def refused(chat, name, *extra, message):

@@ -263,14 +263,77 @@ def test_session_id_limits_accepted():
     assert p.decode_client(client_frames(b"hb", {"session": "A-z_0"})).session == "A-z_0"
 
 
-@pytest.mark.parametrize("mid", ["", "m" * 97])
+@pytest.mark.parametrize("mid", ["", "m" * 97, "m1", "s1.", "s1.0", "s1.01", "s1.-1", "s2.1", "s1.1.1", ".1",
+                                 "s1.x", "s1.9007199254740992", "s1.99999999999999999", "s1. 1", "s1.１"])
 def test_bad_mid(mid):
     with pytest.raises(p.ProtocolError, match="invalid message id"):
         p.decode_client(client_frames(b"msg", {**SAY, "mid": mid}))
 
 
-def test_mid_limit_accepted():
-    assert p.decode_client(client_frames(b"msg", {**SAY, "mid": "m" * 96})).mid == "m" * 96
+def test_mid_limits_accepted():
+    session = "x" * 64
+    for n in (1, 9, 10, p.MAX_SAFE_INT):
+        body = {**SAY, "session": session, "mid": f"{session}.{n}"}
+        assert p.decode_client(client_frames(b"msg", body)).mid == f"{session}.{n}"
+    assert p.mid_counter(f"{session}.{p.MAX_SAFE_INT}", session) == p.MAX_SAFE_INT
+    assert p.mid_counter("s1.7", "s1") == 7 and p.mid_counter("s1.7", "s") is None
+
+
+# every integer field of every kind, at and just past its documented bounds
+INT_FIELDS = [(cls, name, lo, hi) for cls in [*p._CLIENT_KINDS.values(), *p._SERVER_KINDS.values()]
+              for name, typ, _req, lo, hi in p._field_types(cls) if typ is int]
+
+
+@pytest.mark.parametrize(("cls", "name", "lo", "hi"), INT_FIELDS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_every_integer_field_is_range_checked(cls, name, lo, hi):
+    sample = next(m for m in CLIENT_SAMPLES + SERVER_SAMPLES if type(m) is cls)
+    is_client = sample in CLIENT_SAMPLES
+
+    def decode(value):
+        body = json.dumps({**sample.body(), name: value}).encode()
+        if is_client:
+            return p.decode_client([p.VERSION, cls.KIND, body])
+        return p.decode_server([TOPIC, p.VERSION, cls.KIND, body])[1]
+
+    assert hi <= p.MAX_SAFE_INT and lo >= -1
+    for good in (lo, hi):
+        assert getattr(decode(good), name) == good
+    for bad in (lo - 1, hi + 1, 2**64, -(2**64)):
+        with pytest.raises(p.ProtocolError, match="out of range"):
+            decode(bad)
+
+
+@pytest.mark.parametrize("raw", [b"1e400", b"-1e400", b"NaN", b"Infinity", b"-Infinity"])
+def test_floats_are_finite(raw):
+    body = b'{"ts": ' + raw + b"}"
+    with pytest.raises(p.ProtocolError):
+        p.decode_server([TOPIC, p.VERSION, b"hb", body])
+
+
+@pytest.mark.parametrize(("kind", "body"), [
+    (b"hello", {"session": "s1", "name": "a", "last_seq": {"#a": -1}}),
+    (b"hello", {"session": "s1", "name": "a", "last_seq": {"#a": 2**53}}),
+    (b"hello", {"session": "s1", "name": "a", "last_seq": {"#a": "7"}}),
+    (b"hello", {"session": "s1", "name": "a", "last_seq": {"#a": True}}),
+    (b"hello", {"session": "s1", "name": "a", "last_seq": {"#a": 1.5}}),
+    (b"hello", {"session": "s1", "name": "a", "rid": "no spaces"}),
+    (b"hello", {"session": "s1", "name": "a", "rid": "r" * 65}),
+    (b"hello", {"session": "s1", "name": "a", "unacked": 0}),
+])
+def test_nested_numbers_and_request_ids_are_checked(kind, body):
+    with pytest.raises(p.ProtocolError):
+        p.decode_client(client_frames(kind, body))
+
+
+def test_server_side_nested_numbers_are_checked():
+    for body in ({"ts": 1.0, "seqs": {"#a": 2**53}}, {"ts": 1.0, "seqs": {"#a": -1}}):
+        with pytest.raises(p.ProtocolError):
+            p.decode_server(server_frames(b"hb", body))
+    end = {"room": "#a", "after": 0, "upto": 9, "count": 0}
+    for lost in ([[0, 3]], [[5, 4]], [[1]], [[1, 2**53]], [["1", 2]], [1, 2]):
+        with pytest.raises(p.ProtocolError):
+            p.decode_server(server_frames(b"hist_end", {**end, "lost": lost}))
+    assert p.decode_server(server_frames(b"hist_end", {**end, "lost": [[2, 5]]}))[1].lost == [[2, 5]]
 
 
 def test_deeply_nested_json_is_a_protocol_error():
@@ -423,9 +486,11 @@ def test_decode_client_mutated_fields(msg, changes, dropped):
     except p.ProtocolError:
         return
     # whatever passes has the declared types (bool never standing in for a number)
-    for f, typ, _required in p._field_types(type(decoded)):
+    for f, typ, _required, lo, hi in p._field_types(type(decoded)):
         value = getattr(decoded, f)
         assert isinstance(value, typ) and (typ is bool or not isinstance(value, bool))
+        if typ in (int, float):
+            assert lo <= value <= hi
 
 
 @FAST
@@ -460,7 +525,7 @@ def test_decode_byte_mutations(msg, data):
 @pytest.mark.parametrize("field", ["text", "mid", "room"])
 def test_lone_surrogates_are_a_protocol_error(field):
     # valid JSON, but no UTF-8 encoder accepts "\ud800": it must not reach code that encodes it
-    body = {"session": "s1", "room": "#general", "text": "hi", "mid": "m1", field: "x\ud800"}
+    body = {"session": "s1", "room": "#general", "text": "hi", "mid": "s1.1", field: "x\ud800"}
     raw = json.dumps(body).encode()
     with pytest.raises(p.ProtocolError, match="not valid Unicode"):
         p.decode_client([p.VERSION, b"msg", raw])

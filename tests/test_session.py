@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from conftest import FakeClock
 
@@ -21,11 +23,19 @@ def make_session(clock: FakeClock, rooms=("#general",), name: str = "alice") -> 
     return ClientSession(name, list(rooms), clock=clock, session_id=SID, wall_clock=lambda: WALL)
 
 
-def sent(session: ClientSession) -> list[p.Message]:
-    """What the session queued for PUSH since the last call, decoded."""
+def sent(session: ClientSession, keep_rid: bool = False) -> list[p.Message]:
+    """What the session queued for PUSH since the last call, decoded (request ids blanked unless asked for:
+    their correlation has tests of its own)."""
     out = [p.decode_client(frames) for frames in session.outgoing]
     session.outgoing.clear()
-    return out
+    if keep_rid:
+        return out
+    return [dataclasses.replace(m, rid="") if hasattr(m, "rid") else m for m in out]
+
+
+def nonce(session: ClientSession) -> str:
+    """The rid of the session's latest hello: what a real answer to it echoes."""
+    return session._hello_nonces[-1]
 
 
 def events(session: ClientSession) -> list[ev.Event]:
@@ -43,7 +53,7 @@ def deliver(session: ClientSession, msg: p.Message, topic: bytes | None = None) 
 
 def welcome(session: ClientSession, heartbeat: float = 1.0) -> None:
     deliver(session, p.Welcome(session=SID, name=session.name, motd="hello there", heartbeat_interval=heartbeat,
-                               max_text_bytes=500, server_time=WALL))
+                               max_text_bytes=500, server_time=WALL, rid=nonce(session)))
 
 
 def live(seq: int, room: str = "#general", sender: str = "bob", mid: str | None = None) -> p.RoomMessage:
@@ -147,7 +157,8 @@ def test_no_hellos_while_connecting_are_lost_to_the_loss_detector(clock):
 def test_fatal_name_taken_while_connecting(clock):
     session = make_session(clock)
     session.start()
-    deliver(session, p.ErrorReply(code=p.ERR_NAME_TAKEN, message="name 'alice' is already taken"))
+    deliver(session, p.ErrorReply(code=p.ERR_NAME_TAKEN, message="name 'alice' is already taken",
+                                  rid=nonce(session)))
     assert events(session) == [ev.Error(p.ERR_NAME_TAKEN, "name 'alice' is already taken", fatal=True)]
     assert not session.connected
 
@@ -156,8 +167,69 @@ def test_fatal_name_taken_while_connecting(clock):
 def test_other_fatal_codes_while_connecting(clock, code):
     session = make_session(clock)
     session.start()
-    deliver(session, p.ErrorReply(code=code, message="no"))
+    deliver(session, p.ErrorReply(code=code, message="no", rid=nonce(session)))
     assert events(session) == [ev.Error(code, "no", fatal=True)]
+
+
+@pytest.mark.parametrize("code", [p.ERR_NAME_TAKEN, p.ERR_BAD_NAME, p.ERR_NOT_AUTHORISED])
+@pytest.mark.parametrize("state", ["connecting", "connected", "lost"])
+def test_refusals_of_somebody_elses_hello_change_nothing(clock, code, state):
+    # Another identity's hello that named our session was refused on our topic: not an answer to us.
+    session = make_session(clock) if state == "connecting" else connected(clock)
+    if state == "connecting":
+        session.start()
+    if state == "lost":
+        clock.advance(10)
+        session.tick()
+        events(session)
+    before = session.state
+    for rid in ("", "0123456789abcdef", "r1"):
+        deliver(session, p.ErrorReply(code=code, message="no", rid=rid))
+    assert events(session) == []
+    assert session.state == before and session.foreign_replies == 3
+    sent(session)
+    if state == "connected":
+        mid = session.say("still here")
+        assert [m.mid for m in sent(session) if isinstance(m, p.Say)] == [mid]
+
+
+def test_a_welcome_for_somebody_elses_hello_is_ignored(clock):
+    session = make_session(clock)
+    session.start()
+    deliver(session, p.Welcome(session=SID, name="alice", motd="m", heartbeat_interval=1.0, max_text_bytes=500,
+                               server_time=WALL, rid="not-ours"))
+    assert not session.connected and events(session) == []
+    welcome(session)
+    assert session.connected
+
+
+def test_every_hello_carries_a_fresh_nonce_and_an_answer_to_any_recent_one_counts(clock):
+    session = make_session(clock)
+    session.start()
+    clock.advance(HELLO_RETRY)
+    session.tick()
+    hellos = [m for m in sent(session, keep_rid=True) if isinstance(m, p.Hello)]
+    assert len(hellos) == 2 and len({h.rid for h in hellos}) == 2 and all(len(h.rid) == 16 for h in hellos)
+    deliver(session, p.Welcome(session=SID, name="alice", motd="m", heartbeat_interval=1.0, max_text_bytes=500,
+                               server_time=WALL, rid=hellos[0].rid))  # the first one's answer, arriving late
+    assert session.connected
+
+
+def test_requests_carry_distinct_rids(clock):
+    session = connected(clock)
+    session.who()
+    session.list_rooms()
+    session.stats()
+    session.history(5)
+    session.join("#dev")
+    rids = [m.rid for m in sent(session, keep_rid=True)]
+    assert len(rids) == 5 and all(rids) and len(set(rids)) == 5
+
+
+def test_revocation_is_fatal_whatever_it_answers(clock):
+    session = connected(clock)
+    deliver(session, p.ErrorReply(code=p.ERR_REVOKED, message="your key is no longer authorised"))
+    assert events(session) == [ev.Error(p.ERR_REVOKED, "your key is no longer authorised", fatal=True)]
 
 
 def test_errors_once_connected_are_not_fatal(clock):
@@ -745,7 +817,7 @@ def test_messages_lost_while_disconnected_are_reported(clock):
 
 def _welcome_epoch(session: ClientSession, epoch: str) -> None:
     deliver(session, p.Welcome(session=SID, name=session.name, motd="m", heartbeat_interval=1.0,
-                               max_text_bytes=500, server_time=WALL, epoch=epoch))
+                               max_text_bytes=500, server_time=WALL, epoch=epoch, rid=nonce(session)))
 
 
 def test_new_history_epoch_resets_sequence_numbers(clock):
@@ -821,3 +893,32 @@ def test_part_waits_for_the_rooms_messages_to_come_back(clock):
     assert [m.room for m in sent(session) if isinstance(m, p.Part)] == ["#dev"]
     assert "#dev" not in session.rooms and not session.pending
     assert (False, p.room_topic("#dev")) in session.subscriptions
+
+
+# --------------------------------------------------------------------------------------------------
+# message counters: resend from where the server says, and say where they start
+
+
+def test_resend_from_sends_the_named_message_and_the_later_ones_again(clock):
+    session = connected(clock)
+    mids = [session.say(f"m{i}") for i in range(1, 5)]
+    sent(session)
+    deliver(session, live(1, sender="alice", mid=mids[0]))
+    deliver(session, p.ErrorReply(code=p.ERR_RESEND, message="resend", mid=mids[3], resend_from=2))
+    assert [m.mid for m in sent(session)] == mids[1:]
+    assert [type(e) for e in events(session)] == [ev.Message]  # our echo; the resend request is quiet
+
+
+def test_hello_says_where_our_unacknowledged_messages_start(clock):
+    session = connected(clock)
+    first = session.say("one")
+    session.say("two")
+    deliver(session, live(1, sender="alice", mid=first))
+    sent(session)
+    clock.advance(10)
+    session.tick()  # lost: hello again
+    hello, = [m for m in sent(session) if isinstance(m, p.Hello)]
+    assert hello.unacked == 2
+    fresh = make_session(clock)
+    fresh.start()
+    assert sent(fresh)[0].unacked == 1

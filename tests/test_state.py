@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
-from zmqchat import history as history_module
 from zmqchat.history import History
 from zmqchat.presence import Presence
 from zmqchat.ratelimit import RateLimiter, TokenBucket
@@ -176,8 +176,13 @@ def test_limiter_burst_is_at_least_one():
 # history
 
 
+def body(room: str, seq: int, text: str) -> bytes:
+    """A stored body: like the server's, a JSON object carrying its room and seq (checked when loaded)."""
+    return json.dumps({"room": room, "seq": seq, "text": text}, separators=(",", ":")).encode()
+
+
 def body_of(room: str, text: str):
-    return lambda seq: f"{room}|{seq}|{text}".encode()
+    return lambda seq: body(room, seq, text)
 
 
 def fill(history: History, room: str, count: int, ts: float = 1.0, prefix: str = "k") -> list[int]:
@@ -191,9 +196,9 @@ def seqs(rows: list[tuple[int, bytes]]) -> list[int]:
 def test_sequence_per_room():
     history = History(limit=100)
     assert history.last_seq("#a") == 0
-    assert history.append("#a", 1.0, "k1", body_of("#a", "x")) == (1, b"#a|1|x")
-    assert history.append("#a", 2.0, "k2", body_of("#a", "y")) == (2, b"#a|2|y")
-    assert history.append("#b", 3.0, "k3", body_of("#b", "z")) == (1, b"#b|1|z")
+    assert history.append("#a", 1.0, "k1", body_of("#a", "x")) == (1, body("#a", 1, "x"))
+    assert history.append("#a", 2.0, "k2", body_of("#a", "y")) == (2, body("#a", 2, "y"))
+    assert history.append("#b", 3.0, "k3", body_of("#b", "z")) == (1, body("#b", 1, "z"))
     assert (history.last_seq("#a"), history.last_seq("#b"), history.last_seq("#c")) == (2, 1, 0)
     assert history.rooms() == ["#a", "#b"]
     assert history.size() == 3
@@ -205,22 +210,6 @@ def test_make_body_gets_the_sequence_number():
     history.append("#a", 0.0, "k", lambda seq: given.append(seq) or b"b")
     history.append("#a", 0.0, "k2", lambda seq: given.append(seq) or b"b")
     assert given == [1, 2]
-
-
-def test_seen_records_where_a_key_was_published():
-    history = History(limit=10)
-    fill(history, "#a", 2)
-    history.append("#b", 0.0, "alice\x1fm1", body_of("#b", "hi"))
-    assert history.seen("alice\x1fm1") == ("#b", 1)
-    assert history.seen("k#a1") == ("#a", 2)
-    assert history.seen("alice\x1fm2") is None
-
-
-def test_dedupe_forgets_oldest_keys_beyond_its_bound(monkeypatch):
-    monkeypatch.setattr(history_module, "DEDUPE_KEYS", 3)
-    history = History(limit=10)
-    fill(history, "#a", 5)
-    assert [history.seen(f"k#a{i}") for i in range(5)] == [None, None, ("#a", 3), ("#a", 4), ("#a", 5)]
 
 
 @pytest.fixture
@@ -255,7 +244,7 @@ def ten() -> History:
 def test_range(ten, kwargs, expected):
     rows = ten.range("#a", **kwargs)
     assert seqs(rows) == expected
-    assert [body for _seq, body in rows] == [f"#a|{s}|{s - 1}".encode() for s in expected]
+    assert [stored for _seq, stored in rows] == [body("#a", s, str(s - 1)) for s in expected]
 
 
 def test_range_of_unknown_room(ten):
@@ -307,10 +296,7 @@ def test_persists_across_close_and_reopen(tmp_path):
     assert again.rooms() == ["#a", "#b"]
     assert (again.last_seq("#a"), again.last_seq("#b")) == (3, 1)
     assert again.range("#a") == bodies_a
-    assert again.range("#b") == [(1, b"#b|1|hello")]
-    assert again.seen("bob\x1fm1") == ("#b", 1)
-    assert again.seen("k#a0") == ("#a", 1)
-    assert again.seen("nope") is None
+    assert again.range("#b") == [(1, body("#b", 1, "hello"))]
     # the sequence continues, never reused
     assert again.append("#a", 99.0, "new", body_of("#a", "n"))[0] == 4
     again.close()
@@ -377,7 +363,7 @@ def test_a_failed_commit_keeps_the_batch_for_the_next_one(tmp_path, monkeypatch)
     monkeypatch.setattr(history_module, "BUSY_TIMEOUT", 0.05)
     path = tmp_path / "h.sqlite3"
     store = History(limit=10, path=path)
-    store.append("#g", 1.0, "alice\x1fm1", lambda seq: b"one")
+    store.append("#g", 1.0, "alice\x1fm1", body_of("#g", "one"))
     locker = sqlite3.connect(str(path), isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")  # another program holds the write lock
     with pytest.raises(HistoryError, match="locked"):
@@ -387,13 +373,13 @@ def test_a_failed_commit_keeps_the_batch_for_the_next_one(tmp_path, monkeypatch)
     store.commit()
     store.close()
     reopened = History(limit=10, path=path)
-    assert reopened.range("#g") == [(1, b"one")]
+    assert reopened.range("#g") == [(1, body("#g", 1, "one"))]
     reopened.close()
 
 
 def test_committed_seq_lags_until_the_commit(tmp_path):
     store = History(limit=10, path=tmp_path / "h.sqlite3")
-    store.append("#g", 1.0, "k1", lambda seq: b"one")
+    store.append("#g", 1.0, "k1", body_of("#g", "one"))
     assert (store.last_seq("#g"), store.committed_seq("#g")) == (1, 0)
     store.commit()
     assert store.committed_seq("#g") == 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 from . import protocol as p
+from .dedupe import ACK, REFUSED, Producer, Producers
 from .history import History, HistoryError
 from .presence import Member, Presence
 from .ratelimit import RateLimiter, TokenBucket
@@ -27,7 +28,17 @@ NEW_SESSIONS_PER_SEC = 1000.0  # hellos that open a session, server-wide (with s
 NEW_SESSIONS_BURST = 5000.0  # 3 s, at most a few thousand made-up sessions can exist at once)
 COMMIT_GIVE_UP = 30.0  # seconds of failing history commits before the server stops with an error
 HISTORY_REPLY_BYTES = 1 << 20  # one history reply carries at most this much; the client asks for the rest
-LATCH_TIMEOUT = 10.0  # seconds a rate-refused message may hold back its sender's later ones
+PRODUCER_EXPIRY_EVERY = 60.0  # seconds between sweeps of producers silent for longer than their window
+
+
+def identity_of(key: str | None, name: str) -> str:
+    """Who speaks: the CURVE key (empty in plaintext) and the name it speaks for. A session, its token
+    buckets and its messages belong to an identity; a name cannot hold the separator (names are printable)."""
+    return f"{key or ''}\x1f{name}"
+
+
+def key_of(identity: str) -> str | None:
+    return identity.partition("\x1f")[0] or None
 
 
 @dataclass
@@ -51,20 +62,23 @@ class ServerConfig:
 # pings, bye and part cost nothing: a refused part would leave the sender in a room it left).
 REQUEST_COSTS: dict[type[p.Message], Callable[[p.Message], float]] = {
     p.Join: lambda m: 1.0, p.WhoRequest: lambda m: 1.0, p.RoomsRequest: lambda m: 1.0,
-    p.StatsRequest: lambda m: 1.0, p.HistoryRequest: lambda m: 1.0 + max(0, m.limit) / 200,
+    p.StatsRequest: lambda m: 1.0, p.HistoryRequest: lambda m: 1.0 + min(m.limit, 1000) / 200,
 }
 
 
 class LogLimiter:
-    """At most ``burst`` log lines per ``period`` seconds for noisy events, then one summary."""
+    """At most ``burst`` log lines per ``period`` seconds for noisy events, then one summary. With
+    ``traceback_once``, the first line ever carries the exception being handled (internal errors)."""
 
-    def __init__(self, clock: Callable[[], float], burst: int = 5, period: float = 10.0) -> None:
+    def __init__(self, clock: Callable[[], float], burst: int = 5, period: float = 10.0,
+                 traceback_once: bool = False) -> None:
         self.clock = clock
         self.burst = burst
         self.period = period
         self._window = -period
         self._count = 0
         self._suppressed = 0
+        self._traceback = traceback_once
 
     def warn(self, fmt: str, *args: object) -> None:
         now = self.clock()
@@ -74,7 +88,8 @@ class LogLimiter:
             self._window, self._count, self._suppressed = now, 0, 0
         if self._count < self.burst:
             self._count += 1
-            log.warning(fmt, *args)
+            log.warning(fmt, *args, exc_info=self._traceback)
+            self._traceback = False
         else:
             self._suppressed += 1
 
@@ -95,12 +110,18 @@ class ServerCore:
         self._new_sessions = TokenBucket(NEW_SESSIONS_PER_SEC, NEW_SESSIONS_BURST, clock())
         self.out: list[list[bytes]] = []
         self.bad_input = LogLimiter(clock)
+        self.internal_errors = LogLimiter(clock, traceback_once=True)
         self.db_errors = LogLimiter(clock, burst=1)
         self._failing_since: float | None = None
         self.stats = dict.fromkeys(
             ("received", "published", "messages", "rejected", "refused", "throttled", "duplicates",
-             "recoveries", "recovered", "timeouts", "auth_failures", "errors"), 0)
+             "resend_requests", "foreign", "recoveries", "recovered", "timeouts", "auth_failures", "errors"), 0)
+        self.producers = Producers()
+        for session, identity, next_n, room, seq, ts in history.producers(self.wall_clock() - self.producers.window):
+            self.producers.restore(session, identity, next_n, room, seq, ts)
+        self._forget_producers()
         now = clock()
+        self._next_producer_expiry = now + PRODUCER_EXPIRY_EVERY
         self._next_heartbeat = now
         self._next_expiry = now
         self._next_stats = now + config.stats_interval if config.stats_interval > 0 else float("inf")
@@ -124,7 +145,29 @@ class ServerCore:
             self.stats["rejected"] += 1
             self.bad_input.warn("dropped bad message: %s", exc)
             return
-        size = sum(map(len, frames))
+        try:
+            self._dispatch(msg, sum(map(len, frames)), key, bound_name)
+        except Exception as exc:  # noqa: BLE001 (a bug must cost one message, never the server)
+            self.internal_error(exc)
+
+    def internal_error(self, exc: BaseException) -> None:
+        """A bug met while handling one message: counted, and logged like bad input (rate-limited; the
+        first one with its traceback). The message is dropped; the server goes on."""
+        self.stats["errors"] += 1
+        self.internal_errors.warn("internal error while handling a message (dropped): %r", exc)
+
+    def unbound_key(self) -> None:
+        """A message arrived from a CURVE key that the allowlist no longer binds (removed on SIGHUP while
+        its connection stayed open): dropped and counted."""
+        self.stats["auth_failures"] += 1
+        self.bad_input.warn("dropped a message from a key that is no longer authorised")
+
+    def auth_failed(self, why: str, peer: str) -> None:
+        """A connection failed the CURVE handshake (the loop's socket monitor saw it)."""
+        self.stats["auth_failures"] += 1
+        self.bad_input.warn("refused a client (%s) from %s", why, peer)
+
+    def _dispatch(self, msg: p.Message, size: int, key: str | None, bound_name: str | None) -> None:
         if isinstance(msg, p.Hello):
             if size > self.config.max_message_bytes:
                 self.stats["rejected"] += 1
@@ -133,33 +176,40 @@ class ServerCore:
             return
         member = self.presence.get(msg.session)
         if member is None:
-            self._unknown_session(msg)
+            self._unknown_session(msg, key)
             return
-        if member.key != key:  # checked before anything is said to that session
-            self.stats["rejected"] += 1
-            self.bad_input.warn("dropped %s for %s's session from another key", msg.KIND.decode(), member.name)
+        if member.key != key:  # checked before anything is said to that session, size included
+            self._foreign(msg, member.name)
             return
         self.presence.touch(member.session, self.clock())
         if size > self.config.max_message_bytes:
             self.stats["rejected"] += 1
             self._refuse(msg.session, p.ERR_TOO_LONG, f"message too long ({size} bytes on the wire, at most "
-                         f"{self.config.max_message_bytes})", getattr(msg, "mid", ""))
+                         f"{self.config.max_message_bytes})", getattr(msg, "mid", ""), rid=_rid(msg))
             return
         cost = REQUEST_COSTS.get(type(msg))
-        if cost is not None and not self._charge(member, cost(msg)):
+        if cost is not None and not self._charge(member, cost(msg), rid=_rid(msg)):
             return
         self._handlers[type(msg)](msg, member)
 
-    def _charge(self, member: Member, cost: float, reply: bool = True) -> bool:
-        """Requests have a token bucket of their own per sender (same rate and burst as messages): a flood
-        of joins or history requests is throttled like a flood of messages, and a client busy sending
-        never starves its own gap recovery."""
-        wait = self.request_limiter.check(member.session, self.clock(), cost)
+    def _foreign(self, msg: p.Message, owner: str) -> None:
+        """A message naming a session that another identity owns: dropped and counted, never answered
+        (an answer on that session's topic would reach its owner)."""
+        self.stats["foreign"] += 1
+        self.stats["rejected"] += 1
+        self.bad_input.warn("dropped %s for %s's session from another identity", msg.KIND.decode(), owner)
+
+    def _charge(self, member: Member, cost: float, reply: bool = True, rid: str = "") -> bool:
+        """Requests have a token bucket of their own per identity (same rate and burst as messages): a
+        flood of joins or history requests is throttled like a flood of messages, a client busy sending
+        never starves its own gap recovery, and opening more sessions buys no more."""
+        wait = self.request_limiter.check(member.identity, self.clock(), cost)
         if wait <= 0:
             return True
         self.stats["throttled"] += 1
         if reply:
-            self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", retry_after=wait)
+            self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", retry_after=wait,
+                         rid=rid)
         return False
 
     def tick(self) -> None:
@@ -170,10 +220,12 @@ class ServerCore:
             self._next_expiry = now + self.config.heartbeat_interval / 4
             for member in self.presence.expire(now):
                 self.stats["timeouts"] += 1
-                self.limiter.forget(member.session)
-                self.request_limiter.forget(member.session)
                 log.info("%s left (timed out)", member.name)
                 self._announce_leave(member, "timeout")
+        if now >= self._next_producer_expiry:
+            self._next_producer_expiry = now + PRODUCER_EXPIRY_EVERY
+            self.producers.expire(self.wall_clock())
+            self._forget_producers()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             # Newest seq of each occupied room: lets a client notice it lost the tail of a burst.
@@ -217,10 +269,8 @@ class ServerCore:
         for member in self.presence.members():
             if member.key is not None and member.key not in allowed_keys:
                 self.presence.remove(member.session)
-                self.limiter.forget(member.session)
-                self.request_limiter.forget(member.session)
                 log.info("%s removed: key no longer authorised", member.name)
-                self._refuse(member.session, p.ERR_NOT_AUTHORISED, "your key is no longer authorised on this server")
+                self._refuse(member.session, p.ERR_REVOKED, "your key is no longer authorised on this server")
                 self._announce_leave(member, "revoked")
 
     def snapshot(self) -> dict[str, int]:
@@ -237,14 +287,26 @@ class ServerCore:
         session = member_or_session if isinstance(member_or_session, str) else member_or_session.session
         self._publish(p.session_topic(session), msg)
 
-    def _refuse(self, session: str, code: str, text: str, mid: str = "", retry_after: float = 0.0) -> None:
+    def _refuse(self, session: str, code: str, text: str, mid: str = "", retry_after: float = 0.0,
+                rid: str = "", resend_from: int = 0) -> None:
         self.stats["refused"] += 1
-        self._reply(session, p.ErrorReply(code=code, message=text, mid=mid, retry_after=retry_after))
+        self._reply(session, p.ErrorReply(code=code, message=text, mid=mid, retry_after=retry_after, rid=rid,
+                                          resend_from=resend_from))
 
-    def _unknown_session(self, msg: p.Message) -> None:
-        # After a server restart every client is unknown: tell each (rate-limited) to say hello again.
+    def _forget_producers(self) -> None:
+        for session in self.producers.forgotten:
+            self.history.drop_producer(session)
+        self.producers.forgotten.clear()
+
+    def _unknown_session(self, msg: p.Message, key: str | None) -> None:
+        # After a server restart every client is unknown: tell each (rate-limited) to say hello again,
+        # unless the session is known to belong to another key (its messages are remembered).
+        producer = self.producers.get(msg.session)
+        if producer is not None and key_of(producer.identity) != key:
+            self._foreign(msg, producer.identity.partition("\x1f")[2])
+            return
         if self._unknown_session_bucket.check(msg.session, self.clock()) == 0.0:
-            self._refuse(msg.session, p.ERR_UNKNOWN_SESSION, "unknown session; send hello")
+            self._refuse(msg.session, p.ERR_UNKNOWN_SESSION, "unknown session; send hello", rid=_rid(msg))
 
     def _announce(self, room: str, name: str, event: str) -> None:
         # Every join reaches every member: n joins cost n^2 deliveries. Big rooms stay quiet (/who works).
@@ -258,18 +320,18 @@ class ServerCore:
         for room in sorted(member.rooms):
             self._announce(room, member.name, event)
 
-    def _enter_room(self, member: Member, room: str, last_seq: int, replay: bool = True) -> None:
+    def _enter_room(self, member: Member, room: str, last_seq: int, replay: bool = True, rid: str = "") -> None:
         """Join ``member`` to ``room`` (announcing it if new) and replay what it has not seen."""
         if self.presence.join(member, room):
             log.info("%s joined %s", member.name, room)
             self._announce(room, member.name, "join")
         if replay and last_seq < 0:
-            self._send_history(member, room, 0, 0, self.config.backlog, backlog=True)
+            self._send_history(member, room, 0, 0, self.config.backlog, backlog=True, rid=rid)
         elif replay:  # a catch-up, also from 0 (a room joined while it was empty): everything, oldest first
-            self._send_history(member, room, last_seq, 0, self.config.max_history_reply, backlog=False)
+            self._send_history(member, room, last_seq, 0, self.config.max_history_reply, backlog=False, rid=rid)
 
     def _send_history(self, member: Member, room: str, after: int, before: int, limit: int,
-                      backlog: bool) -> int:
+                      backlog: bool, rid: str = "") -> int:
         """A backlog is the newest ``limit`` messages; anything else is served oldest first and ``upto``
         stops where the reply stops, so the client asks for the rest."""
         topic = p.session_topic(member.session)
@@ -284,29 +346,39 @@ class ServerCore:
         upto = min(before - 1, last) if before > 0 else last
         if not backlog and rows and cut:
             upto = rows[-1][0]
+        # numbers the server skipped after losing the tail of its disk: the client stops waiting for them
+        lost = [] if backlog else [list(r) for r in self.history.lost(room, after, upto)]
         self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last,
-                                         before=before))
+                                         before=before, rid=rid, lost=lost))
         return len(rows)
 
     # -- handlers, one per client message kind
 
     def handle_hello(self, msg: p.Hello, key: str | None, bound_name: str | None) -> None:
         now = self.clock()
+        identity = identity_of(key, msg.name)
+        member = self.presence.get(msg.session)
+        producer = self.producers.get(msg.session)
+        # A session belongs to the identity that opened it (and, after a restart, to the one whose messages
+        # the server remembers): nobody else is answered on its topic, not even with a refusal.
+        if member is not None and member.identity != identity:
+            self._foreign(msg, member.name)
+            return
+        if member is None and producer is not None and producer.identity != identity:
+            self._foreign(msg, producer.identity.partition("\x1f")[2])
+            return
+        rid = msg.rid
         problem = p.name_problem(msg.name)
         if problem:
-            self._refuse(msg.session, p.ERR_BAD_NAME, problem)
+            self._refuse(msg.session, p.ERR_BAD_NAME, problem, rid=rid)
             return
         if bound_name is not None and msg.name != bound_name:
-            self._refuse(msg.session, p.ERR_NOT_AUTHORISED, f"your key is bound to the name '{bound_name}'")
+            self._refuse(msg.session, p.ERR_NOT_AUTHORISED, f"your key is bound to the name '{bound_name}'", rid=rid)
             self.bad_input.warn("refused %r: key is bound to %r", msg.name, bound_name)
             return
         owner = self.presence.owner_of(msg.name)
-        member = self.presence.get(msg.session)
         if owner is not None and owner != msg.session:
-            self._refuse(msg.session, p.ERR_NAME_TAKEN, f"name '{msg.name}' is already taken")
-            return
-        if member is not None and (member.key != key or member.name != msg.name):
-            self._refuse(msg.session, p.ERR_NOT_AUTHORISED, "session belongs to someone else")
+            self._refuse(msg.session, p.ERR_NAME_TAKEN, f"name '{msg.name}' is already taken", rid=rid)
             return
         rooms = [r for r in msg.rooms[: p.MAX_LIST_ITEMS] if isinstance(r, str) and p.room_problem(r) is None]
         if member is None and self._new_sessions.take(now) > 0:
@@ -314,81 +386,118 @@ class ServerCore:
             # clients retry their hello every quarter second and get in.
             self.stats["throttled"] += 1
             self._refuse(msg.session, p.ERR_RATE_LIMITED, "server busy: too many new sessions, retrying",
-                         retry_after=1.0 / NEW_SESSIONS_PER_SEC)
+                         retry_after=1.0 / NEW_SESSIONS_PER_SEC, rid=rid)
             return
-        # A repeated hello replays history for every room: it is charged like the history requests it
-        # amounts to. Over budget, the rooms are entered without replay; the client asks again (charged).
-        replay = member is None or self._charge(member, 1.0 + len(rooms) / 4, reply=False)
         if member is None:
             member = self.presence.add(msg.session, msg.name, now)
-            member.key = key
+            member.key, member.identity = key, identity
             log.info("%s connected (session %s)", msg.name, msg.session)
+            # A repeated hello replays history for every room: it is charged like the history requests it
+            # amounts to. Over budget, the rooms are entered without replay; the client asks again (charged).
+            replay = True
+        else:
+            replay = self._charge(member, 1.0 + len(rooms) / 4, reply=False)
+        member.unacked = msg.unacked  # where this session's counters start, if the server knows none
+        if producer is not None:
+            producer.rate_blocked = False  # it reconnected: the held message comes first again
         self.presence.touch(member.session, now)
         self._reply(member, p.Welcome(session=msg.session, name=msg.name, motd=self.config.motd,
                                       heartbeat_interval=self.config.heartbeat_interval,
                                       max_text_bytes=self.config.max_text_bytes, server_time=self.wall_clock(),
-                                      epoch=self.history.epoch, max_message_bytes=self.config.max_message_bytes))
+                                      epoch=self.history.epoch, max_message_bytes=self.config.max_message_bytes,
+                                      rid=rid))
         same_epoch = msg.epoch == self.history.epoch
-        member.blocked_mid = ""
         for room in rooms:
-            last = msg.last_seq.get(room) if same_epoch else None
-            last = last if isinstance(last, int) and not isinstance(last, bool) else -1
+            last = msg.last_seq.get(room, -1) if same_epoch else -1
             self._enter_room(member, room, last, replay)
 
     def handle_say(self, msg: p.Say, member: Member) -> None:
-        if member.blocked_mid == msg.mid:
-            member.blocked_mid = ""  # it came back: whatever happens to it now, it no longer holds the rest
-        key = f"{member.name}\x1f{msg.mid}"
-        seen = self.history.seen(key)
-        if seen is not None:
-            self.stats["duplicates"] += 1
-            self._reply(member, p.Ack(mid=msg.mid, room=seen[0], seq=seen[1]))
+        n = p.mid_counter(msg.mid, msg.session)
+        assert n is not None  # decoding checked the mid's form
+        producer = self.producers.get(member.session)
+        if producer is None:
+            # The first message of this session that the server hears of: counters start where the hello
+            # said (or, if the server forgot this live session, at this one).
+            start = member.unacked if member.unacked is not None else n
+            member.unacked = None
+            producer = self.producers.open(member.session, member.identity, start, self.wall_clock())
+        if n < producer.next:
+            self._duplicate(msg, member, producer, n)
+            return
+        if n > producer.next:
+            self._jump(msg, member, producer)
             return
         if msg.room not in member.rooms:
-            self._refuse(member.session, p.ERR_NOT_IN_ROOM, f"you are not in {msg.room}; /join it first", msg.mid)
+            self._settle_refused(member, producer, n, msg.mid, p.ERR_NOT_IN_ROOM,
+                                 f"you are not in {msg.room}; /join it first")
             return
         text = msg.text
         # A character is at most 4 UTF-8 bytes: short texts need no encoding to be measured.
         if len(text) * 4 > self.config.max_text_bytes and len(text.encode()) > self.config.max_text_bytes:
-            self._refuse(member.session, p.ERR_TOO_LONG, f"message too long ({len(text.encode())} bytes, at most "
-                         f"{self.config.max_text_bytes})", msg.mid)
+            self._settle_refused(member, producer, n, msg.mid, p.ERR_TOO_LONG, f"message too long "
+                                 f"({len(text.encode())} bytes, at most {self.config.max_text_bytes})")
             return
         if not text or text.isspace():
-            self._refuse(member.session, p.ERR_EMPTY, "empty message", msg.mid)
+            self._settle_refused(member, producer, n, msg.mid, p.ERR_EMPTY, "empty message")
             return
-        now = self.clock()
-        # Once a message is refused for rate, later ones are refused until it comes back, so a burst
-        # that was already in flight cannot overtake it: one sender's messages stay in order.
-        if member.blocked_mid and now - member.blocked_at > LATCH_TIMEOUT:
-            member.blocked_mid = ""  # the refused message never came back (client gone or gave up)
-        if member.blocked_mid:
-            self.stats["throttled"] += 1
-            self._refuse(member.session, p.ERR_RATE_LIMITED, "slow down", msg.mid, 1.0 / max(self.config.rate, 1.0))
-            return
-        wait = self.limiter.check(member.session, now)
+        wait = self.limiter.check(member.identity, self.clock())
         if wait > 0:
+            # Not settled: the client holds it and the rest, and sends it again after the wait. Until it
+            # does, its later messages are dropped without a word (see _jump), so order is kept cheaply.
             self.stats["throttled"] += 1
-            member.blocked_mid, member.blocked_at = msg.mid, now
+            producer.rate_blocked = True
             self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", msg.mid, wait)
             return
-        name, text, mid, action, room = member.name, msg.text, msg.mid, msg.action, msg.room
+        name, mid, action, room = member.name, msg.mid, msg.action, msg.room
 
         ts = self.wall_clock()
 
         def body(seq: int) -> bytes:
             return p.room_message_body(room, seq, ts, name, text, mid, action)
 
-        _seq, encoded = self.history.append(room, ts, key, body)
+        seq, encoded = self.history.append(room, ts, mid, body)
+        self._settle(producer, n, (ACK, room, seq), ts)
         self.stats["messages"] += 1
         log.debug("%s <%s> %s", room, name, text)
         self.out.append([p.room_topic(room), p.VERSION, p.RoomMessage.KIND, encoded])
 
+    def _settle(self, producer: Producer, n: int, outcome: tuple, ts: float) -> None:
+        producer.advance(n, outcome, ts)
+        self.producers.touch(producer)
+        self.history.save_producer(producer.session, producer.identity, producer.next, producer.room,
+                                   producer.seq, ts)
+
+    def _settle_refused(self, member: Member, producer: Producer, n: int, mid: str, code: str, text: str) -> None:
+        """Refused for good: the counter moves on, and a resend gets the same refusal."""
+        self._settle(producer, n, (REFUSED, code, text), self.wall_clock())
+        self._refuse(member.session, code, text, mid)
+
+    def _duplicate(self, msg: p.Say, member: Member, producer: Producer, n: int) -> None:
+        self.stats["duplicates"] += 1
+        outcome = producer.outcome(n)
+        if outcome is not None and outcome[0] == REFUSED:
+            self._refuse(member.session, outcome[1], str(outcome[2]), msg.mid)
+        elif outcome is not None:
+            self._reply(member, p.Ack(mid=msg.mid, room=outcome[1], seq=int(outcome[2])))  # type: ignore[call-overload]
+        else:  # settled longer ago than the producer remembers outcomes: delivered, place unknown
+            self._reply(member, p.Ack(mid=msg.mid, room="", seq=0))
+
+    def _jump(self, msg: p.Say, member: Member, producer: Producer) -> None:
+        """A counter beyond the next: something in between never arrived. Asked once per gap; while the
+        next one is held for rate, the sender already knows and later ones are dropped silently."""
+        self.stats["throttled" if producer.rate_blocked else "resend_requests"] += 1
+        if producer.rate_blocked or producer.asked_from == producer.next:
+            return
+        producer.asked_from = producer.next
+        self._refuse(member.session, p.ERR_RESEND, f"message {producer.next} never arrived; resend from it",
+                     msg.mid, resend_from=producer.next)
+
     def handle_join(self, msg: p.Join, member: Member) -> None:
         problem = p.room_problem(msg.room)
         if problem:
-            self._refuse(member.session, p.ERR_BAD_ROOM, problem)
+            self._refuse(member.session, p.ERR_BAD_ROOM, problem, rid=msg.rid)
             return
-        self._enter_room(member, msg.room, msg.last_seq)
+        self._enter_room(member, msg.room, msg.last_seq, rid=msg.rid)
 
     def handle_part(self, msg: p.Part, member: Member) -> None:
         if self.presence.part(member, msg.room):
@@ -397,38 +506,40 @@ class ServerCore:
 
     def handle_who(self, msg: p.WhoRequest, member: Member) -> None:
         rooms = [msg.room] if msg.room else sorted(member.rooms)
-        self._reply(member, p.WhoReply(rooms={room: self.presence.names_in(room) for room in rooms}))
+        self._reply(member, p.WhoReply(rooms={room: self.presence.names_in(room) for room in rooms}, rid=msg.rid))
 
     def handle_rooms(self, msg: p.RoomsRequest, member: Member) -> None:
-        self._reply(member, p.RoomsReply(rooms=self.presence.room_counts()))
+        self._reply(member, p.RoomsReply(rooms=self.presence.room_counts(), rid=msg.rid))
 
     def handle_history(self, msg: p.HistoryRequest, member: Member) -> None:
         if p.room_problem(msg.room):
-            self._refuse(member.session, p.ERR_BAD_ROOM, p.room_problem(msg.room) or "")
+            self._refuse(member.session, p.ERR_BAD_ROOM, p.room_problem(msg.room) or "", rid=msg.rid)
             return
-        if msg.limit < 1 or msg.after < 0 or msg.before < 0:
-            self._refuse(member.session, p.ERR_BAD_REQUEST, "history: limit must be >= 1, after and before >= 0")
+        if msg.limit < 1:
+            self._refuse(member.session, p.ERR_BAD_REQUEST, "history: limit must be >= 1", rid=msg.rid)
             return
         self.stats["recoveries"] += 1
         sent = self._send_history(member, msg.room, msg.after, msg.before, msg.limit,
-                                  backlog=msg.after == 0 and msg.before == 0)
+                                  backlog=msg.after == 0 and msg.before == 0, rid=msg.rid)
         if msg.before > 0:
             # PUB cannot report its drops; what clients fetch to fill their gaps is the measurable part.
             self.stats["recovered"] += sent
 
     def handle_stats(self, msg: p.StatsRequest, member: Member) -> None:
-        self._reply(member, p.StatsReply(stats=self.snapshot()))
+        self._reply(member, p.StatsReply(stats=self.snapshot(), rid=msg.rid))
 
     def handle_ping(self, msg: p.Ping, member: Member) -> None:
         pass  # liveness was recorded in receive()
 
     def handle_bye(self, msg: p.Bye, member: Member) -> None:
         self.presence.remove(member.session)
-        self.limiter.forget(member.session)
-        self.request_limiter.forget(member.session)
         log.info("%s left", member.name)
         self._announce_leave(member, "quit")
-        self._reply(member, p.Goodbye(session=member.session))
+        self._reply(member, p.Goodbye(session=member.session, rid=msg.rid))
+
+
+def _rid(msg: p.Message) -> str:
+    return getattr(msg, "rid", "")
 
 
 def _within_bytes(rows: list[tuple[int, bytes]], budget: int, keep_newest: bool) -> list[tuple[int, bytes]]:

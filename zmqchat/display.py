@@ -10,11 +10,18 @@ from . import events as ev
 
 PRESENCE_WORDS = {"join": "joined", "part": "left", "quit": "left", "timeout": "left (timed out)",
                   "revoked": "left (key no longer authorised)"}
-_CONTROL = {c: "\ufffd" for c in range(32) if c not in (9, 10)} | {127: "\ufffd"}
+# What someone else's text must not carry to a terminal (or a page): C0 controls but tab and newline, DEL,
+# C1 controls (U+0080-U+009F: CSI, OSC and NEL among them, which terminals obey like ESC [ and ESC ]),
+# the bidi embeddings, overrides, isolates and marks (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F,
+# U+061C: they reorder what follows, e.g. to disguise a name or a link), and the line and paragraph
+# separators U+2028 and U+2029 (a new line that a line-based reader does not expect). Each becomes U+FFFD.
+UNSAFE_CHARS = frozenset([*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F),
+                          *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C, 0x2028, 0x2029])
+_CONTROL = dict.fromkeys(UNSAFE_CHARS, "\ufffd")
 
 
 def clean(text: str) -> str:
-    """Neutralise control characters (terminal escapes) that someone else's text could carry."""
+    """Neutralise what in someone else's text could drive a terminal or reorder the line: see UNSAFE_CHARS."""
     return text.translate(_CONTROL)
 
 

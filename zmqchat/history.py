@@ -1,61 +1,190 @@
-"""Room history: per-room sequence numbers, the last N messages of each room, and dedupe of client
-message ids. Persistence is SQLite from the standard library (WAL, one transaction per batch).
+"""Room history: per-room sequence numbers, the last N messages of each room, and what the server must
+remember across restarts (reserved and skipped numbers, the dedupe state of each sender). Persistence is
+SQLite from the standard library (WAL, one transaction per batch).
 
-No sockets here. The server appends a batch, calls ``commit()``, and only then publishes, so a message
-that anyone has seen is on disk and its sequence number is never reused after a crash.
+The rule it keeps: **a sequence number is never handed out twice within one epoch, whatever the disk
+lost.** The server appends a batch, calls ``commit()``, and only then publishes, so a message anyone has
+seen is on disk as far as the process can tell. Commits are not fsynced (``synchronous=NORMAL``), so a
+power cut may still lose the last of them; hence numbers are reserved ahead of use in blocks, each
+reservation written with an fsync, and on open everything between the newest message on disk and the
+reservation is recorded as skipped (``lost()``) instead of being given out again.
+
+And a damaged or foreign file is never loaded as if it were valid: ``History()`` refuses it with one line
+(``HistoryError``), or with ``repair=True`` deletes and counts the damaged rows. No sockets here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import secrets
 import sqlite3
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Callable, Iterable
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 
 from .errors import ZmqchatError
+from .protocol import room_problem
 
 log = logging.getLogger("zmqchat.server")
 
 
 class HistoryError(ZmqchatError):
-    """The history database refused a write (locked, full, broken); its text says which file and why."""
+    """The history database refused a write (locked, full, broken) or cannot be used (damaged, foreign,
+    newer); its text says which file and why, in one line."""
+
 
 BUSY_TIMEOUT = 1.0  # seconds
-DEDUPE_KEYS = 200_000  # (sender, mid) pairs remembered, in memory and reloaded from disk
+MAX_SEQ = 2**53 - 1  # largest sequence number: exact as a JSON number everywhere
+BLOCK_MIN = 64  # sequence numbers reserved at once per room, at least (also the first block after a start)
+BLOCK_MAX = 65536  # ... and at most
+BLOCK_FAST = 1.0  # seconds: a block used up sooner than this doubles the next one
+BLOCK_SLOW = 10.0  # seconds: a block that lasted longer than this halves the next one
+SKIPPED_KEPT = 64  # skipped ranges remembered per room (the newest); older ones are forgotten
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
-    room TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    dedupe_key TEXT NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (room, seq)
-) WITHOUT ROWID;
-"""
+# Version 0 is what zmqchat wrote before it had schema versions (user_version 0: meta + messages).
+_BASE = [
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, dedupe_key TEXT NOT NULL,
+       body BLOB NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID""",
+]
+# MIGRATIONS[n] takes a file from version n to n + 1, in the same transaction as the rest of the open. A fresh
+# file is version 0 plus every step, so a new file and a migrated one are the same. Append, never edit.
+MIGRATIONS: list[list[str]] = [
+    [  # 1: reserved and skipped sequence numbers; per-sender dedupe state
+        "CREATE TABLE reservations (room TEXT PRIMARY KEY, upto INTEGER NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE skipped (room TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+           PRIMARY KEY (room, first)) WITHOUT ROWID""",
+        """CREATE TABLE producers (producer TEXT PRIMARY KEY, identity TEXT NOT NULL, next INTEGER NOT NULL,
+           room TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL) WITHOUT ROWID""",
+    ],
+]
+SCHEMA_VERSION = 1  # PRAGMA user_version this code writes; len(MIGRATIONS)
+_COLUMNS = {  # what every table must look like once migrated
+    "meta": ("key", "value"),
+    "messages": ("room", "seq", "ts", "dedupe_key", "body"),
+    "reservations": ("room", "upto"),
+    "skipped": ("room", "first", "last"),
+    "producers": ("producer", "identity", "next", "room", "seq", "ts"),
+}
+_KEYS = {"reservations": ("room",), "skipped": ("room", "first"), "producers": ("producer",)}
+_UNUSABLE = ("file is not a database", "database disk image is malformed")
+_seq_of = itemgetter(0)
+_decode_json = json.JSONDecoder().raw_decode
+
+Producer = tuple[str, str, int, str, int, float]  # producer, identity, next, room, seq, ts
+
+
+def next_block(block: int, lasted: float) -> int:
+    """How many numbers the next reservation of a room takes, given the size of the last one and how long
+    (seconds) it lasted: about a second of the room's traffic, between BLOCK_MIN and BLOCK_MAX."""
+    if lasted < BLOCK_FAST:
+        return min(block * 2, BLOCK_MAX)
+    if lasted > BLOCK_SLOW:
+        return max(block // 2, BLOCK_MIN)
+    return block
+
+
+def ranges_of(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted, merged (first, last) ranges covering ``seqs``."""
+    out: list[list[int]] = []
+    for seq in sorted(set(seqs)):
+        if out and seq == out[-1][1] + 1:
+            out[-1][1] = seq
+        else:
+            out.append([seq, seq])
+    return [(first, last) for first, last in out]
+
+
+def _is_seq(value: object, low: int = 1) -> bool:
+    return type(value) is int and low <= value <= MAX_SEQ
+
+
+def _is_room(value: object) -> bool:
+    return isinstance(value, str) and room_problem(value) is None
+
+
+def _is_ts(value: object) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _producer_ok(producer: object, identity: object, nxt: object, room: object, seq: object, ts: object) -> bool:
+    return (isinstance(producer, str) and producer != "" and isinstance(identity, str) and _is_seq(nxt, 0) and _is_ts(ts)
+            and ((room == "" and seq == 0 and type(seq) is int) or (_is_room(room) and _is_seq(seq))))
+
+
+def _body_ok(body: object, room: str, seq: int) -> bool:
+    """A stored body is the JSON object the server published: UTF-8, with this room and seq."""
+    if type(body) is not bytes:
+        return False
+    try:
+        text = body.decode("utf-8")
+        obj, end = _decode_json(text)  # json.loads without its wrappers: 1.5 us for a 300-byte body here
+    except (ValueError, RecursionError):
+        return False
+    if end != len(text):
+        return False
+    return isinstance(obj, dict) and obj.get("room") == room and obj.get("seq") == seq
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Damage:
+    """Damaged rows found while opening: a count per table and the first one of each, described."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.first: dict[str, str] = {}
+
+    def add(self, table: str, what: str, count: int = 1) -> None:
+        self.counts[table] = self.counts.get(table, 0) + count
+        self.first.setdefault(table, what)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def describe(self) -> str:
+        total = self.total()
+        parts = [f"{n} in {table} ({self.first[table]})" for table, n in self.counts.items()]
+        rows = f"{total} damaged row{'s' if total != 1 else ''}"
+        if len(parts) == 1:  # "1 damaged row in messages (room '#a', seq 'abc')"
+            return f"{rows} {parts[0].split(' ', 1)[1]}"
+        return f"{rows}: " + ", ".join(parts)
 
 
 class History:
-    """Sequencer and store. ``path`` None keeps everything in memory only."""
+    """Sequencer and store. ``path`` None keeps everything in memory only (nothing reserved or skipped).
+    Opening a file raises HistoryError if it cannot be used; ``repair=True`` deletes damaged rows instead."""
 
     def __init__(self, limit: int, path: str | Path | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, repair: bool = False) -> None:
         self.limit = max(1, limit)
-        self.clock = clock  # only to tell the checkpointer when writes pause
+        self.clock = clock  # monotonic seconds: reservation block sizes, and the checkpointer's pauses
         self.path = Path(path) if path is not None else None
+        self.repair = repair
         self._rooms: dict[str, deque[tuple[int, bytes]]] = {}
         self._last: dict[str, int] = {}
-        self._committed: dict[str, int] = {}  # room -> newest seq on disk
-        self._dedupe: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._committed: dict[str, int] = {}  # room -> newest seq on disk (or skipped)
         self._pending: list[tuple[str, int, float, str, bytes]] = []
         self._untrimmed: dict[str, int] = {}
+        self._reserved: dict[str, int] = {}  # room -> reserved up to (on disk, or in _reserve)
+        self._reserve: dict[str, int] = {}  # new reservations, written (synced) by the next commit
+        self._block: dict[str, tuple[int, float]] = {}  # room -> (size, clock()) of its current reservation
+        self._skipped: dict[str, list[tuple[int, int]]] = {}  # room -> skipped (first, last), oldest first
+        self._new_skips: list[tuple[str, int, int]] = []  # found by the open, to log once it succeeded
+        self._producers: list[Producer] = []  # as loaded at open, oldest first
+        self._producer_ops: dict[str, Producer | None] = {}  # saves (a row) and drops (None) for the next commit
+        self._expire_before: float | None = None  # producers with older ts are deleted by the next commit
         self._db: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._last_write = 0.0  # monotonic time of the last commit, read by the checkpointer
@@ -64,51 +193,227 @@ class History:
         if self.path is not None:
             self._open(self.path)
 
-    # -- persistence
+    # -- opening: check, migrate, load
 
     def _open(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A short busy timeout: a lock held by another program stalls the serving loop at most this long.
-        db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash; see docs/history.md
-        # Checkpoints (the only fsyncs in this mode) run on their own thread, off the publish path.
-        db.execute("PRAGMA wal_autocheckpoint=0")
-        db.execute("PRAGMA journal_size_limit=67108864")  # a rewound WAL file shrinks back to 64 MiB
-        db.executescript(_SCHEMA)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # A short busy timeout: a lock held by another program stalls the serving loop at most this long.
+            db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
+        except (OSError, sqlite3.Error) as exc:
+            raise HistoryError(f"history database {path}: {exc}") from exc
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # Durable across a process crash; a power cut may lose the last commits: see docs/history.md
+            db.execute("PRAGMA synchronous=FULL")  # ... but what the open writes (skips, repairs) is synced
+            # Checkpoints (the other fsyncs in this mode) run on their own thread, off the publish path.
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute("PRAGMA journal_size_limit=67108864")  # a rewound WAL file shrinks back to 64 MiB
+            db.execute("BEGIN IMMEDIATE")
+            if self.repair:  # not at every open: 4 s for a 1,000,000-row file not in the page cache
+                self._quick_check(db)
+            self._migrate(db)
+            damage = _Damage()
+            self._load(db, damage)
+            if damage.total() and not self.repair:
+                raise HistoryError(f"history database {path}: {damage.describe()}; start with --repair to skip "
+                                   "and count damaged rows")
+            db.execute("COMMIT")
+            db.execute("PRAGMA synchronous=NORMAL")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            db.close()
+            if isinstance(exc, sqlite3.Error):
+                text = str(exc)
+                if text in _UNUSABLE:
+                    text = (f"not a usable SQLite database ({text}); move it away to start with an empty history "
+                            "(--repair cannot mend this)")
+                raise HistoryError(f"history database {path}: {text}") from exc
+            raise
+        if damage.total():
+            log.warning("history database %s: repaired: %s deleted", path, damage.describe())
+        for room, first, last in self._new_skips:
+            log.info("history %s: seq %d-%d are not on disk (lost in a power cut, or repaired away): skipped, "
+                     "numbering goes on at %d", room, first, last, last + 1)
         self._db = db
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (self.epoch,))
-        self.epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
-        for room, in db.execute("SELECT DISTINCT room FROM messages").fetchall():
-            rows = db.execute(
-                "SELECT seq, body FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?", (room, self.limit)
-            ).fetchall()
-            rows.reverse()
-            self._rooms[room] = deque(((seq, bytes(body)) for seq, body in rows), maxlen=self.limit)
-            self._last[room] = self._committed[room] = rows[-1][0] if rows else 0
-        keys = db.execute(
-            "SELECT dedupe_key, room, seq FROM messages ORDER BY ts DESC LIMIT ?", (DEDUPE_KEYS,)
-        ).fetchall()
-        for key, room, seq in reversed(keys):
-            self._dedupe[key] = (room, seq)
         self._checkpointer = _Checkpointer(path, lambda: self.clock() - self._last_write)
         self._checkpointer.start()
 
+    def _quick_check(self, db: sqlite3.Connection) -> None:
+        """Damage below the rows (pages, b-trees) is not what --repair mends: say so, then try to load anyway."""
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            log.warning("history database %s: quick_check: %s (pages are damaged; rows on them may fail to load)",
+                        self.path, "; ".join(map(str, problems)))
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the file to SCHEMA_VERSION (a fresh file too), or refuse one this code cannot read."""
+        where = f"history database {self.path}"
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise HistoryError(f"{where} was written by a newer zmqchat (schema {version}, this one knows up to "
+                               f"{SCHEMA_VERSION})")
+        tables = {name for name, in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version == 0 and not tables:
+            for statement in _BASE:
+                db.execute(statement)
+        elif version == 0 and not {"meta", "messages"} <= tables:
+            raise HistoryError(f"{where}: not a zmqchat history (tables: {', '.join(sorted(tables)) or 'none'})")
+        elif version < SCHEMA_VERSION:
+            log.info("%s: schema %d, migrating to %d", where, version, SCHEMA_VERSION)
+        if version < SCHEMA_VERSION:
+            self._check_columns(db, ("meta", "messages"))
+            for step in MIGRATIONS[version:]:
+                for statement in step:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        self._check_columns(db, _COLUMNS)
+
+    def _check_columns(self, db: sqlite3.Connection, tables: Iterable[str]) -> None:
+        for table in tables:
+            found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+            if found != _COLUMNS[table]:
+                shape = f"columns {', '.join(found)}" if found else "missing"
+                raise HistoryError(f"history database {self.path}: not a zmqchat history (table {table} {shape}; "
+                                   f"expected {', '.join(_COLUMNS[table])})")
+
+    def _load(self, db: sqlite3.Connection, damage: _Damage) -> None:
+        """Load and check every table; damaged rows are counted (and deleted when repairing)."""
+        self._load_epoch(db, damage)
+        newest: dict[str, int] = {}  # room -> newest intact message on disk
+        floor: dict[str, int] = {}  # room -> highest number ever given out, as far as the file tells
+        repaired: dict[str, list[int]] = {}  # room -> seqs of damaged messages deleted
+        for room, in db.execute("SELECT DISTINCT room FROM messages").fetchall():
+            if not _is_room(room):
+                count = db.execute("SELECT COUNT(*) FROM messages WHERE room = ?", (room,)).fetchone()[0]
+                damage.add("messages", f"room {_short(room)}", count)
+                if self.repair:
+                    db.execute("DELETE FROM messages WHERE room = ?", (room,))
+                continue
+            rows, top, lost = self._load_room(db, room, damage)
+            self._rooms[room] = deque(rows, maxlen=self.limit)
+            newest[room] = rows[-1][0] if rows else 0
+            floor[room] = max(newest[room], top)
+            repaired[room] = lost
+        reservations, unreadable = self._checked(db, damage, "reservations", lambda room, upto: _is_room(room)
+                                                 and _is_seq(upto, 0))
+        for room, upto in reservations:
+            self._reserved[room] = upto
+            floor[room] = max(floor.get(room, 0), upto)
+        for room, _upto in unreadable:  # repaired away: a reservation never reaches past its newest message
+            if _is_room(room):           # by more than a block, so skip that much to be sure
+                floor[room] = max(floor.get(room, 0), newest.get(room, 0) + BLOCK_MAX - 1)
+        skipped, _ = self._checked(db, damage, "skipped", lambda room, first, last: _is_room(room) and _is_seq(first)
+                                   and _is_seq(last, first))
+        for room, first, last in sorted(skipped):
+            self._skipped.setdefault(room, []).append((first, last))
+            floor[room] = max(floor.get(room, 0), last)
+        producers, _ = self._checked(db, damage, "producers", _producer_ok)
+        self._producers = sorted(((producer, identity, nxt, room, seq, float(ts))
+                                  for producer, identity, nxt, room, seq, ts in producers), key=itemgetter(5))
+        for room, top in floor.items():
+            self._rooms.setdefault(room, deque(maxlen=self.limit))
+            self._last[room] = self._committed[room] = top
+            done = max([newest.get(room, 0)] + [last for _first, last in self._skipped.get(room, [])])
+            new = ranges_of(seq for seq in repaired.get(room, []) if seq < newest.get(room, 0))
+            if top > done:
+                new.append((done + 1, top))
+                self._new_skips.append((room, done + 1, top))
+            if new:
+                self._record_skipped(db, room, new)
+
+    def _load_epoch(self, db: sqlite3.Connection, damage: _Damage) -> None:
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is not None and not (isinstance(row[0], str) and 0 < len(row[0]) <= 64):
+            damage.add("meta", f"epoch {_short(row[0])}")
+            row = None  # repaired: a new epoch, so clients start their numbers over
+        if row is None:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
+        else:
+            self.epoch = row[0]
+
+    def _load_room(self, db: sqlite3.Connection, room: str,
+                   damage: _Damage) -> tuple[list[tuple[int, bytes]], int, list[int]]:
+        """The newest ``limit`` intact messages of ``room`` (oldest first), the highest valid seq of any row
+        seen (damaged ones too: never reuse it), and the seqs of the damaged rows deleted."""
+        top, lost = 0, []
+        while True:
+            rows = db.execute("SELECT seq, ts, dedupe_key, body FROM messages WHERE room = ? ORDER BY seq DESC "
+                              "LIMIT ?", (room, self.limit)).fetchall()
+            good, bad = [], []
+            for seq, ts, key, body in rows:
+                if _is_seq(seq) and _is_ts(ts) and isinstance(key, str) and _body_ok(body, room, seq):
+                    good.append((seq, body))
+                else:
+                    bad.append(seq)
+            for seq in bad:
+                damage.add("messages", f"room {_short(room)}, seq {_short(seq)}")
+                if _is_seq(seq):
+                    top = max(top, seq)
+            if not bad or not self.repair:
+                good.reverse()
+                return good, top, lost
+            for seq in bad:  # and look again, so that ``limit`` intact rows are loaded if there are that many
+                db.execute("DELETE FROM messages WHERE room = ? AND seq IS ?", (room, seq))
+                if _is_seq(seq):
+                    lost.append(seq)
+
+    def _checked(self, db: sqlite3.Connection, damage: _Damage, table: str,
+                 ok: Callable[..., bool]) -> tuple[list[tuple], list[tuple]]:
+        """The rows of ``table`` that pass ``ok``, and the others, counted as damage (deleted when repairing)."""
+        columns = _COLUMNS[table]
+        kept, bad = [], []
+        for row in db.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall():
+            if ok(*row):
+                kept.append(row)
+                continue
+            bad.append(row)
+            key = _KEYS[table]
+            damage.add(table, ", ".join(f"{name} {_short(value)}" for name, value in zip(key, row)))
+            if self.repair:
+                db.execute(f"DELETE FROM {table} WHERE " + " AND ".join(f"{name} IS ?" for name in key),
+                           row[:len(key)])
+        return kept, bad
+
+    def _record_skipped(self, db: sqlite3.Connection, room: str, new: list[tuple[int, int]]) -> None:
+        """Remember ``new`` skipped ranges of ``room``, and only the newest SKIPPED_KEPT of all of them."""
+        ranges = sorted(self._skipped.get(room, []) + new)
+        db.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?)", [(room, *r) for r in new])
+        if len(ranges) > SKIPPED_KEPT:
+            ranges = ranges[-SKIPPED_KEPT:]
+            db.execute("DELETE FROM skipped WHERE room = ? AND first < ?", (room, ranges[0][0]))
+        self._skipped[room] = ranges
+
+    # -- writing
+
     def commit(self) -> None:
-        """Make every appended message durable (one transaction), then trim old rows now and then."""
-        if self._db is None or not self._pending:
+        """Make every appended message durable (one transaction, with the reservations and producers queued
+        since the last commit; fsynced when it holds a new reservation), then trim old rows now and then.
+        Raises HistoryError if the database refuses: then everything stays queued for the next commit()."""
+        if self._db is None:
             self._pending.clear()
+            return
+        if not (self._pending or self._reserve or self._producer_ops or self._expire_before is not None):
             return
         db = self._db
         untrimmed = dict(self._untrimmed)  # rows per room since its last trim, applied once committed
         for room, _seq, _ts, _key, _body in self._pending:
             untrimmed[room] = untrimmed.get(room, 0) + 1
         trim = [room for room, n in untrimmed.items() if n >= max(64, self.limit // 8)]
+        synced = bool(self._reserve)
         try:
+            if synced:  # the WAL is fsynced at this commit, and everything written before it with it
+                db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN")
             db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", self._pending)
+            if synced:
+                db.executemany("INSERT OR REPLACE INTO reservations VALUES (?, ?)", self._reserve.items())
+            if self._producer_ops or self._expire_before is not None:
+                self._write_producers(db)
             for room in trim:
-                db.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, self._last[room] - self.limit))
+                self._trim(db, room)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             # Locked by another program, disk full, I/O error: nothing of the batch is kept on disk, and
@@ -117,24 +422,51 @@ class History:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
             raise HistoryError(f"history database {self.path}: {exc}") from exc
+        finally:
+            if synced:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA synchronous=NORMAL")
         for room in trim:
             del untrimmed[room]
         for room, seq, _ts, _key, _body in self._pending:
             self._committed[room] = seq
         self._untrimmed = untrimmed
         self._pending.clear()
+        self._reserve.clear()
+        self._producer_ops.clear()
+        self._expire_before = None
         self._last_write = self.clock()
 
+    def _write_producers(self, db: sqlite3.Connection) -> None:
+        if self._expire_before is not None:  # before the saves: a producer saved meanwhile stays
+            db.execute("DELETE FROM producers WHERE ts < ?", (self._expire_before,))
+        db.executemany("INSERT OR REPLACE INTO producers VALUES (?, ?, ?, ?, ?, ?)",
+                       [row for row in self._producer_ops.values() if row is not None])
+        db.executemany("DELETE FROM producers WHERE producer = ?",
+                       [(producer,) for producer, row in self._producer_ops.items() if row is None])
+
+    def _trim(self, db: sqlite3.Connection, room: str) -> None:
+        """Delete what memory no longer holds: by count, so a room with skipped numbers keeps ``limit`` rows."""
+        store = self._rooms.get(room)
+        if store:
+            db.execute("DELETE FROM messages WHERE room = ? AND seq < ?", (room, store[0][0]))
+
     def close(self) -> None:
+        """Commit what is pending, release the unused reserved numbers (a clean restart skips none), close."""
         if self._db is not None:
+            db = self._db
             try:
                 self.commit()
-                for room in list(self._untrimmed):
-                    self._db.execute("DELETE FROM messages WHERE room = ? AND seq <= ?",
-                                     (room, self._last[room] - self.limit))
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute("BEGIN")
+                db.executemany("UPDATE reservations SET upto = ? WHERE room = ?",
+                               [(self._committed.get(room, 0), room) for room in self._reserved])
+                for room in self._untrimmed:
+                    self._trim(db, room)
+                db.execute("COMMIT")
             except (HistoryError, sqlite3.Error) as exc:
                 log.error("could not save the last messages: %s", exc)
-            self._db.close()
+            db.close()
             self._db = None
         if self._checkpointer is not None:
             self._checkpointer.stop()
@@ -147,16 +479,13 @@ class History:
         return self._last.get(room, 0)
 
     def committed_seq(self, room: str) -> int:
-        """The newest sequence number of ``room`` that is on disk (all of them without persistence)."""
+        """The newest sequence number of ``room`` that is on disk or known lost (all of them without
+        persistence)."""
         return self._committed.get(room, 0) if self._db is not None else self._last.get(room, 0)
 
-    def seen(self, key: str) -> tuple[str, int] | None:
-        """Where the message with this dedupe key was published, if it was."""
-        return self._dedupe.get(key)
-
-    def append(self, room: str, ts: float, key: str, make_body) -> tuple[int, bytes]:
+    def append(self, room: str, ts: float, key: str, make_body: Callable[[int], bytes]) -> tuple[int, bytes]:
         """Give the next sequence number of ``room`` to a message; ``make_body(seq)`` returns its
-        encoded body. Durable only after ``commit()``."""
+        encoded body. Durable only after ``commit()``; ``key`` is stored with it."""
         seq = self._last.get(room, 0) + 1
         body = make_body(seq)
         self._last[room] = seq
@@ -164,25 +493,54 @@ class History:
         if store is None:
             store = self._rooms[room] = deque(maxlen=self.limit)
         store.append((seq, body))
-        self._dedupe[key] = (room, seq)
-        if len(self._dedupe) > DEDUPE_KEYS:
-            self._dedupe.popitem(last=False)
         if self._db is not None:
             self._pending.append((room, seq, ts, key, body))
+            if seq > self._reserved.get(room, 0):
+                self._reserve_from(room, seq)
         return seq, body
+
+    def _reserve_from(self, room: str, seq: int) -> None:
+        now = self.clock()
+        block, since = self._block.get(room, (BLOCK_MIN, None))
+        if since is not None:
+            block = next_block(block, now - since)
+        self._block[room] = (block, now)
+        self._reserved[room] = self._reserve[room] = min(seq + block - 1, MAX_SEQ)
+
+    # -- producers (dedupe state of each sender), written with the next commit
+
+    def save_producer(self, producer: str, identity: str, next: int, room: str, seq: int, ts: float) -> None:
+        """Queue the state of one producer (``next`` message counter expected, where its last message went
+        (``room`` "" and ``seq`` 0 if none), ``ts`` wall-clock seconds of its last activity); the last save
+        before a commit wins. A no-op in memory."""
+        if self._db is not None:
+            self._producer_ops[producer] = (producer, identity, next, room, seq, float(ts))
+
+    def drop_producer(self, producer: str) -> None:
+        """Queue the deletion of one producer's state. A no-op in memory."""
+        if self._db is not None:
+            self._producer_ops[producer] = None
+
+    def producers(self, since: float) -> list[Producer]:
+        """Producers as loaded at open whose ``ts >= since``, oldest first; older ones are deleted with the
+        next commit. Always [] in memory."""
+        self._producers = [row for row in self._producers if row[5] >= since]
+        if self._db is not None:
+            self._expire_before = since if self._expire_before is None else max(self._expire_before, since)
+        return list(self._producers)
 
     # -- queries
 
     def range(self, room: str, after: int = 0, before: int = 0, limit: int = 100,
               newest: bool = True) -> list[tuple[int, bytes]]:
         """Messages with ``after < seq < before`` (``before`` 0: no upper bound), in order: the newest
-        ``limit`` of them, or with ``newest=False`` the oldest ``limit`` (to fill a gap from its start)."""
+        ``limit`` of them, or with ``newest=False`` the oldest ``limit`` (to fill a gap from its start).
+        Sequence numbers held need not be contiguous (numbers skipped after a power cut)."""
         store = self._rooms.get(room)
         if not store or limit <= 0:
             return []
-        first = store[0][0]
-        end = len(store) if before <= 0 else max(0, min(len(store), before - first))
-        start = max(0, after + 1 - first)
+        start = bisect_right(store, after, key=_seq_of)
+        end = len(store) if before <= 0 else bisect_left(store, before, key=_seq_of)
         if newest:
             start = max(start, end - limit)
         else:
@@ -190,6 +548,16 @@ class History:
         if start >= end:
             return []
         return list(islice(store, start, end))
+
+    def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
+        """The (first, last) ranges of ``room`` with ``after < seq <= upto`` that were skipped (lost by the
+        server's disk, or deleted by a repair), oldest first; [] when none, or in memory."""
+        out = []
+        for first, last in self._skipped.get(room, ()):
+            first, last = max(first, after + 1), min(last, upto)
+            if first <= last:
+                out.append((first, last))
+        return out
 
     def size(self) -> int:
         """Messages held, over all rooms."""

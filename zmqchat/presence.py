@@ -18,8 +18,8 @@ class Member:
     last_seen: float
     rooms: set[str] = field(default_factory=set)
     key: str | None = None  # CURVE public key that opened the session, when CURVE is on
-    blocked_mid: str = ""  # the message refused for rate; later ones wait until it comes back
-    blocked_at: float = 0.0
+    identity: str = ""  # the key and the name it speaks for: who owns this session, its buckets, its messages
+    unacked: int | None = None  # the hello's first message counter, until the server knows this sender
 
 
 class Presence:

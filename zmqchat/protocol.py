@@ -23,7 +23,9 @@ Topics end in NUL so that SUB prefix matching never lets ``#dev`` receive ``#dev
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from json.encoder import encode_basestring as _json_str  # C-accelerated; keeps non-ASCII as is
@@ -44,12 +46,23 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024  # whole multipart message; the PULL's MAX
 DEFAULT_MAX_TEXT_BYTES = 16 * 1024  # UTF-8 bytes of one chat message's text
 MIN_MAX_MESSAGE_BYTES = 1024
 MAX_LIST_ITEMS = 256  # rooms taken from one hello
+MAX_RID_CHARS = 64  # request ids
+MAX_SAFE_INT = 2**53 - 1  # no integer on the wire exceeds this: a JavaScript client reads each one exactly
+MAX_INTERVAL = 3600.0  # seconds: the largest heartbeat interval or retry delay anyone may announce
 
 ROOM_RE = re.compile(rf"#[A-Za-z0-9_.\-]{{1,{MAX_ROOM_CHARS - 1}}}")
 SESSION_RE = re.compile(rf"[A-Za-z0-9_\-]{{1,{MAX_SESSION_CHARS}}}")
+RID_RE = re.compile(rf"[A-Za-z0-9_.:\-]{{0,{MAX_RID_CHARS}}}")
+COUNTER_RE = re.compile(r"[1-9][0-9]{0,15}")  # a message counter: 1 .. MAX_SAFE_INT, no leading zero
 
 _JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_JSON_DECODER = json.JSONDecoder()
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # Python's decoder would accept NaN and Infinity
+
+
+_JSON_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 class ProtocolError(Exception):
@@ -104,9 +117,14 @@ def session_topic(session: str) -> bytes:
 
 @dataclass(frozen=True)
 class Message:
-    """Base of every message; subclasses set KIND and declare their fields."""
+    """Base of every message; subclasses set KIND and declare their fields.
+
+    Every integer field lies in ``0 .. MAX_SAFE_INT`` unless ``RANGES`` names other bounds; every float
+    is finite and lies in ``RANGES`` where it names one. Decoding checks both, so no rule ever sees an
+    unbounded number."""
 
     KIND: ClassVar[bytes] = b""
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def body(self) -> dict[str, Any]:
         names = _NAMES.get(type(self))
@@ -141,17 +159,21 @@ class Hello(Message):
     """Join the chat (or re-join after a reconnect) as ``name``, in ``rooms``."""
 
     KIND: ClassVar[bytes] = b"hello"
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"unacked": (1, MAX_SAFE_INT)}
     session: str
     name: str
     rooms: list = field(default_factory=list)
-    last_seq: dict = field(default_factory=dict)  # room -> last sequence number seen
+    last_seq: dict = field(default_factory=dict)  # room -> last sequence number seen (0 .. MAX_SAFE_INT)
     epoch: str = ""  # the history epoch those numbers belong to (from an earlier welcome)
+    rid: str = ""  # a fresh nonce per hello: only a welcome or error echoing it is an answer to us
+    unacked: int = 1  # counter of our oldest unacknowledged message (or of the next one we will send)
 
 
 @_client
 @dataclass(frozen=True)
 class Say(Message):
-    """A chat message to a room; ``mid`` is the client's id for it (dedupe, acknowledgement)."""
+    """A chat message to a room. ``mid`` is ``<session>.<n>``: the session's message counter n counts
+    1, 2, 3, ... without gaps (exactly-once: the server accepts only the next n, see docs/protocol.md)."""
 
     KIND: ClassVar[bytes] = b"msg"
     session: str
@@ -165,9 +187,11 @@ class Say(Message):
 @dataclass(frozen=True)
 class Join(Message):
     KIND: ClassVar[bytes] = b"join"
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"last_seq": (-1, MAX_SAFE_INT)}
     session: str
     room: str
     last_seq: int = -1  # -1: send the default backlog
+    rid: str = ""
 
 
 @_client
@@ -176,6 +200,7 @@ class Part(Message):
     KIND: ClassVar[bytes] = b"part"
     session: str
     room: str
+    rid: str = ""
 
 
 @_client
@@ -184,6 +209,7 @@ class WhoRequest(Message):
     KIND: ClassVar[bytes] = b"who"
     session: str
     room: str = ""  # "" means every room the session is in
+    rid: str = ""
 
 
 @_client
@@ -191,6 +217,7 @@ class WhoRequest(Message):
 class RoomsRequest(Message):
     KIND: ClassVar[bytes] = b"rooms"
     session: str
+    rid: str = ""
 
 
 @_client
@@ -205,6 +232,7 @@ class HistoryRequest(Message):
     after: int = 0
     before: int = 0
     limit: int = 100
+    rid: str = ""
 
 
 @_client
@@ -212,6 +240,7 @@ class HistoryRequest(Message):
 class StatsRequest(Message):
     KIND: ClassVar[bytes] = b"stats"
     session: str
+    rid: str = ""
 
 
 @_client
@@ -228,6 +257,7 @@ class Ping(Message):
 class Bye(Message):
     KIND: ClassVar[bytes] = b"bye"
     session: str
+    rid: str = ""
 
 
 # server -> client
@@ -237,6 +267,7 @@ class Bye(Message):
 @dataclass(frozen=True)
 class Welcome(Message):
     KIND: ClassVar[bytes] = b"welcome"
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"heartbeat_interval": (0.01, MAX_INTERVAL)}
     session: str
     name: str
     motd: str
@@ -245,6 +276,7 @@ class Welcome(Message):
     server_time: float
     epoch: str = ""  # identifies the history store; a new epoch means sequence numbers started over
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    rid: str = ""  # the hello's nonce
 
 
 @_server
@@ -285,6 +317,8 @@ class HistoryEnd(Message):
     count: int
     newest: int = 0  # the room's newest sequence number; more than upto means "ask again from upto"
     before: int = 0  # the request's ``before``: 0 for a backlog or /history, > 0 for a gap fill
+    rid: str = ""  # the request's rid ("" for the replies a hello or join asks for)
+    lost: list = field(default_factory=list)  # [first, last] ranges in (after, upto] the server lost
 
 
 @_server
@@ -315,6 +349,7 @@ class Ack(Message):
 class WhoReply(Message):
     KIND: ClassVar[bytes] = b"who"
     rooms: dict  # room -> sorted list of names
+    rid: str = ""
 
 
 @_server
@@ -322,6 +357,7 @@ class WhoReply(Message):
 class RoomsReply(Message):
     KIND: ClassVar[bytes] = b"rooms"
     rooms: dict  # room -> member count
+    rid: str = ""
 
 
 @_server
@@ -329,18 +365,23 @@ class RoomsReply(Message):
 class StatsReply(Message):
     KIND: ClassVar[bytes] = b"stats"
     stats: dict
+    rid: str = ""
 
 
 @_server
 @dataclass(frozen=True)
 class ErrorReply(Message):
-    """Something the client sent was refused; ``mid`` names the message when there was one."""
+    """Something the client sent was refused; ``mid`` names the message when there was one, ``rid``
+    the request. ``resend_from``: with code ``resend``, the message counter the server expects next."""
 
     KIND: ClassVar[bytes] = b"error"
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"retry_after": (0.0, MAX_INTERVAL)}
     code: str
     message: str
     mid: str = ""
     retry_after: float = 0.0
+    rid: str = ""
+    resend_from: int = 0
 
 
 @_server
@@ -350,6 +391,7 @@ class Goodbye(Message):
 
     KIND: ClassVar[bytes] = b"bye"
     session: str
+    rid: str = ""
 
 
 @_server
@@ -378,6 +420,8 @@ ERR_UNKNOWN_SESSION = "unknown_session"
 ERR_NOT_AUTHORISED = "not_authorised"
 ERR_EMPTY = "empty"
 ERR_BAD_REQUEST = "bad_request"
+ERR_REVOKED = "revoked"  # unsolicited: the session's key was removed from the allowlist (always fatal)
+ERR_RESEND = "resend"  # a message counter jumped: resend from ``resend_from``
 
 # --------------------------------------------------------------------------------------------------
 # encode / decode
@@ -403,11 +447,15 @@ def encode_server(topic: bytes, msg: Message) -> list[bytes]:
     return [topic, VERSION, msg.KIND, encode_body(msg)]
 
 
-_TYPES: dict[type[Message], list[tuple[str, type, bool]]] = {}
+_Spec = tuple[str, type, bool, float, float]  # name, python type, required, lowest, highest
+_TYPES: dict[type[Message], list[_Spec]] = {}
+# dict fields whose values are numbers a rule uses: each value is checked like an integer field
+_INT_MAPS = frozenset({"last_seq", "seqs"})
+_FINITE = sys.float_info.max  # a float range that excludes infinities (and NaN fails every comparison)
 
 
-def _field_types(cls: type[Message]) -> list[tuple[str, type, bool]]:
-    """(name, python type, required) per field, from the dataclass defaults (cached)."""
+def _field_types(cls: type[Message]) -> list[_Spec]:
+    """(name, python type, required, lowest, highest) per field, from the dataclass (cached)."""
     spec = _TYPES.get(cls)
     if spec is None:
         probe = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
@@ -415,38 +463,74 @@ def _field_types(cls: type[Message]) -> list[tuple[str, type, bool]]:
         for f in fields(cls):
             typ = probe[str(f.type)]
             required = f.default is MISSING and f.default_factory is MISSING
-            spec.append((f.name, typ, required))
+            lo, hi = cls.RANGES.get(f.name, (0, MAX_SAFE_INT) if typ is int else (-_FINITE, _FINITE))
+            spec.append((f.name, typ, required, lo, hi))
         _TYPES[cls] = spec
     return spec
 
 
 def _build(cls: type[Message], raw: bytes) -> Message:
+    kind = cls.KIND.decode()
     try:
         body = _JSON_DECODER.decode(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"{cls.KIND.decode()}: body is not valid UTF-8") from exc
-    except ValueError as exc:
-        raise ProtocolError(f"{cls.KIND.decode()}: body is not valid JSON ({exc.args[0][:60]})") from exc
+        raise ProtocolError(f"{kind}: body is not valid UTF-8") from exc
+    except ValueError as exc:  # also integers of more than 4300 digits, NaN and Infinity
+        raise ProtocolError(f"{kind}: body is not valid JSON ({exc.args[0][:60]})") from exc
     except RecursionError as exc:  # "[[[[…" under the size limit must not take a peer down
-        raise ProtocolError(f"{cls.KIND.decode()}: body is nested too deeply") from exc
+        raise ProtocolError(f"{kind}: body is nested too deeply") from exc
     if not isinstance(body, dict):
-        raise ProtocolError(f"{cls.KIND.decode()}: body must be a JSON object")
+        raise ProtocolError(f"{kind}: body must be a JSON object")
     kwargs: dict[str, Any] = {}
-    for name, typ, required in _field_types(cls):
+    for name, typ, required, lo, hi in _field_types(cls):
         if name not in body:
             if required:
-                raise ProtocolError(f"{cls.KIND.decode()}: missing field {name!r}")
+                raise ProtocolError(f"{kind}: missing field {name!r}")
             continue
         value = body[name]
         if type(value) is not typ:  # the JSON decoder makes exact types: this is the rare path
             if typ is float and type(value) is int:
-                value = float(value)
+                value = float(value)  # OverflowError impossible: ints over 4300 digits were refused
             else:  # bool is an int subclass: JSON true must not pass as a number, nor 1 as a bool
-                raise ProtocolError(f"{cls.KIND.decode()}: field {name!r} must be {typ.__name__}")
-        if typ is str and not value.isascii():
-            _check_text(cls, name, value)
+                raise ProtocolError(f"{kind}: field {name!r} must be {typ.__name__}")
+        if typ is str:
+            if not value.isascii():
+                _check_text(cls, name, value)
+        elif typ is int or typ is float:
+            if not lo <= value <= hi:  # also false for NaN
+                raise ProtocolError(f"{kind}: field {name!r} out of range ({_num(lo)} .. {_num(hi)})")
+        elif typ is dict and name in _INT_MAPS:
+            _check_int_map(kind, name, value)
+        elif name == "lost":
+            _check_ranges(kind, value)
         kwargs[name] = value
+    rid = kwargs.get("rid")
+    if rid and not RID_RE.fullmatch(rid):
+        raise ProtocolError(f"{kind}: invalid request id")
     return cls(**kwargs)
+
+
+def _num(bound: float) -> str:
+    return str(int(bound)) if math.isfinite(bound) and bound == int(bound) else str(bound)
+
+
+def _is_count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_SAFE_INT  # type: ignore[operator]
+
+
+def _check_int_map(kind: str, name: str, value: dict) -> None:
+    if len(value) > 4 * MAX_LIST_ITEMS and name != "seqs":
+        raise ProtocolError(f"{kind}: field {name!r} has too many entries")
+    for key, number in value.items():
+        if len(key) > MAX_ROOM_CHARS or not _is_count(number):
+            raise ProtocolError(f"{kind}: field {name!r} must map rooms to integers 0 .. {MAX_SAFE_INT}")
+
+
+def _check_ranges(kind: str, value: list) -> None:
+    for pair in value:
+        if not (type(pair) is list and len(pair) == 2 and _is_count(pair[0]) and _is_count(pair[1])
+                and 1 <= pair[0] <= pair[1]):
+            raise ProtocolError(f"{kind}: field 'lost' must be a list of [first, last] pairs")
 
 
 def _check_text(cls: type[Message], name: str, value: str) -> None:
@@ -478,9 +562,18 @@ def decode_client(frames: list[bytes]) -> Message:
     if not SESSION_RE.fullmatch(session):
         raise ProtocolError("invalid session id")
     mid = getattr(msg, "mid", None)
-    if mid is not None and not 0 < len(mid) <= MAX_MID_CHARS:
-        raise ProtocolError("invalid message id")
+    if mid is not None and mid_counter(mid, session) is None:
+        raise ProtocolError("invalid message id (must be <session>.<counter>)")
     return msg
+
+
+def mid_counter(mid: str, session: str) -> int | None:
+    """The counter n of ``mid`` if it reads ``<session>.<n>`` (1 <= n <= MAX_SAFE_INT), else None."""
+    head, dot, tail = mid.rpartition(".")
+    if head != session or not dot or not COUNTER_RE.fullmatch(tail):
+        return None
+    n = int(tail)
+    return n if n <= MAX_SAFE_INT else None
 
 
 def decode_server(frames: list[bytes]) -> tuple[bytes, Message]:

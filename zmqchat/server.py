@@ -144,17 +144,15 @@ class Server:
                             if bound and name is None:
                                 # A connection opened before its key was removed (SIGHUP): still
                                 # encrypted, no longer anyone. Never let it through unbound.
-                                core.stats["auth_failures"] += 1
-                                core.bad_input.warn("dropped a message from a key that is no longer authorised")
+                                core.unbound_key()
                                 continue
                             core.receive([f.bytes for f in parts], key, name)
                         else:
                             core.receive(_recv_frames(pull))
                     except zmq.Again:
                         break
-                    except Exception:
-                        core.stats["errors"] += 1
-                        log.exception("internal error while handling a message (dropped)")
+                    except Exception as exc:  # noqa: BLE001 (receive() catches its own; this is the loop's)
+                        core.internal_error(exc)
             core.tick()
             for frames in core.flush():
                 _send_frames(pub, frames)
@@ -167,9 +165,8 @@ class Server:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.core.stats["auth_failures"] += 1
             why = "key not authorised" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake failed"
-            self.core.bad_input.warn("refused a client (%s) from %s", why, event["endpoint"].decode(errors="replace"))
+            self.core.auth_failed(why, event["endpoint"].decode(errors="replace"))
 
     def _reload_keys(self) -> None:
         try:

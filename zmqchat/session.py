@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,7 +22,8 @@ GAP_CHUNK = 200  # messages asked for per gap request: small enough to pass the 
 HISTORY_RETRY = 3.0  # seconds before an unanswered history request is asked again
 DEFAULT_HEARTBEAT = 1.0  # seconds, until the server's welcome says otherwise
 LOST_AFTER_MISSES = 3  # server heartbeats missed before the connection counts as lost
-FATAL_CODES = {p.ERR_NAME_TAKEN, p.ERR_BAD_NAME, p.ERR_NOT_AUTHORISED}
+FATAL_CODES = {p.ERR_NAME_TAKEN, p.ERR_BAD_NAME, p.ERR_NOT_AUTHORISED}  # fatal only as answers to our hello
+HELLO_NONCES = 64  # recent hello nonces still accepted in an answer (hellos repeat every HELLO_RETRY)
 
 
 @dataclass
@@ -46,6 +47,10 @@ class Pending:
     msg: p.Say
     sent_at: float
     not_before: float = 0.0
+
+    @property
+    def counter(self) -> int:
+        return int(self.msg.mid.rpartition(".")[2])
 
 
 class ClientSession:
@@ -81,6 +86,9 @@ class ClientSession:
         self._throttled_until = float("-inf")
         self._stop_and_wait = False
         self._last_throttle_notice = float("-inf")
+        self._hello_nonces: deque[str] = deque(maxlen=HELLO_NONCES)  # our hellos' rids, newest last
+        self._requests = 0  # counter behind the rid of every other request
+        self.foreign_replies = 0  # errors and welcomes that answered somebody else's request
         for room in rooms or [self.current_room]:
             self.rooms[room] = RoomSync()
 
@@ -112,9 +120,16 @@ class ClientSession:
         # Every room the server confirmed gets a catch-up from where we are (0 included: a room joined
         # while empty); a room never confirmed gets the backlog.
         last = {room: s.last for room, s in self.rooms.items() if s.joined}
+        nonce = secrets.token_hex(8)
+        self._hello_nonces.append(nonce)
+        first = next(iter(self.pending.values())).counter if self.pending else self._counter + 1
         self._send(p.Hello(session=self.session_id, name=self.name, rooms=list(self.rooms), last_seq=last,
-                           epoch=self.epoch))
+                           epoch=self.epoch, rid=nonce, unacked=first))
         self._last_hello = self.clock()
+
+    def _rid(self) -> str:
+        self._requests += 1
+        return f"r{self._requests}"
 
     def tick(self) -> None:
         """Timers: hello retries, heartbeats, loss detection, resends, unanswered history requests."""
@@ -145,7 +160,8 @@ class ClientSession:
                 self._request_gap(room, sync, min(sync.buffer) if sync.buffer else sync.newest + 1)
             else:  # the reply to our join never came: ask again
                 sync.requested_at = now
-                self._send(p.Join(session=self.session_id, room=room, last_seq=sync.last if sync.last else -1))
+                self._send(p.Join(session=self.session_id, room=room, last_seq=sync.last if sync.last else -1,
+                                  rid=self._rid()))
 
     def _resend(self, pend: Pending, now: float) -> None:
         pend.sent_at = now
@@ -174,7 +190,7 @@ class ClientSession:
             return
         self.rooms[room] = RoomSync(requested_at=self.clock())
         self.subscriptions.append((True, p.room_topic(room)))
-        self._send(p.Join(session=self.session_id, room=room))
+        self._send(p.Join(session=self.session_id, room=room, rid=self._rid()))
 
     def part(self, room: str | None = None) -> str:
         """Leave ``room`` (default: the current one); returns the room left."""
@@ -194,16 +210,16 @@ class ClientSession:
             self.parting.discard(room)
             self.rooms.pop(room, None)
             self.subscriptions.append((False, p.room_topic(room)))
-            self._send(p.Part(session=self.session_id, room=room))
+            self._send(p.Part(session=self.session_id, room=room, rid=self._rid()))
 
     def who(self, room: str = "") -> None:
-        self._send(p.WhoRequest(session=self.session_id, room=room))
+        self._send(p.WhoRequest(session=self.session_id, room=room, rid=self._rid()))
 
     def list_rooms(self) -> None:
-        self._send(p.RoomsRequest(session=self.session_id))
+        self._send(p.RoomsRequest(session=self.session_id, rid=self._rid()))
 
     def stats(self) -> None:
-        self._send(p.StatsRequest(session=self.session_id))
+        self._send(p.StatsRequest(session=self.session_id, rid=self._rid()))
 
     def history(self, count: int = 20, room: str | None = None) -> None:
         """Ask to see the last ``count`` messages of ``room`` again."""
@@ -211,11 +227,12 @@ class ClientSession:
         sync = self.rooms.get(room)
         if sync is not None:
             sync.show_old = True
-        self._send(p.HistoryRequest(session=self.session_id, room=room, after=0, before=0, limit=count))
+        self._send(p.HistoryRequest(session=self.session_id, room=room, after=0, before=0, limit=count,
+                                    rid=self._rid()))
 
     def bye(self) -> None:
         self.state = "closing"
-        self._send(p.Bye(session=self.session_id))
+        self._send(p.Bye(session=self.session_id, rid=self._rid()))
 
     # -- from the server
 
@@ -236,6 +253,9 @@ class ClientSession:
 
     def _on_Welcome(self, msg: p.Welcome) -> None:
         if self.state == "closing":
+            return
+        if msg.rid not in self._hello_nonces:
+            self.foreign_replies += 1  # a welcome for somebody else's hello on our session topic
             return
         if self.state != "connected":
             self.heartbeat_interval = msg.heartbeat_interval
@@ -286,9 +306,14 @@ class ClientSession:
             # Our own join, confirmed on our session topic: the room-topic notice may beat our subscription.
             sync.joined = True
             self.events.append(ev.Presence(msg.room, self.name, "join", self.clock_ts()))
-        missing = 0
+        missing = lost = 0
         if sync.synced or msg.after > 0:  # a gap fill or a catch-up after reconnecting, not a backlog
-            missing = sum(1 for s in range(sync.last + 1, msg.upto + 1) if s not in sync.buffer)
+            held = sum(1 for s in sync.buffer if sync.last < s <= msg.upto)
+            missing = max(0, msg.upto - sync.last - held)
+            for first, last in msg.lost:  # numbers the server skipped: never sent, or lost with its disk
+                lost += max(0, min(last, msg.upto) - max(first, sync.last + 1) + 1)
+                self.events.append(ev.Notice(f"{msg.room}: the server lost messages {first}-{last} (its disk "
+                                             "lost its last writes); any of them you had not seen are gone"))
         for seq in sorted(s for s in sync.buffer if s <= msg.upto):
             message, history = sync.buffer.pop(seq)
             self.events.append(self._event(message, history and backlog))
@@ -297,6 +322,7 @@ class ClientSession:
         sync.synced = True
         sync.requested_at = None
         sync.gap_after = -1
+        missing = max(0, missing - lost)
         if missing:
             self.events.append(ev.Notice(f"{missing} message(s) in {msg.room} are no longer in history"))
         self._flush(msg.room, sync)
@@ -356,6 +382,16 @@ class ClientSession:
         self.events.append(ev.Stats(msg.stats))
 
     def _on_ErrorReply(self, msg: p.ErrorReply) -> None:
+        ours = msg.rid in self._hello_nonces
+        if msg.code == p.ERR_REVOKED:  # unsolicited by nature, and only ever sent to the revoked session
+            self.events.append(ev.Error(msg.code, msg.message, fatal=True))
+            return
+        if msg.code in FATAL_CODES and not ours:
+            self.foreign_replies += 1  # a refusal of somebody else's hello that named our session: not us
+            return
+        if msg.code == p.ERR_RESEND:
+            self._resend_from(msg.resend_from)
+            return
         if msg.code == p.ERR_UNKNOWN_SESSION:
             if self.state in ("connected", "lost"):
                 self.state = "lost"
@@ -379,9 +415,18 @@ class ClientSession:
             return
         if msg.mid:
             self._acked(msg.mid)
-        # A revoked key is told so while connected: that one ends the session too.
-        fatal = msg.code == p.ERR_NOT_AUTHORISED or (msg.code in FATAL_CODES and self.state != "connected")
+        fatal = msg.code in FATAL_CODES and self.state != "connected"  # and ``ours``, checked above
         self.events.append(ev.Error(msg.code, msg.message, fatal=fatal))
+
+    def _resend_from(self, counter: int) -> None:
+        """The server never got message ``counter``: send it and the later ones again, in order (one at a
+        time under stop-and-wait)."""
+        now = self.clock()
+        for pend in self.pending.values():
+            if pend.counter >= counter and now >= pend.not_before:
+                self._resend(pend, now)
+                if self._stop_and_wait:
+                    break
 
     def _rate_limited_notice(self, msg: p.ErrorReply) -> None:
         # One notice per throttled burst, not one per message.

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="messages replayed to a client joining a room (default: %(default)s)")
     hist.add_argument("--data-dir", help=f"where the history database lives (default: {default_data_dir()})")
     hist.add_argument("--no-persist", action="store_true", help="keep history in memory only")
+    hist.add_argument("--repair", action="store_true", help="delete damaged rows of the history database "
+                      "(counted in a warning) instead of refusing to start; see docs/history.md")
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-message-bytes", type=int, default=p.DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest message accepted on the wire (a larger one gets an error; a single "
@@ -99,17 +101,19 @@ def serve(args: argparse.Namespace) -> int:
         raise ZmqchatError("--heartbeat-interval must be > 0 and --heartbeat-misses >= 1")
     in_ep, out_ep = endpoints(args.host, args.port, args.in_endpoint, args.out_endpoint)
     path = None if args.no_persist else history_file(Path(args.data_dir) if args.data_dir else default_data_dir(), in_ep)
-    try:
-        history = History(args.history, path)
-    except Exception as exc:  # sqlite3.Error, OSError: a bad path or a corrupt file
-        raise ZmqchatError(f"cannot open history at {path}: {exc}") from exc
+    # A file it cannot use (damaged, foreign, newer, locked, a bad path) raises HistoryError: one line, exit 1.
+    history = History(args.history, path, repair=args.repair)
     config = ServerConfig(motd=args.motd, heartbeat_interval=args.heartbeat_interval,
                           heartbeat_misses=args.heartbeat_misses, backlog=args.backlog, rate=args.rate,
                           burst=args.burst, max_text_bytes=args.max_text_bytes,
                           max_message_bytes=args.max_message_bytes, stats_interval=args.stats_interval,
                           presence_limit=args.presence_limit)
-    server = Server(ServerCore(config, history), in_ep, out_ep, max_message_bytes=args.max_message_bytes,
-                    curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=args.pub_hwm)
+    try:
+        server = Server(ServerCore(config, history), in_ep, out_ep, max_message_bytes=args.max_message_bytes,
+                        curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=args.pub_hwm)
+    except BaseException:
+        history.close()  # a bad key file: the history was opened for nothing, close it cleanly
+        raise
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     if hasattr(signal, "SIGHUP"):
