@@ -781,14 +781,14 @@ def test_requests_have_a_token_bucket_of_their_own(clock):
     core = make_core(clock, rate=1.0, burst=5.0)
     hello(core, "s1", "alice")
     hello(core, "s2", "bob")
-    for _ in range(5):
-        send(core, p.HistoryRequest(session="s1", room="#general", limit=100))  # 1.5 tokens each
+    for _ in range(5):  # the hello took 1.25 of the 5 tokens (its one room's replay), each of these 1.5
+        send(core, p.HistoryRequest(session="s1", room="#general", limit=100))
     out = published(core)
-    assert len(of_type(out, p.HistoryEnd)) == 3
-    assert [e.code for _, e in of_type(out, p.ErrorReply)] == [p.ERR_RATE_LIMITED] * 2
+    assert len(of_type(out, p.HistoryEnd)) == 2
+    assert [e.code for _, e in of_type(out, p.ErrorReply)] == [p.ERR_RATE_LIMITED] * 3
     for _ in range(10):
         send(core, p.Join(session="s1", room="#flood"))
-    assert core.stats["throttled"] == 12
+    assert core.stats["throttled"] == 13
     send(core, p.WhoRequest(session="s2"))  # bob is unaffected
     assert [type(m) for _, m in published(core)][-1] is p.WhoReply
 
@@ -1132,3 +1132,65 @@ def test_every_message_that_decodes_is_handled_without_an_internal_error(steps):
         core.tick()
         core.flush()
     assert core.stats["errors"] == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# availability: heartbeats reach every room, mass time-outs are spread, a first hello pays for its rooms
+
+
+def test_a_room_with_new_messages_rides_the_next_heartbeat_whatever_rooms_exist(clock):
+    core = make_core(clock, rate=0.0)
+    for k in range(1100):  # squatters in 1,100 rooms that sort before #general
+        hello(core, f"q{k}", f"q{k}", rooms=[f"#a{k:04d}"])
+    hello(core, "s1", "alice")
+    say(core, "s1", "tail", 1)
+    core.flush()
+    clock.advance(core.config.heartbeat_interval)
+    core.tick()
+    beats = [m for _, m in of_type(published(core), p.ServerHeartbeat)]
+    assert beats[-1].seqs.get("#general") == 1 and len(beats[-1].seqs) <= 1000
+
+
+def test_every_occupied_room_takes_its_turn_on_heartbeats(clock):
+    core = make_core(clock, rate=0.0, heartbeat_misses=1000)
+    for k in range(2500):
+        hello(core, f"q{k}", f"q{k}", rooms=[f"#r{k:04d}"])
+    published(core)
+    seen: set[str] = set()
+    for _ in range(3):  # ceil(2500 / 1000) heartbeats cover them all
+        clock.advance(core.config.heartbeat_interval)
+        core.tick()
+        for _, beat in of_type(published(core), p.ServerHeartbeat):
+            seen |= set(beat.seqs)
+    assert len(seen) == 2500
+
+
+def test_a_mass_time_out_is_spread_over_scans(clock):
+    core = make_core(clock)
+    for k in range(1000):
+        hello(core, f"q{k}", f"q{k}", rooms=[])
+    published(core)
+    clock.advance(10)
+    core.tick()
+    assert core.stats["timeouts"] == 250
+    for _ in range(3):
+        clock.advance(core.config.heartbeat_interval / 4)
+        core.tick()
+    assert core.stats["timeouts"] == 1000
+
+
+def test_a_first_hello_pays_for_the_rooms_it_names(clock):
+    core = make_core(clock, rate=1.0, burst=5.0)
+    rooms = [f"#r{k}" for k in range(256)]
+    hello(core, "s1", "alice", rooms=rooms)  # its replies cost the identity's whole request bucket
+    send(core, p.Join(session="s1", room="#more"))
+    assert error(published(core)).code == p.ERR_RATE_LIMITED
+    assert len(of_type(hello(core, "s2", "bob", rooms=["#general"]), p.HistoryEnd)) == 1  # others unaffected
+
+
+def test_comings_and_goings_are_logged_within_a_bound(clock, caplog):
+    core = make_core(clock)
+    with caplog.at_level("INFO", logger="zmqchat.server"):
+        for k in range(500):
+            hello(core, f"q{k}", f"q{k}", rooms=["#general"])
+    assert len(caplog.records) <= 25

@@ -453,17 +453,29 @@ def test_a_truncated_file_is_refused_with_one_line(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(HistoryError) as info:
         History(limit=100, path=path)
-    assert str(info.value) == (f"history database {path}: not a usable SQLite database (database disk image is "
-                               "malformed); move it away to start with an empty history (--repair cannot mend this)")
+    assert str(info.value) == (f"history database {path}: the SQLite file is damaged (truncated, or pages "
+                               "overwritten) (database disk image is malformed); move it away to start with an empty "
+                               "history, or rescue its rows with the sqlite3 shell's .recover; --repair cannot mend this")
     with pytest.raises(HistoryError, match="malformed"):
         History(limit=100, path=path, repair=True)
+
+
+def test_repair_reports_damaged_pages_in_one_line(tmp_path, caplog):
+    path = make_store(tmp_path / "h.sqlite3", messages=600)
+    data = bytearray(path.read_bytes())
+    data[3 * 4096:4 * 4096] = b"\xab" * 4096  # a b-tree page overwritten
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="zmqchat.server"), pytest.raises(HistoryError, match="malformed"):
+        History(limit=100, path=path, repair=True)
+    checks = [r.getMessage() for r in caplog.records if "quick_check" in r.getMessage()]
+    assert len(checks) == 1 and "\n" not in checks[0] and "pages are damaged" in checks[0]
 
 
 def test_a_file_of_garbage_is_refused_with_one_line(tmp_path):
     path = tmp_path / "h.sqlite3"
     path.write_bytes(bytes(range(256)) * 40)
-    with pytest.raises(HistoryError, match=r"^history database .*h\.sqlite3: not a usable SQLite database \(file is "
-                       r"not a database\)"):
+    with pytest.raises(HistoryError, match=r"^history database .*h\.sqlite3: not a SQLite database \(file is "
+                       r"not a database\); move it away"):
         History(limit=100, path=path)
 
 

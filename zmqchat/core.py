@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
 
 from . import protocol as p
 from .dedupe import ACK, REFUSED, Producer, Producers
@@ -22,7 +21,10 @@ from .ratelimit import RateLimiter, TokenBucket
 log = logging.getLogger("zmqchat.server")
 
 DEFAULT_MOTD = "Welcome to zmqchat. Type /help for commands, exit to leave."
-HEARTBEAT_ROOMS = 1000  # rooms whose newest seq rides on each heartbeat (more: gaps found at the next message)
+HEARTBEAT_ROOMS = 1000  # rooms whose newest seq rides on each heartbeat: those with new messages first, the
+# rest in turn, so every occupied room is on one within ceil(rooms / HEARTBEAT_ROOMS) heartbeats at most
+EXPIRE_PER_SCAN = 250  # sessions timed out per expiry scan (4 a heartbeat): a mass time-out is spread out
+ACTIVITY_LOG_LINES = 20  # connect/join/leave info lines per 10 s; beyond, one summary line
 UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0  # a stale client hears "please say hello" this often, at most
 NEW_SESSIONS_PER_SEC = 1000.0  # hellos that open a session, server-wide (with silent ones expiring in
 NEW_SESSIONS_BURST = 5000.0  # 3 s, at most a few thousand made-up sessions can exist at once)
@@ -94,6 +96,25 @@ class LogLimiter:
             self._suppressed += 1
 
 
+class ActivityLog(LogLimiter):
+    """Info lines for comings and goings, at most ACTIVITY_LOG_LINES per 10 s, then a count."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock, burst=ACTIVITY_LOG_LINES, period=10.0)
+
+    def info(self, fmt: str, *args: object) -> None:
+        now = self.clock()
+        if now - self._window >= self.period:
+            if self._suppressed:
+                log.info("%d more joins and leaves not logged", self._suppressed)
+            self._window, self._count, self._suppressed = now, 0, 0
+        if self._count < self.burst:
+            self._count += 1
+            log.info(fmt, *args)
+        else:
+            self._suppressed += 1
+
+
 class ServerCore:
     """Consumes client frames (``receive``) and timers (``tick``); ``flush`` returns what to publish."""
 
@@ -110,6 +131,7 @@ class ServerCore:
         self._new_sessions = TokenBucket(NEW_SESSIONS_PER_SEC, NEW_SESSIONS_BURST, clock())
         self.out: list[list[bytes]] = []
         self.bad_input = LogLimiter(clock)
+        self.activity = ActivityLog(clock)  # joins and leaves: bounded by time, not by how many come
         self.internal_errors = LogLimiter(clock, traceback_once=True)
         self.db_errors = LogLimiter(clock, burst=1)
         self._failing_since: float | None = None
@@ -122,6 +144,9 @@ class ServerCore:
         self._forget_producers()
         now = clock()
         self._next_producer_expiry = now + PRODUCER_EXPIRY_EVERY
+        self._new_rooms: set[str] = set()  # rooms with messages in the batch being built
+        self._fresh: dict[str, None] = {}  # rooms with committed messages not yet on a heartbeat, oldest first
+        self._rotation = 0  # where the next heartbeat resumes the round of the other occupied rooms
         self._next_heartbeat = now
         self._next_expiry = now
         self._next_stats = now + config.stats_interval if config.stats_interval > 0 else float("inf")
@@ -161,6 +186,12 @@ class ServerCore:
         its connection stayed open): dropped and counted."""
         self.stats["auth_failures"] += 1
         self.bad_input.warn("dropped a message from a key that is no longer authorised")
+
+    def frame_bomb(self) -> None:
+        """A message of more frames than any zmqchat message has arrived; its frames were dropped unread."""
+        self.stats["received"] += 1
+        self.stats["rejected"] += 1
+        self.bad_input.warn("dropped a message of too many frames")
 
     def auth_failed(self, why: str, peer: str) -> None:
         """A connection failed the CURVE handshake (the loop's socket monitor saw it)."""
@@ -218,9 +249,9 @@ class ServerCore:
         if now >= self._next_expiry:
             # A scan of every session: a few times per heartbeat interval is plenty, per batch is not.
             self._next_expiry = now + self.config.heartbeat_interval / 4
-            for member in self.presence.expire(now):
+            for member in self.presence.expire(now, EXPIRE_PER_SCAN):
                 self.stats["timeouts"] += 1
-                log.info("%s left (timed out)", member.name)
+                self.activity.info("%s left (timed out)", member.name)
                 self._announce_leave(member, "timeout")
         if now >= self._next_producer_expiry:
             self._next_producer_expiry = now + PRODUCER_EXPIRY_EVERY
@@ -228,14 +259,33 @@ class ServerCore:
             self._forget_producers()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
-            # Newest seq of each occupied room: lets a client notice it lost the tail of a burst.
-            rooms = islice(self.presence.room_counts(), HEARTBEAT_ROOMS)
+            # Newest seq of occupied rooms: lets a client notice it lost the tail of a burst.
             # committed numbers only: a heartbeat may go out while a batch waits for the disk
-            seqs = {room: self.history.committed_seq(room) for room in rooms}
+            seqs = {room: self.history.committed_seq(room) for room in self._heartbeat_rooms()}
             self._publish(p.ALL_TOPIC, p.ServerHeartbeat(ts=self.wall_clock(), seqs=seqs))
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_interval
             log.info("stats %s", " ".join(f"{k}={v}" for k, v in self.snapshot().items()))
+
+    def _heartbeat_rooms(self) -> list[str]:
+        """At most HEARTBEAT_ROOMS occupied rooms: first those with messages since their last heartbeat
+        (a lost tail is only ever just after new messages), then the others in turn. Squatted rooms can
+        delay a quiet room's turn, never a room that has just had a message."""
+        chosen: list[str] = []
+        while self._fresh and len(chosen) < HEARTBEAT_ROOMS:
+            room = next(iter(self._fresh))
+            del self._fresh[room]
+            if self.presence.size_of(room):
+                chosen.append(room)
+        occupied = self.presence.room_names()
+        if len(chosen) < HEARTBEAT_ROOMS and occupied:
+            start = self._rotation % len(occupied)
+            turn = occupied[start:] + occupied[:start]
+            picked = set(chosen)
+            extra = [room for room in turn[:HEARTBEAT_ROOMS] if room not in picked][: HEARTBEAT_ROOMS - len(chosen)]
+            self._rotation = start + len(extra)
+            chosen += extra
+        return chosen
 
     def flush(self) -> list[list[bytes]]:
         """Commit history, then hand over everything to publish, in order. While the database refuses
@@ -256,6 +306,9 @@ class ServerCore:
             self.stats["published"] += len(beats)
             return beats
         self._failing_since = None
+        for room in self._new_rooms:
+            self._fresh[room] = None
+        self._new_rooms.clear()
         out, self.out = self.out, []
         self.stats["published"] += len(out)
         return out
@@ -269,7 +322,7 @@ class ServerCore:
         for member in self.presence.members():
             if member.key is not None and member.key not in allowed_keys:
                 self.presence.remove(member.session)
-                log.info("%s removed: key no longer authorised", member.name)
+                self.activity.info("%s removed: key no longer authorised", member.name)
                 self._refuse(member.session, p.ERR_REVOKED, "your key is no longer authorised on this server")
                 self._announce_leave(member, "revoked")
 
@@ -323,7 +376,7 @@ class ServerCore:
     def _enter_room(self, member: Member, room: str, last_seq: int, replay: bool = True, rid: str = "") -> None:
         """Join ``member`` to ``room`` (announcing it if new) and replay what it has not seen."""
         if self.presence.join(member, room):
-            log.info("%s joined %s", member.name, room)
+            self.activity.info("%s joined %s", member.name, room)
             self._announce(room, member.name, "join")
         if replay and last_seq < 0:
             self._send_history(member, room, 0, 0, self.config.backlog, backlog=True, rid=rid)
@@ -391,12 +444,11 @@ class ServerCore:
         if member is None:
             member = self.presence.add(msg.session, msg.name, now)
             member.key, member.identity = key, identity
-            log.info("%s connected (session %s)", msg.name, msg.session)
-            # A repeated hello replays history for every room: it is charged like the history requests it
-            # amounts to. Over budget, the rooms are entered without replay; the client asks again (charged).
-            replay = True
-        else:
-            replay = self._charge(member, 1.0 + len(rooms) / 4, reply=False)
+            self.activity.info("%s connected (session %s)", msg.name, msg.session)
+        # A hello replays history for every room (and a new one announces it there): it is charged like
+        # the requests it amounts to, first or repeated. Over budget, the rooms are entered without replay;
+        # the client asks again for each (charged).
+        replay = self._charge(member, 1.0 + len(rooms) / 4, reply=False)
         member.unacked = msg.unacked  # where this session's counters start, if the server knows none
         if producer is not None:
             producer.rate_blocked = False  # it reconnected: the held message comes first again
@@ -456,6 +508,7 @@ class ServerCore:
             return p.room_message_body(room, seq, ts, name, text, mid, action)
 
         seq, encoded = self.history.append(room, ts, mid, body)
+        self._new_rooms.add(room)
         self._settle(producer, n, (ACK, room, seq), ts)
         self.stats["messages"] += 1
         log.debug("%s <%s> %s", room, name, text)
@@ -501,7 +554,7 @@ class ServerCore:
 
     def handle_part(self, msg: p.Part, member: Member) -> None:
         if self.presence.part(member, msg.room):
-            log.info("%s left %s", member.name, msg.room)
+            self.activity.info("%s left %s", member.name, msg.room)
             self._announce(msg.room, member.name, "part")
 
     def handle_who(self, msg: p.WhoRequest, member: Member) -> None:
@@ -533,7 +586,7 @@ class ServerCore:
 
     def handle_bye(self, msg: p.Bye, member: Member) -> None:
         self.presence.remove(member.session)
-        log.info("%s left", member.name)
+        self.activity.info("%s left", member.name)
         self._announce_leave(member, "quit")
         self._reply(member, p.Goodbye(session=member.session, rid=msg.rid))
 

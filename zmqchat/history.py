@@ -75,7 +75,10 @@ _COLUMNS = {  # what every table must look like once migrated
     "producers": ("producer", "identity", "next", "room", "seq", "ts"),
 }
 _KEYS = {"reservations": ("room",), "skipped": ("room", "first"), "producers": ("producer",)}
-_UNUSABLE = ("file is not a database", "database disk image is malformed")
+_UNUSABLE = {  # sqlite3.DatabaseError text -> what it means here
+    "file is not a database": "not a SQLite database",
+    "database disk image is malformed": "the SQLite file is damaged (truncated, or pages overwritten)",
+}
 _seq_of = itemgetter(0)
 _decode_json = json.JSONDecoder().raw_decode
 
@@ -228,8 +231,8 @@ class History:
             if isinstance(exc, sqlite3.Error):
                 text = str(exc)
                 if text in _UNUSABLE:
-                    text = (f"not a usable SQLite database ({text}); move it away to start with an empty history "
-                            "(--repair cannot mend this)")
+                    text = (f"{_UNUSABLE[text]} ({text}); move it away to start with an empty history, or rescue "
+                            "its rows with the sqlite3 shell's .recover; --repair cannot mend this")
                 raise HistoryError(f"history database {path}: {text}") from exc
             raise
         if damage.total():
@@ -246,7 +249,7 @@ class History:
         problems = [row[0] for row in db.execute("PRAGMA quick_check(3)").fetchall()]
         if problems != ["ok"]:
             log.warning("history database %s: quick_check: %s (pages are damaged; rows on them may fail to load)",
-                        self.path, "; ".join(map(str, problems)))
+                        self.path, "; ".join(str(problem).replace("\n", "; ") for problem in problems))
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Bring the file to SCHEMA_VERSION (a fresh file too), or refuse one this code cannot read."""
@@ -287,10 +290,10 @@ class History:
         repaired: dict[str, list[int]] = {}  # room -> seqs of damaged messages deleted
         for room, in db.execute("SELECT DISTINCT room FROM messages").fetchall():
             if not _is_room(room):
-                count = db.execute("SELECT COUNT(*) FROM messages WHERE room = ?", (room,)).fetchone()[0]
+                count = db.execute("SELECT COUNT(*) FROM messages WHERE room IS ?", (room,)).fetchone()[0]
                 damage.add("messages", f"room {_short(room)}", count)
                 if self.repair:
-                    db.execute("DELETE FROM messages WHERE room = ?", (room,))
+                    db.execute("DELETE FROM messages WHERE room IS ?", (room,))
                 continue
             rows, top, lost = self._load_room(db, room, damage)
             self._rooms[room] = deque(rows, maxlen=self.limit)
@@ -352,13 +355,15 @@ class History:
                 damage.add("messages", f"room {_short(room)}, seq {_short(seq)}")
                 if _is_seq(seq):
                     top = max(top, seq)
-            if not bad or not self.repair:
-                good.reverse()
-                return good, top, lost
-            for seq in bad:  # and look again, so that ``limit`` intact rows are loaded if there are that many
-                db.execute("DELETE FROM messages WHERE room = ? AND seq IS ?", (room, seq))
+            deleted = 0
+            for seq in bad if self.repair else ():
+                deleted += db.execute("DELETE FROM messages WHERE room = ? AND seq IS ?", (room, seq)).rowcount
                 if _is_seq(seq):
                     lost.append(seq)
+            if not deleted:
+                good.reverse()
+                return good, top, lost
+            # and look again, so that ``limit`` intact rows are loaded if there are that many
 
     def _checked(self, db: sqlite3.Connection, damage: _Damage, table: str,
                  ok: Callable[..., bool]) -> tuple[list[tuple], list[tuple]]:

@@ -91,12 +91,13 @@ class Presence:
                     del self._rooms[room]
         return member
 
-    def expire(self, now: float) -> list[Member]:
-        """Remove and return every session silent for longer than the timeout."""
+    def expire(self, now: float, most: int | None = None) -> list[Member]:
+        """Remove and return the sessions silent for longer than the timeout (the stalest ``most`` of them:
+        the rest go at the next call)."""
         deadline = now - self.timeout
         dead = []
         for member in self._sessions.values():
-            if member.last_seen >= deadline:
+            if member.last_seen >= deadline or (most is not None and len(dead) >= most):
                 break  # everyone after this one was seen later
             dead.append(member.session)
         return [m for m in map(self.remove, dead) if m is not None]
@@ -106,6 +107,10 @@ class Presence:
 
     def names_in(self, room: str) -> list[str]:
         return sorted(self._sessions[s].name for s in self._rooms.get(room, ()))
+
+    def room_names(self) -> list[str]:
+        """Occupied rooms, sorted."""
+        return sorted(self._rooms)
 
     def room_counts(self) -> dict[str, int]:
         return {room: len(sessions) for room, sessions in sorted(self._rooms.items())}

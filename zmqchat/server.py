@@ -24,6 +24,8 @@ BATCH = 2048  # messages drained from PULL before publishing
 PUB_HWM = 100_000  # messages queued per subscriber before PUB drops for it
 PULL_HWM = 100_000
 CLOSE_LINGER_MS = 1000  # time given to the "shutting down" notice on exit
+HANDSHAKE_IVL_MS = 5000  # a connection that has not completed its ZMTP (or CURVE) handshake by then is closed
+MAX_FRAMES = 4  # frames kept of one incoming message; the rest of a longer one is received and dropped
 HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -59,6 +61,7 @@ class Server:
         self._reload.set()
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        raise_fd_limit()
         ctx = zmq.Context()
         pull = ctx.socket(zmq.PULL)
         pub = ctx.socket(zmq.PUB)
@@ -84,6 +87,8 @@ class Server:
     def _configure(self, ctx: zmq.Context, pull: zmq.Socket, pub: zmq.Socket) -> None:
         pull.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
         pull.setsockopt(zmq.RCVHWM, PULL_HWM)
+        for sock in (pull, pub):  # idle half-open connections must not hold file descriptors for long
+            sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
         pub.setsockopt(zmq.SNDHWM, self.pub_hwm)
         pub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         if self.curve is None:
@@ -138,17 +143,21 @@ class Server:
                 for _ in range(BATCH):
                     try:
                         if curve:
-                            parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
-                            key = parts[0].get("User-Id")
+                            first = pull.recv(zmq.NOBLOCK, copy=False)
+                            key = first.get("User-Id")
+                            frames = _recv_rest(pull, [first.bytes])
                             name = self.bound_names.get(key) if bound else None
                             if bound and name is None:
                                 # A connection opened before its key was removed (SIGHUP): still
                                 # encrypted, no longer anyone. Never let it through unbound.
                                 core.unbound_key()
                                 continue
-                            core.receive([f.bytes for f in parts], key, name)
                         else:
-                            core.receive(_recv_frames(pull))
+                            frames, key, name = _recv_rest(pull, [_raw_recv(pull, _NOBLOCK)]), None, None
+                        if frames is None:
+                            core.frame_bomb()
+                        else:
+                            core.receive(frames, key, name)
                     except zmq.Again:
                         break
                     except Exception as exc:  # noqa: BLE001 (receive() catches its own; this is the loop's)
@@ -190,12 +199,35 @@ _raw_recv = getattr(zmq.backend.Socket, "recv", zmq.Socket.recv)
 _raw_get = getattr(zmq.backend.Socket, "get", zmq.Socket.getsockopt)
 
 
-def _recv_frames(sock: zmq.Socket) -> list[bytes]:
-    """One whole multipart message (raises zmq.Again when none is waiting)."""
-    frames = [_raw_recv(sock, _NOBLOCK)]
+def _recv_rest(sock: zmq.Socket, frames: list[bytes]) -> list[bytes] | None:
+    """The rest of a multipart message whose first frame is in ``frames``; None if it had more than
+    MAX_FRAMES frames, which are then received and dropped one by one, never held in a list (libzmq
+    itself has queued the whole message by now: it counts a message only at its last frame)."""
     while _raw_get(sock, _RCVMORE):
+        if len(frames) >= MAX_FRAMES:
+            while _raw_get(sock, _RCVMORE):
+                _raw_recv(sock, _NOBLOCK)
+            return None
         frames.append(_raw_recv(sock, _NOBLOCK))
     return frames
+
+
+def raise_fd_limit() -> None:
+    """Every client costs the server two file descriptors: raise the soft limit to the hard one."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("file descriptors: could not raise the limit of %d to %d: %s", soft, hard, exc)
+            return
+        log.info("file descriptors: limit raised from %d to %d (about %d clients)", soft, hard, hard // 2)
+    else:
+        log.info("file descriptors: limit %d", soft)
 
 
 def _send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
