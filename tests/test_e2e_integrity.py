@@ -174,7 +174,7 @@ def test_other_peoples_control_characters_never_reach_the_terminal(chat):
 
 def test_a_lost_disk_tail_never_reuses_a_sequence_number(chat):
     """A power cut can lose the last commits of the WAL: simulated after kill -9 by deleting the newest
-    rows (reservations are synced, so they survive what the rows did not)."""
+    rows (reservations are synced, so they survive what the rows did not) and changing the recorded boot."""
     server = chat.server("--rate", "0", *PATIENT)
     alice = chat.client("alice", "--json")
     bob = chat.client("bob", "--json", "--drain-timeout", "30")
@@ -183,8 +183,9 @@ def test_a_lost_disk_tail_never_reuses_a_sequence_number(chat):
     server.signal(signal.SIGKILL)
     server.wait()
     db_file, = chat.data_dir.glob("history-*.sqlite3")
-    with sqlite3.connect(str(db_file)) as db:
+    with sqlite3.connect(str(db_file)) as db:  # the power cut: the newest commits gone, and a new boot
         db.execute("DELETE FROM messages WHERE seq > 150")
+        db.execute("UPDATE meta SET value = 'a boot before this one' WHERE key = 'boot'")
     chat.server("--rate", "0", *PATIENT)
     start = len(alice.lines["out"])
     alice.expect('"type": "connected"', start=start, timeout=20)

@@ -60,6 +60,7 @@ def test_server_kill_9_and_restart_while_sending_loses_nothing(chat):
         reader.expect('"text": "m199"', timeout=20)
     for reader in (alice, carol):
         assert _messages(reader, "bob") == texts
+        assert reader.count("the server lost messages") == 0  # a crash within one boot loses nothing
     late = chat.client("dave", "--json")
     late.expect('"text": "m199"')
     assert _messages(late, "bob") == texts

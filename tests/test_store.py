@@ -42,6 +42,32 @@ CREATE TABLE IF NOT EXISTS messages (
 """  # what zmqchat wrote before schema versions, verbatim
 
 
+@pytest.fixture(autouse=True)
+def every_open_is_a_new_boot(monkeypatch):
+    """These tests simulate power cuts: each open sees another boot of the machine, so the unused reserved
+    numbers count as lost (within one boot nothing is: see test_within_one_boot_a_crash_skips_nothing)."""
+    boots = iter(range(1_000_000))
+    monkeypatch.setattr(history_module, "boot_id", lambda: f"boot-{next(boots)}")
+
+
+def test_within_one_boot_a_crash_skips_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(history_module, "boot_id", lambda: "this-boot")
+    path = tmp_path / "h.sqlite3"
+    store = History(limit=100, path=path)
+    for _ in range(10):
+        say(store)
+    store.commit()
+    crash(store)  # kill -9: the OS still holds every write, so no number past 10 was ever published
+    again = History(limit=100, path=path)
+    assert again.last_seq("#a") == 10 and again.lost("#a", 0, 1000) == []
+    assert say(again) == 11
+    crash(again)
+    monkeypatch.setattr(history_module, "boot_id", lambda: "the-next-boot")  # a power cut, then a reboot
+    third = History(limit=100, path=path)
+    assert third.lost("#a", 0, 1000) == [(11, 64)] and third.last_seq("#a") == 64
+    third.close()
+
+
 def body(room: str, seq: int, text: str = "hi") -> bytes:
     return p.room_message_body(room, seq, 1.0, "alice", text, f"m{seq}", False)
 

@@ -85,6 +85,14 @@ _decode_json = json.JSONDecoder().raw_decode
 Producer = tuple[str, str, int, str, int, float]  # producer, identity, next, room, seq, ts
 
 
+def boot_id() -> str | None:
+    """This boot of the machine (Linux), or None where it cannot be told."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def next_block(block: int, lasted: float) -> int:
     """How many numbers the next reservation of a room takes, given the size of the last one and how long
     (seconds) it lasted: about a second of the room's traffic, between BLOCK_MIN and BLOCK_MAX."""
@@ -302,9 +310,16 @@ class History:
             repaired[room] = lost
         reservations, unreadable = self._checked(db, damage, "reservations", lambda room, upto: _is_room(room)
                                                  and _is_seq(upto, 0))
+        # Within one boot of the machine the OS kept every write, whatever ended the process (kill -9): no
+        # number past the newest row was ever published, so nothing is skipped. Only after a reboot (a
+        # power cut may have dropped the WAL's tail) do the unused reserved numbers count as lost.
+        boot = boot_id()
+        stored = db.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()
+        same_boot = boot is not None and stored is not None and stored[0] == boot
         for room, upto in reservations:
             self._reserved[room] = upto
-            floor[room] = max(floor.get(room, 0), upto)
+            if not same_boot:
+                floor[room] = max(floor.get(room, 0), upto)
         for room, _upto in unreadable:  # repaired away: a reservation never reaches past its newest message
             if _is_room(room):           # by more than a block, so skip that much to be sure
                 floor[room] = max(floor.get(room, 0), newest.get(room, 0) + BLOCK_MAX - 1)
@@ -313,6 +328,8 @@ class History:
         for room, first, last in sorted(skipped):
             self._skipped.setdefault(room, []).append((first, last))
             floor[room] = max(floor.get(room, 0), last)
+        if boot is not None:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)", (boot,))
         producers, _ = self._checked(db, damage, "producers", _producer_ok)
         self._producers = sorted(((producer, identity, nxt, room, seq, float(ts))
                                   for producer, identity, nxt, room, seq, ts in producers), key=itemgetter(5))

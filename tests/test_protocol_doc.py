@@ -1,0 +1,308 @@
+"""docs/protocol.md's worked examples, rebuilt from the real encoder, byte for byte.
+
+Section 15 of the doc is a run of fenced blocks. This module builds the same blocks from messages (and,
+for the errors, from what a real ``ServerCore`` answers), renders them the way the doc writes frames, and
+compares the doc's text with them exactly, lengths included. When the wire changes, a test here fails and
+its diff is the new block to paste into the doc.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from zmqchat import protocol as p
+from zmqchat.core import DEFAULT_MOTD, ServerConfig, ServerCore
+from zmqchat.history import History
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+SID = "3f9c2a7d1b4e8f60"  # the example client's session id
+OTHER = "b81d0c5e2a9f4736"  # another client's session
+EPOCH = "9b1e4c07d2a85f36"  # the server's history epoch
+NONCE = "5e0b9d2c41a7f368"  # the rid of the first hello
+NONCE2 = "c7a14f9e03d5b862"  # the rid of a later hello
+KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # a CURVE public key, Z85 (40 characters)
+T0 = 1763935569.0  # the server's clock in the examples
+SESS = p.session_topic(SID)
+GENERAL = p.room_topic("#general")
+TEXT = "h\u00e9llo \u2713"  # héllo ✓
+
+
+def mid(n: int) -> str:
+    return f"{SID}.{n}"
+
+
+# --------------------------------------------------------------------------------------------------
+# how the doc writes things
+
+
+def show(data: bytes) -> str:
+    """Bytes as the doc writes them: printable ASCII as is (a backslash doubled), any other byte \\xNN."""
+    return "".join("\\\\" if b == 0x5C else chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}" for b in data)
+
+
+def hex_of(data: bytes) -> str:
+    return " ".join(f"{b:02x}" for b in data)
+
+
+def frame_lines(frames: list[bytes], first: int = 0) -> list[str]:
+    """One line per frame from ``first`` on: its index, its length in bytes, its content."""
+    return [f"[{i}] {len(f):3d}  {show(f)}" for i, f in enumerate(frames) if i >= first]
+
+
+def body_lines(frame_lists: list[list[bytes]]) -> list[str]:
+    """Only the body (the last frame) of each message."""
+    return [line for frames in frame_lists for line in frame_lines(frames, len(frames) - 1)]
+
+
+def client(msg: p.Message) -> list[bytes]:
+    return p.encode_client(msg)
+
+
+def server(topic: bytes, msg: p.Message) -> list[bytes]:
+    return p.encode_server(topic, msg)
+
+
+def other_line(frames: list[bytes]) -> str:
+    """``kind (topic)  length  body`` for a server message, ``client kind  length  body`` for a client one."""
+    if len(frames) == 3:
+        label = f"client {frames[1].decode()}"
+    else:
+        topic = frames[0]
+        short = "all:" if topic == p.ALL_TOPIC else topic[: topic.index(b":")].decode()
+        label = f"{frames[2].decode():<9}({short})"
+    return f"{label:<17}{len(frames[-1]):4d}  {show(frames[-1])}"
+
+
+def zmtp_lines(frames: list[bytes]) -> list[str]:
+    """Each frame as a ZMTP 3 short frame: flags (0x01 more, 0x00 last), a 1-byte length, the content."""
+    lines = []
+    for i, frame in enumerate(frames):
+        more = i < len(frames) - 1
+        raw = bytes([1 if more else 0, len(frame)]) + frame
+        chunks = [raw[j:j + 17] for j in range(0, len(raw), 17)]
+        note = f"{'MORE' if more else 'LAST'}, {len(frame):2d} bytes  {show(frame)}"
+        lines.append(f"{hex_of(chunks[0]):<52}  {note}")
+        lines.extend(f"      {hex_of(chunk)}" for chunk in chunks[1:])
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------
+# what the server really says
+
+
+def new_core() -> ServerCore:
+    return ServerCore(ServerConfig(), History(limit=100), clock=lambda: T0)
+
+
+def answers(core: ServerCore, msg: p.Message, key: str | None = None, bound_name: str | None = None,
+            kind: bytes = p.ErrorReply.KIND) -> list[list[bytes]]:
+    """What ``core`` publishes on SID's topic, of ``kind``, in answer to ``msg``."""
+    core.receive(p.encode_client(msg), key, bound_name)
+    return [f for f in core.flush() if f[0] == SESS and f[2] == kind]
+
+
+def say(n: int, text: str = "hi", room: str = "#general") -> p.Say:
+    return p.Say(session=SID, room=room, text=text, mid=mid(n))
+
+
+def hello(**fields) -> p.Hello:
+    return p.Hello(**{"session": SID, "name": "alice", "rooms": ["#general"], "rid": NONCE, **fields})
+
+
+def first_refusal(make: Callable[[int], p.Message]) -> list[bytes]:
+    """The first error that a run of ``make(1)``, ``make(2)``, ... sent at one instant gets (a bucket ran dry)."""
+    core = new_core()
+    answers(core, hello())
+    for n in range(1, 1000):
+        errors = answers(core, make(n))
+        if errors:
+            return errors[0]
+    raise AssertionError("never refused")
+
+
+def error_after(setup: list[p.Message], msg: p.Message, key: str | None = None,
+                bound_name: str | None = None) -> list[bytes]:
+    core = new_core()
+    for earlier in setup:
+        core.receive(p.encode_client(earlier), key)
+    core.flush()
+    (error,) = answers(core, msg, key, bound_name)
+    return error
+
+
+def server_busy() -> list[bytes]:
+    core = new_core()
+    for i in range(5000):  # the burst of new sessions, server-wide
+        core.receive(p.encode_client(p.Hello(session=f"x{i}", name=f"u{i}")))
+    core.flush()
+    (error,) = answers(core, hello())
+    return error
+
+
+def revoked() -> list[bytes]:
+    core = new_core()
+    answers(core, hello(), key=KEY, bound_name="alice")
+    core.revoke(set())
+    (error,) = [f for f in core.flush() if f[0] == SESS and f[2] == p.ErrorReply.KIND]
+    return error
+
+
+def too_long_on_the_wire() -> list[bytes]:
+    # Within max_text_bytes, but JSON writes U+0001 as \u0001 (6 bytes): 65540 bytes on the wire, and
+    # every frame within MAXMSGSIZE, so it reaches the server's rules.
+    text = "\x01" * 10904 + "x" * 4
+    frames = client(say(9, text))
+    assert len(text.encode()) <= p.DEFAULT_MAX_TEXT_BYTES
+    assert max(map(len, frames)) <= p.DEFAULT_MAX_MESSAGE_BYTES < sum(map(len, frames))
+    return error_after([hello(unacked=9)], say(9, text))
+
+
+def stats_reply() -> list[bytes]:
+    core = new_core()
+    answers(core, hello())
+    (reply,) = answers(core, p.StatsRequest(session=SID, rid="r5"), kind=p.StatsReply.KIND)
+    return reply
+
+
+# --------------------------------------------------------------------------------------------------
+# the examples, in the order of section 15
+
+FIRST_HELLO = client(hello(last_seq={}, epoch="", unacked=1))
+WELCOME = server(SESS, p.Welcome(session=SID, name="alice", motd=DEFAULT_MOTD, heartbeat_interval=1.0,
+                                 max_text_bytes=p.DEFAULT_MAX_TEXT_BYTES, server_time=T0 + 0.125, epoch=EPOCH,
+                                 max_message_bytes=p.DEFAULT_MAX_MESSAGE_BYTES, rid=NONCE))
+AGAIN_HELLO = client(hello(rooms=["#general", "#dev"], last_seq={"#general": 41, "#dev": 0}, epoch=EPOCH,
+                           rid=NONCE2, unacked=1))
+SAY = client(say(1, TEXT))
+LIVE = p.RoomMessage(room="#general", seq=42, ts=T0 + 0.25, sender="alice", text=TEXT, mid=mid(1))
+LIVE_MSG = server(GENERAL, LIVE)
+HIST_MSG = server(SESS, p.HistoryMessage(**LIVE.body()))
+BACKLOG_END = server(SESS, p.HistoryEnd(room="#general", after=0, upto=42, count=20, newest=42))
+CATCH_UP_END = server(SESS, p.HistoryEnd(room="#general", after=41, upto=42, count=1, newest=42))
+GAP_REQUEST = client(p.HistoryRequest(session=SID, room="#general", after=42, before=47, limit=4))
+GAP_END = server(SESS, p.HistoryEnd(room="#general", after=42, upto=46, count=2, newest=47, before=47,
+                                    lost=[[44, 45]]))
+RATE_LIMITED = first_refusal(say)  # the burst is 60 messages
+ERRORS = [
+    error_after([hello(), *(say(n) for n in range(1, 5))], say(6)),  # resend
+    error_after([], p.Ping(session=SID)),  # unknown_session
+    first_refusal(lambda n: p.HistoryRequest(session=SID, room="#general", limit=1000, rid=f"r{n}")),
+    server_busy(),
+    error_after([p.Hello(session=OTHER, name="alice")], hello()),  # name_taken
+    error_after([], hello(name="alicia"), key=KEY, bound_name="alice"),  # not_authorised
+    revoked(),
+    error_after([hello(unacked=5)], say(5, "   ")),  # empty
+    error_after([hello(unacked=9)], say(9, "x" * (p.DEFAULT_MAX_TEXT_BYTES + 1))),  # too_long (text)
+    too_long_on_the_wire(),
+    error_after([hello(unacked=3)], say(3, room="#dev")),  # not_in_room
+    error_after([hello()], p.Join(session=SID, room="dev", rid="r1")),  # bad_room
+    error_after([hello()], p.HistoryRequest(session=SID, room="#general", limit=0, rid="r7")),  # bad_request
+]
+OTHERS = [
+    client(p.Join(session=SID, room="#dev", rid="r1")),
+    server(SESS, p.HistoryEnd(room="#dev", after=0, upto=0, count=0, newest=0, rid="r1")),
+    server(p.room_topic("#dev"), p.PresenceEvent(room="#dev", name="alice", event="join", ts=T0 + 0.126)),
+    client(p.Part(session=SID, room="#dev", rid="r2")),
+    client(p.WhoRequest(session=SID, room="#general", rid="r3")),
+    server(SESS, p.WhoReply(rooms={"#general": ["alice", "bob"]}, rid="r3")),
+    client(p.RoomsRequest(session=SID, rid="r4")),
+    server(SESS, p.RoomsReply(rooms={"#dev": 1, "#general": 2}, rid="r4")),
+    client(p.StatsRequest(session=SID, rid="r5")),
+    stats_reply(),
+    client(p.HistoryRequest(session=SID, room="#general", after=0, before=0, limit=20, rid="r6")),
+    server(SESS, p.Ack(mid=mid(1), room="#general", seq=42)),
+    server(SESS, p.Ack(mid=mid(1), room="", seq=0)),
+    server(p.ALL_TOPIC, p.ServerHeartbeat(ts=T0 + 1.0, seqs={"#general": 42})),
+    client(p.Ping(session=SID)),
+    client(p.Bye(session=SID, rid="r7")),
+    server(SESS, p.Goodbye(session=SID, rid="r7")),
+    server(p.ALL_TOPIC, p.Shutdown(message="server shutting down")),
+]
+PING = client(p.Ping(session=SID))
+
+BLOCKS: list[list[str]] = [
+    frame_lines(FIRST_HELLO),
+    frame_lines(WELCOME),
+    frame_lines(AGAIN_HELLO),
+    frame_lines(SAY),
+    frame_lines(LIVE_MSG),
+    frame_lines(HIST_MSG),
+    frame_lines(BACKLOG_END),
+    body_lines([CATCH_UP_END]),
+    body_lines([GAP_REQUEST, GAP_END]),
+    frame_lines(RATE_LIMITED),
+    body_lines(ERRORS),
+    [other_line(frames) for frames in OTHERS],
+    zmtp_lines(PING),
+]
+HEX_LINES = [f"Frame 0 in hex: `{hex_of(SESS)}`.", f"Frame 0 in hex: `{hex_of(GENERAL)}`.",
+             f"Frame 0 of `hb` and `shutdown` (`all:` and NUL) in hex: `{hex_of(p.ALL_TOPIC)}`."]
+EVERY_EXAMPLE = [FIRST_HELLO, WELCOME, AGAIN_HELLO, SAY, LIVE_MSG, HIST_MSG, BACKLOG_END, CATCH_UP_END,
+                 GAP_REQUEST, GAP_END, RATE_LIMITED, *ERRORS, *OTHERS, PING]
+
+
+# --------------------------------------------------------------------------------------------------
+# the doc
+
+
+def doc() -> str:
+    return DOC.read_text(encoding="utf-8")
+
+
+def section_15() -> str:
+    text = doc()
+    start = text.index("\n## 15. ")
+    return text[start:text.index("\n## 16. ", start)]
+
+
+def fenced(text: str) -> list[str]:
+    return re.findall(r"^```\n(.*?)\n```$", text, re.MULTILINE | re.DOTALL)
+
+
+def test_section_15_says_it_is_checked():
+    assert "tests/test_protocol_doc.py" in section_15().split("```")[0]
+
+
+def test_section_15_has_exactly_these_blocks():
+    assert len(fenced(section_15())) == len(BLOCKS)
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_block_is_what_the_encoder_writes(index):
+    blocks = fenced(section_15())
+    assert index < len(blocks), "a block is missing from section 15"
+    assert blocks[index] == "\n".join(BLOCKS[index])
+
+
+def test_topic_hex_lines():
+    text = section_15()
+    for line in HEX_LINES:
+        assert line in text
+    assert text.count(" in hex: `") == len(HEX_LINES)
+
+
+@pytest.mark.parametrize("frames", EVERY_EXAMPLE, ids=lambda f: f[-2].decode())
+def test_example_decodes_to_what_was_encoded(frames):
+    # Every example is valid on the wire: mids, rids and numbers within their ranges.
+    if len(frames) == 3:
+        msg = p.decode_client(frames)
+        assert p.encode_client(msg) == frames
+    else:
+        topic, msg = p.decode_server(frames)
+        assert p.encode_server(topic, msg) == frames
+
+
+def test_other_json_in_the_doc_is_an_example():
+    # A JSON body quoted anywhere else in protocol.md must be one that section 15 checks.
+    text = doc()
+    outside = text.replace(section_15(), "")
+    bodies = {show(frames[-1]) for frames in EVERY_EXAMPLE}
+    quoted = re.findall(r"`(\{\".*?\})`", outside)
+    assert quoted, "the pattern finds nothing: has the doc's style changed?"
+    for body in quoted:
+        assert body in bodies, body
