@@ -1194,3 +1194,43 @@ def test_comings_and_goings_are_logged_within_a_bound(clock, caplog):
         for k in range(500):
             hello(core, f"q{k}", f"q{k}", rooms=["#general"])
     assert len(caplog.records) <= 25
+
+
+def test_a_forgotten_producer_of_a_live_session_takes_its_next_message_as_the_start(clock):
+    wall = FakeClock(1_000_000.0)
+    core = ServerCore(ServerConfig(heartbeat_misses=1000), History(limit=10), clock=clock, wall_clock=wall)
+    hello(core, "s1", "alice")
+    say(core, "s1", "one", 1)
+    hello(core, "s1", "alice")  # a reconnect: the server's own count rules, the hello's is not kept
+    published(core)
+    wall.advance(core.producers.window + 1)
+    clock.advance(120)
+    core.tick()  # forgotten after a long silence, while still connected
+    say(core, "s1", "a day later", 7)
+    assert [m.text for _, m in of_type(published(core), p.RoomMessage)] == ["a day later"]
+
+
+def test_a_message_too_long_on_the_wire_is_final_and_the_counter_moves_on(clock):
+    core = make_core(clock, max_message_bytes=2048, max_text_bytes=100_000)
+    hello(core, "s1", "alice")
+    say(core, "s1", "x" * 3000, 1)
+    assert error(published(core)).code == p.ERR_TOO_LONG
+    say(core, "s1", "next", 2)
+    assert [m.text for _, m in of_type(published(core), p.RoomMessage)] == ["next"]
+
+
+def test_a_producer_evicted_and_reopened_keeps_its_row(clock, tmp_path, monkeypatch):
+    path = tmp_path / "history.db"
+    core = make_core(clock, History(limit=100, path=path), rate=0.0)
+    core.producers.max_producers = 2
+    for session in ("a", "b", "c"):  # c evicts a
+        hello(core, session, f"u{session}")
+        say(core, session, "hi", 1)
+    send(core, p.Hello(session="a", name="ua", rooms=["#general"], unacked=2))  # a speaks again: a new producer
+    say(core, "a", "again", 2)
+    published(core)
+    clock.advance(120)
+    core.tick()
+    core.flush()
+    core.history.close()
+    assert "a" in [row[0] for row in History(limit=100, path=path).producers(0.0)]

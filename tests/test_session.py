@@ -35,7 +35,7 @@ def sent(session: ClientSession, keep_rid: bool = False) -> list[p.Message]:
 
 def nonce(session: ClientSession) -> str:
     """The rid of the session's latest hello: what a real answer to it echoes."""
-    return session._hello_nonces[-1]
+    return session._hello_nonces[-1] if session._hello_nonces else "already-answered"
 
 
 def events(session: ClientSession) -> list[ev.Event]:
@@ -922,3 +922,19 @@ def test_hello_says_where_our_unacknowledged_messages_start(clock):
     fresh = make_session(clock)
     fresh.start()
     assert sent(fresh)[0].unacked == 1
+
+
+def test_an_answered_hello_nonce_never_counts_again(clock):
+    session = connected(clock)  # its welcome published the nonce: anyone may replay it
+    used = "already-answered"
+    clock.advance(10)
+    session.tick()  # lost: hello again, with a fresh nonce
+    for code in (p.ERR_BAD_NAME, p.ERR_NAME_TAKEN, p.ERR_NOT_AUTHORISED):
+        deliver(session, p.ErrorReply(code=code, message="replayed", rid=used))
+    assert [e for e in events(session) if isinstance(e, ev.Error)] == []
+
+
+def test_a_goodbye_we_did_not_ask_for_changes_nothing(clock):
+    session = connected(clock)
+    deliver(session, p.Goodbye(session=SID, rid="r9"))
+    assert session.state == "connected" and session.foreign_replies == 1

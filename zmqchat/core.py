@@ -215,8 +215,11 @@ class ServerCore:
         self.presence.touch(member.session, self.clock())
         if size > self.config.max_message_bytes:
             self.stats["rejected"] += 1
-            self._refuse(msg.session, p.ERR_TOO_LONG, f"message too long ({size} bytes on the wire, at most "
-                         f"{self.config.max_message_bytes})", getattr(msg, "mid", ""), rid=_rid(msg))
+            text = f"message too long ({size} bytes on the wire, at most {self.config.max_message_bytes})"
+            if isinstance(msg, p.Say):  # final for this mid: its counter moves on like any refusal's
+                self.handle_say(msg, member, oversized=text)
+            else:
+                self._refuse(msg.session, p.ERR_TOO_LONG, text, rid=_rid(msg))
             return
         cost = REQUEST_COSTS.get(type(msg))
         if cost is not None and not self._charge(member, cost(msg), rid=_rid(msg)):
@@ -343,12 +346,14 @@ class ServerCore:
     def _refuse(self, session: str, code: str, text: str, mid: str = "", retry_after: float = 0.0,
                 rid: str = "", resend_from: int = 0) -> None:
         self.stats["refused"] += 1
+        retry_after = min(retry_after, p.MAX_INTERVAL)  # what every client accepts (a tiny --rate waits longer)
         self._reply(session, p.ErrorReply(code=code, message=text, mid=mid, retry_after=retry_after, rid=rid,
                                           resend_from=resend_from))
 
     def _forget_producers(self) -> None:
         for session in self.producers.forgotten:
-            self.history.drop_producer(session)
+            if self.producers.get(session) is None:  # not opened again since
+                self.history.drop_producer(session)
         self.producers.forgotten.clear()
 
     def _unknown_session(self, msg: p.Message, key: str | None) -> None:
@@ -449,7 +454,8 @@ class ServerCore:
         # the requests it amounts to, first or repeated. Over budget, the rooms are entered without replay;
         # the client asks again for each (charged).
         replay = self._charge(member, 1.0 + len(rooms) / 4, reply=False)
-        member.unacked = msg.unacked  # where this session's counters start, if the server knows none
+        # where this session's counters start, if the server knows none (else the server's own count rules)
+        member.unacked = msg.unacked if producer is None else None
         if producer is not None:
             producer.rate_blocked = False  # it reconnected: the held message comes first again
         self.presence.touch(member.session, now)
@@ -463,7 +469,7 @@ class ServerCore:
             last = msg.last_seq.get(room, -1) if same_epoch else -1
             self._enter_room(member, room, last, replay)
 
-    def handle_say(self, msg: p.Say, member: Member) -> None:
+    def handle_say(self, msg: p.Say, member: Member, oversized: str = "") -> None:
         n = p.mid_counter(msg.mid, msg.session)
         assert n is not None  # decoding checked the mid's form
         producer = self.producers.get(member.session)
@@ -473,11 +479,15 @@ class ServerCore:
             start = member.unacked if member.unacked is not None else n
             member.unacked = None
             producer = self.producers.open(member.session, member.identity, start, self.wall_clock())
+            self._forget_producers()  # whom opening it evicted, queued before this one is saved
         if n < producer.next:
             self._duplicate(msg, member, producer, n)
             return
         if n > producer.next:
             self._jump(msg, member, producer)
+            return
+        if oversized:
+            self._settle_refused(member, producer, n, msg.mid, p.ERR_TOO_LONG, oversized)
             return
         if msg.room not in member.rooms:
             self._settle_refused(member, producer, n, msg.mid, p.ERR_NOT_IN_ROOM,

@@ -4,10 +4,13 @@ caller passes the time.
 Every client session is a producer: its messages carry ``mid = "<session>.<n>"`` with n = 1, 2, 3, ...
 The server accepts only ``n == next``. A smaller n is a duplicate, answered with what became of it; a
 larger n means a message in between was lost on the way, and the sender is asked to resend from ``next``
-(accepting it would make the lost one look like a duplicate once it is resent). Because the state is per
-producer, no amount of traffic from others can make the server forget a sender's messages. It is bounded
-per identity (``PER_IDENTITY`` producers: a key that cycles sessions only forgets its own), in total
-(``MAX_PRODUCERS``, least recently active first), and by time (``WINDOW`` seconds of silence).
+(accepting it would make the lost one look like a duplicate once it is resent). The state is per
+producer, so traffic from others never evicts a sender's recent messages the way a shared table of message
+ids did. It is bounded per identity (``PER_IDENTITY`` producers: a key that cycles sessions only forgets its
+own), by time (``WINDOW`` seconds of silence), and in total (``MAX_PRODUCERS``, least recently active
+first). Only that last bound can be pushed by others: where identities are free (plaintext, or CURVE
+without an allowlist), 200,000 made-up senders, at least 200 s at the server's new-session limit, make it
+forget the least recently active. With an allowlist, identities are bounded by it.
 """
 
 from __future__ import annotations

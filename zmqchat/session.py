@@ -268,6 +268,8 @@ class ClientSession:
                     sync.buffer.clear()
                 self.events.append(ev.Notice("the server's history was reset; earlier messages are gone"))
             self.epoch = msg.epoch
+            # Answered: these nonces are public now (the welcome carried one), so none may count again.
+            self._hello_nonces.clear()
             self.events.append(ev.Connected(msg.name, msg.motd, reconnected=self._was_connected))
             self.state = "connected"
             self._was_connected = True
@@ -436,6 +438,9 @@ class ClientSession:
             self.events.append(ev.Notice(f"sending too fast; queued messages will follow ({msg.message})"))
 
     def _on_Goodbye(self, msg: p.Goodbye) -> None:
+        if self.state != "closing":
+            self.foreign_replies += 1  # the answer to a bye we never sent (somebody else's, in our session)
+            return
         self.state = "closed"
         self.events.append(ev.Closed())
 

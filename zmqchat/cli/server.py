@@ -97,8 +97,9 @@ def serve(args: argparse.Namespace) -> int:
         raise ZmqchatError(f"--max-message-bytes must be at least {p.MIN_MAX_MESSAGE_BYTES}")
     if args.max_text_bytes > args.max_message_bytes - 512:
         raise ZmqchatError("--max-text-bytes must leave room for the envelope (512 bytes under --max-message-bytes)")
-    if args.heartbeat_interval <= 0 or args.heartbeat_misses < 1:
-        raise ZmqchatError("--heartbeat-interval must be > 0 and --heartbeat-misses >= 1")
+    if not 0.01 <= args.heartbeat_interval <= p.MAX_INTERVAL or args.heartbeat_misses < 1:
+        raise ZmqchatError(f"--heartbeat-interval must be 0.01 to {p.MAX_INTERVAL:g} seconds and "
+                           "--heartbeat-misses >= 1")
     in_ep, out_ep = endpoints(args.host, args.port, args.in_endpoint, args.out_endpoint)
     path = None if args.no_persist else history_file(Path(args.data_dir) if args.data_dir else default_data_dir(), in_ep)
     # A file it cannot use (damaged, foreign, newer, locked, a bad path) raises HistoryError: one line, exit 1.
