@@ -179,7 +179,9 @@ class Client:
         if room is not None and (room not in self.session.rooms or room in self.session.parting):
             raise ZmqchatError(f"you are not in {room}; join it first")
         # JSON escaping can make the wire form much larger than the text: check what will be sent.
-        probe = p.Say(session=self.session.session_id, room=room or self.room, text=text, mid="0" * 32, action=action)
+        longest_mid = "0" * (len(self.session.session_id) + 17)  # "<session>.<counter>", counter at its widest
+        probe = p.Say(session=self.session.session_id, room=room or self.room, text=text, mid=longest_mid,
+                      action=action)
         wire = sum(map(len, p.encode_client(probe)))
         if wire > self.session.max_message_bytes:
             raise ZmqchatError(f"message too long ({wire} bytes on the wire, at most {self.session.max_message_bytes})")
