@@ -69,14 +69,18 @@ REQUEST_COSTS: dict[type[p.Message], Callable[[p.Message], float]] = {
 
 
 class LogLimiter:
-    """At most ``burst`` log lines per ``period`` seconds for noisy events, then one summary. With
-    ``traceback_once``, the first line ever carries the exception being handled (internal errors)."""
+    """At most ``burst`` log lines per ``period`` seconds for noisy events, then one summary line
+    (``summary`` % count) at ``level``. With ``traceback_once``, the first line ever carries the exception
+    being handled (internal errors)."""
 
     def __init__(self, clock: Callable[[], float], burst: int = 5, period: float = 10.0,
-                 traceback_once: bool = False) -> None:
+                 traceback_once: bool = False, level: int = logging.WARNING,
+                 summary: str = "%d more similar warnings suppressed") -> None:
         self.clock = clock
         self.burst = burst
         self.period = period
+        self.level = level
+        self.summary = summary
         self._window = -period
         self._count = 0
         self._suppressed = 0
@@ -86,33 +90,22 @@ class LogLimiter:
         now = self.clock()
         if now - self._window >= self.period:
             if self._suppressed:
-                log.warning("%d more similar warnings suppressed", self._suppressed)
+                log.log(self.level, self.summary, self._suppressed)
             self._window, self._count, self._suppressed = now, 0, 0
         if self._count < self.burst:
             self._count += 1
-            log.warning(fmt, *args, exc_info=self._traceback)
+            log.log(self.level, fmt, *args, exc_info=self._traceback)
             self._traceback = False
         else:
             self._suppressed += 1
 
+    info = warn  # the same limit, whatever the level is called at the call site
 
-class ActivityLog(LogLimiter):
+
+def activity_log(clock: Callable[[], float]) -> LogLimiter:
     """Info lines for comings and goings, at most ACTIVITY_LOG_LINES per 10 s, then a count."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        super().__init__(clock, burst=ACTIVITY_LOG_LINES, period=10.0)
-
-    def info(self, fmt: str, *args: object) -> None:
-        now = self.clock()
-        if now - self._window >= self.period:
-            if self._suppressed:
-                log.info("%d more joins and leaves not logged", self._suppressed)
-            self._window, self._count, self._suppressed = now, 0, 0
-        if self._count < self.burst:
-            self._count += 1
-            log.info(fmt, *args)
-        else:
-            self._suppressed += 1
+    return LogLimiter(clock, burst=ACTIVITY_LOG_LINES, level=logging.INFO,
+                      summary="%d more joins and leaves not logged")
 
 
 class ServerCore:
@@ -131,7 +124,7 @@ class ServerCore:
         self._new_sessions = TokenBucket(NEW_SESSIONS_PER_SEC, NEW_SESSIONS_BURST, clock())
         self.out: list[list[bytes]] = []
         self.bad_input = LogLimiter(clock)
-        self.activity = ActivityLog(clock)  # joins and leaves: bounded by time, not by how many come
+        self.activity = activity_log(clock)  # joins and leaves: bounded by time, not by how many come
         self.internal_errors = LogLimiter(clock, traceback_once=True)
         self.db_errors = LogLimiter(clock, burst=1)
         self._failing_since: float | None = None
