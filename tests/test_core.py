@@ -901,7 +901,7 @@ def test_revoked_keys_are_told_and_their_sessions_end(clock):
 
 def test_new_sessions_are_rate_limited_server_wide(clock):
     core = make_core(clock)
-    core._new_sessions = TokenBucket(rate=10.0, burst=3.0, now=clock())
+    core._new_sessions = TokenBucket(rate=12.5, burst=3.75, now=clock())  # a hello in one room costs 1.25
     results = [type(hello(core, f"s{i}", f"user{i}")[0][1]).__name__ for i in range(5)]
     assert results == ["Welcome"] * 3 + ["ErrorReply"] * 2
     clock.advance(0.1)

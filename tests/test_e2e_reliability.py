@@ -29,7 +29,7 @@ def _messages(proc: Proc, sender: str) -> list[str]:
 
 
 def test_server_kill_9_and_restart_while_sending_loses_nothing(chat):
-    server = chat.server("--rate", "0", "--backlog", "1000")
+    server = chat.server("--rate", "0", "--backlog", "1000", "--pub-hwm", "4000")
     alice = chat.client("alice", "--json")
     carol = chat.client("carol", "--json")
     sender = Proc(script("zmqchat-client") + ["--name", "bob", "--port", str(chat.port), "--json",
@@ -53,7 +53,7 @@ def test_server_kill_9_and_restart_while_sending_loses_nothing(chat):
     server.signal(signal.SIGKILL)
     server.wait()
     killed.set()
-    chat.server("--rate", "0", "--backlog", "1000")
+    chat.server("--rate", "0", "--backlog", "1000", "--pub-hwm", "4000")
     typist.join(WAIT)
     assert sender.wait(40) == 0, sender.lines["err"]
     for reader in (alice, carol):

@@ -16,7 +16,7 @@ from . import protocol as p
 from .dedupe import ACK, REFUSED, Producer, Producers
 from .history import History, HistoryError
 from .presence import Member, Presence
-from .ratelimit import RateLimiter, TokenBucket
+from .ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
 
 log = logging.getLogger("zmqchat.server")
 
@@ -26,11 +26,28 @@ HEARTBEAT_ROOMS = 1000  # rooms whose newest seq rides on each heartbeat: those 
 EXPIRE_PER_SCAN = 250  # sessions timed out per expiry scan (4 a heartbeat): a mass time-out is spread out
 ACTIVITY_LOG_LINES = 20  # connect/join/leave info lines per 10 s; beyond, one summary line
 UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0  # a stale client hears "please say hello" this often, at most
-NEW_SESSIONS_PER_SEC = 1000.0  # hellos that open a session, server-wide (with silent ones expiring in
-NEW_SESSIONS_BURST = 5000.0  # 3 s, at most a few thousand made-up sessions can exist at once)
+UNKNOWN_SESSION_REPLIES_TOTAL = 500.0  # ... and all of them together, per second (made-up sessions are free)
+NEW_SESSIONS_PER_SEC = 1000.0  # tokens of the server-wide new-session bucket; a hello that opens a session
+NEW_SESSIONS_BURST = 5000.0  # in n rooms costs 1 + n/4 (with silent ones expiring in 3 s, at most a few
+# thousand made-up sessions can exist at once, and a hello naming 256 rooms is one of 15 a second)
+ADDRESS_SESSIONS_PER_SEC = 50.0  # the same tokens per address (a trusted gateway is exempt)
+ADDRESS_SESSIONS_BURST = 250.0
+WORK_BURST_SECONDS = 0.2  # the work budget holds this many seconds of its rate: the most one batch spends
+BUSY_MIN_RETRY = 0.05  # seconds: the shortest "busy, retry" a client is told
+LIST_ITEMS_PER_UNIT = 100  # names or rooms in a who or rooms reply that cost one unit of the work budget
+BUSY_SPREAD = 0.25  # seconds: busy retries are spread over this much, so they do not all come back at once
 COMMIT_GIVE_UP = 30.0  # seconds of failing history commits before the server stops with an error
 HISTORY_REPLY_BYTES = 1 << 20  # one history reply carries at most this much; the client asks for the rest
+SUBSCRIBER_BYTES = 64 * 1024 * 1024  # what one subscriber that stops reading may pin in the PUB's queue
+PUBLICATION_OVERHEAD = 512  # bytes beyond its body a queued publication costs (four frames, the topic)
+MIN_SUBSCRIBER_QUEUE = 100  # publications: the PUB high-water mark is never set lower
 PRODUCER_EXPIRY_EVERY = 60.0  # seconds between sweeps of producers silent for longer than their window
+
+
+def subscriber_queue(budget_bytes: int, max_message_bytes: int) -> int:
+    """The PUB high-water mark: how many of the largest publications fit ``budget_bytes``. A subscriber that
+    stops reading pins at most that many publications (their content shared with the other subscribers)."""
+    return max(MIN_SUBSCRIBER_QUEUE, budget_bytes // (max_message_bytes + PUBLICATION_OVERHEAD))
 
 
 def identity_of(key: str | None, name: str) -> str:
@@ -55,9 +72,18 @@ class ServerConfig:
     burst: float = 60.0  # messages a client may send at once
     max_text_bytes: int = p.DEFAULT_MAX_TEXT_BYTES
     max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES  # whole message; also the PULL's MAXMSGSIZE
-    max_history_reply: int = 1000  # messages in one history reply
+    max_history_reply: int = 1000  # messages in one history reply (reply_limit of the PUB queue)
     stats_interval: float = 0.0  # seconds between stats log lines (0: never)
     presence_limit: int = 500  # rooms with more members do not announce joins and leaves
+    work_rate: float = 30_000.0  # publications per second all requests together may cost (0: unlimited)
+    address_rate: float = 2_000.0  # messages per second one address (or CURVE key) may send (0: unlimited)
+    trusted: frozenset[str] = frozenset()  # addresses exempt from the per-address (and per-key) budgets
+
+    @staticmethod
+    def reply_limit(pub_hwm: int) -> int:
+        """Messages in one history reply: a quarter of the PUB queue (a tick may queue two full replies to
+        one session), so no reply is ever cut at the high-water mark; at most 1000."""
+        return max(1, min(1000, pub_hwm // 4))
 
 
 # Tokens each request costs from the sender's request bucket (messages cost 1 from their own bucket;
@@ -122,6 +148,14 @@ class ServerCore:
         self.limiter = RateLimiter(config.rate, config.burst)
         self.request_limiter = RateLimiter(config.rate, config.burst)
         self._new_sessions = TokenBucket(NEW_SESSIONS_PER_SEC, NEW_SESSIONS_BURST, clock())
+        self._address_sessions = RateLimiter(ADDRESS_SESSIONS_PER_SEC, ADDRESS_SESSIONS_BURST)
+        # Before decoding: what one address (or key) may send at all. Far above any one person's rate, so
+        # it only ever bites a flooder; what it drops is never parsed.
+        self.intake = RateLimiter(config.address_rate, 2 * config.address_rate)
+        self.work = WorkBudget(config.work_rate, config.work_rate * WORK_BURST_SECONDS, clock())
+        self._busy_turn = 0
+        self._cache: dict[tuple, tuple[bytes, bytes]] = {}  # encoded replies of this tick (rooms, stats, who of a room)
+        self._queued: dict[str, int] = {}  # publications queued this tick per session topic
         self.out: list[list[bytes]] = []
         self.bad_input = LogLimiter(clock)
         self.activity = activity_log(clock)  # joins and leaves: bounded by time, not by how many come
@@ -130,7 +164,8 @@ class ServerCore:
         self._failing_since: float | None = None
         self.stats = dict.fromkeys(
             ("received", "published", "messages", "rejected", "refused", "throttled", "duplicates",
-             "resend_requests", "foreign", "recoveries", "recovered", "timeouts", "auth_failures", "errors"), 0)
+             "resend_requests", "foreign", "recoveries", "recovered", "timeouts", "auth_failures", "errors",
+             "busy", "shed", "refused_handshakes"), 0)
         self.producers = Producers()
         for session, identity, next_n, room, seq, ts in history.producers(self.wall_clock() - self.producers.window):
             self.producers.restore(session, identity, next_n, room, seq, ts)
@@ -144,6 +179,7 @@ class ServerCore:
         self._next_expiry = now
         self._next_stats = now + config.stats_interval if config.stats_interval > 0 else float("inf")
         self._unknown_session_bucket = RateLimiter(UNKNOWN_SESSION_REPLIES_PER_SEC, 2.0)
+        self._unknown_session_total = TokenBucket(UNKNOWN_SESSION_REPLIES_TOTAL, UNKNOWN_SESSION_REPLIES_TOTAL, now)
         self._handlers: dict[type[p.Message], Callable] = {
             p.Hello: self.handle_hello, p.Say: self.handle_say, p.Join: self.handle_join,
             p.Part: self.handle_part, p.WhoRequest: self.handle_who, p.RoomsRequest: self.handle_rooms,
@@ -153,10 +189,16 @@ class ServerCore:
 
     # -- entry points
 
-    def receive(self, frames: list[bytes], key: str | None = None, bound_name: str | None = None) -> None:
-        """Handle one message from the PULL socket. ``key`` is the CURVE public key that sent it and
-        ``bound_name`` the name the allowlist binds to that key. Never raises for bad input."""
+    def receive(self, frames: list[bytes], key: str | None = None, bound_name: str | None = None,
+                address: str = "") -> None:
+        """Handle one message from the PULL socket. ``key`` is the CURVE public key that sent it,
+        ``bound_name`` the name the allowlist binds to that key and ``address`` the peer's IP address.
+        Never raises for bad input."""
         self.stats["received"] += 1
+        source = _source(key, address, self.config.trusted)
+        if source and self.intake.check(source, self.clock()) > 0:
+            self.stats["shed"] += 1  # dropped unread: the sender resends what mattered once it slows down
+            return
         try:
             msg = p.decode_client(frames)
         except p.ProtocolError as exc:
@@ -164,7 +206,7 @@ class ServerCore:
             self.bad_input.warn("dropped bad message: %s", exc)
             return
         try:
-            self._dispatch(msg, sum(map(len, frames)), key, bound_name)
+            self._dispatch(msg, sum(map(len, frames)), key, bound_name, address)
         except Exception as exc:  # noqa: BLE001 (a bug must cost one message, never the server)
             self.internal_error(exc)
 
@@ -186,17 +228,22 @@ class ServerCore:
         self.stats["rejected"] += 1
         self.bad_input.warn("dropped a message of too many frames")
 
+    def handshakes_refused(self, count: int) -> None:
+        """The ZAP handler refused ``count`` handshakes: too many from one address."""
+        self.stats["refused_handshakes"] += count
+        self.bad_input.warn("refused %d handshake(s): too many from one address", count)
+
     def auth_failed(self, why: str, peer: str) -> None:
         """A connection failed the CURVE handshake (the loop's socket monitor saw it)."""
         self.stats["auth_failures"] += 1
         self.bad_input.warn("refused a client (%s) from %s", why, peer)
 
-    def _dispatch(self, msg: p.Message, size: int, key: str | None, bound_name: str | None) -> None:
+    def _dispatch(self, msg: p.Message, size: int, key: str | None, bound_name: str | None, address: str) -> None:
         if isinstance(msg, p.Hello):
             if size > self.config.max_message_bytes:
                 self.stats["rejected"] += 1
                 return
-            self.handle_hello(msg, key, bound_name)
+            self.handle_hello(msg, key, bound_name, address)
             return
         member = self.presence.get(msg.session)
         if member is None:
@@ -239,9 +286,49 @@ class ServerCore:
                          rid=rid)
         return False
 
+    def _grant(self, member: Member, cost: int, priority: int) -> float:
+        """Seconds until ``cost`` publications for ``member`` may be queued (0.0: queued now, and charged).
+        Two bounds: the server-wide work budget, and the session's share of this tick, which keeps what one
+        subscriber is sent in one go well under the PUB's high-water mark (a reply longer than that would
+        lose its tail, history end included, and the retry would get the same)."""
+        queued = self._queued.get(member.session, 0)
+        if queued and queued + cost > 2 * (self.config.max_history_reply + 1):  # two full replies at most
+            return BUSY_MIN_RETRY  # the next tick, once this one's replies are on their way
+        wait = self.work.take(self.clock(), cost, priority)
+        if wait <= 0:
+            self._queued[member.session] = queued + cost
+        return wait
+
+    def _afford(self, member: Member, cost: int, priority: int, rid: str) -> bool:
+        """``_grant``, and the busy reply when refused."""
+        wait = self._grant(member, cost, priority)
+        if wait > 0:
+            self._busy(member.session, wait, rid)
+        return wait <= 0
+
+    def _busy(self, session: str, wait: float, rid: str) -> None:
+        """The cheap answer beyond the budget: nothing was done, ask again later (retries are spread so a
+        crowd told at once does not come back at once)."""
+        self.stats["busy"] += 1
+        self._busy_turn = (self._busy_turn + 1) % 16
+        retry = min(max(wait, BUSY_MIN_RETRY) + BUSY_SPREAD * self._busy_turn / 16, p.MAX_INTERVAL)
+        self._reply(session, p.ErrorReply(code=p.ERR_BUSY, message=f"server busy: retry in {retry * 1000:.0f} ms",
+                                          retry_after=retry, rid=rid))
+
+    def _reply_cached(self, member: Member, key: tuple, rid: str, build: Callable[[], p.Message]) -> None:
+        """Reply with what ``build`` makes (its ``rid`` empty), built and encoded at most once per tick
+        whoever asks, with the asker's ``rid``."""
+        cached = self._cache.get(key)
+        if cached is None:
+            msg = build()
+            cached = self._cache[key] = (msg.KIND, p.encode_body(msg))
+        kind, body = cached
+        self.out.append([p.session_topic(member.session), p.VERSION, kind, p.with_rid(body, rid)])
+
     def tick(self) -> None:
         """Timers: expire silent clients, heartbeat, stats line. Call at least every heartbeat interval."""
         now = self.clock()
+        self._cache.clear()  # replies many ask for are computed once per tick, never served stale for longer
         if now >= self._next_expiry:
             # A scan of every session: a few times per heartbeat interval is plenty, per batch is not.
             self._next_expiry = now + self.config.heartbeat_interval / 4
@@ -302,6 +389,7 @@ class ServerCore:
             self.stats["published"] += len(beats)
             return beats
         self._failing_since = None
+        self._queued.clear()
         for room in self._new_rooms:
             self._fresh[room] = None
         self._new_rooms.clear()
@@ -324,7 +412,7 @@ class ServerCore:
 
     def snapshot(self) -> dict[str, int]:
         """Counters for /stats and the periodic stats line."""
-        return {"clients": len(self.presence), "rooms": len(self.presence.room_counts()),
+        return {"clients": len(self.presence), "rooms": self.presence.room_count(),
                 **self.stats, "history": self.history.size()}
 
     # -- helpers
@@ -356,7 +444,8 @@ class ServerCore:
         if producer is not None and key_of(producer.identity) != key:
             self._foreign(msg, producer.identity.partition("\x1f")[2])
             return
-        if self._unknown_session_bucket.check(msg.session, self.clock()) == 0.0:
+        now = self.clock()
+        if self._unknown_session_bucket.check(msg.session, now) == 0.0 and self._unknown_session_total.take(now) == 0.0:
             self._refuse(msg.session, p.ERR_UNKNOWN_SESSION, "unknown session; send hello", rid=_rid(msg))
 
     def _announce(self, room: str, name: str, event: str) -> None:
@@ -376,9 +465,17 @@ class ServerCore:
         if self.presence.join(member, room):
             self.activity.info("%s joined %s", member.name, room)
             self._announce(room, member.name, "join")
-        if replay and last_seq < 0:
+        if replay:
+            self._replay(member, room, last_seq, rid)
+
+    def _replay_cost(self, last_seq: int) -> int:
+        """Publications a replay of a room may take: its rows and the history end."""
+        return 1 + (self.config.backlog if last_seq < 0 else self.config.max_history_reply)
+
+    def _replay(self, member: Member, room: str, last_seq: int, rid: str) -> None:
+        if last_seq < 0:
             self._send_history(member, room, 0, 0, self.config.backlog, backlog=True, rid=rid)
-        elif replay:  # a catch-up, also from 0 (a room joined while it was empty): everything, oldest first
+        else:  # a catch-up, also from 0 (a room joined while it was empty): everything, oldest first
             self._send_history(member, room, last_seq, 0, self.config.max_history_reply, backlog=False, rid=rid)
 
     def _send_history(self, member: Member, room: str, after: int, before: int, limit: int,
@@ -401,11 +498,14 @@ class ServerCore:
         lost = [] if backlog else [list(r) for r in self.history.lost(room, after, upto)]
         self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last,
                                          before=before, rid=rid, lost=lost))
+        unused = limit - len(rows)  # charged for ``limit`` rows (1 + limit publications) before reading
+        self.work.refund(unused)
+        self._queued[member.session] = max(0, self._queued.get(member.session, 0) - unused)
         return len(rows)
 
     # -- handlers, one per client message kind
 
-    def handle_hello(self, msg: p.Hello, key: str | None, bound_name: str | None) -> None:
+    def handle_hello(self, msg: p.Hello, key: str | None, bound_name: str | None, address: str = "") -> None:
         now = self.clock()
         identity = identity_of(key, msg.name)
         member = self.presence.get(msg.session)
@@ -432,12 +532,8 @@ class ServerCore:
             self._refuse(msg.session, p.ERR_NAME_TAKEN, f"name '{msg.name}' is already taken", rid=rid)
             return
         rooms = [r for r in msg.rooms[: p.MAX_LIST_ITEMS] if isinstance(r, str) and p.room_problem(r) is None]
-        if member is None and self._new_sessions.take(now) > 0:
-            # A flood of made-up sessions (without CURVE anyone can make them) cannot outrun this; real
-            # clients retry their hello every quarter second and get in.
-            self.stats["throttled"] += 1
-            self._refuse(msg.session, p.ERR_RATE_LIMITED, "server busy: too many new sessions, retrying",
-                         retry_after=1.0 / NEW_SESSIONS_PER_SEC, rid=rid)
+        if member is None and not self._may_open(msg.session, 1.0 + len(rooms) / 4,
+                                                   _source(key, address, self.config.trusted), rid):
             return
         if member is None:
             member = self.presence.add(msg.session, msg.name, now)
@@ -458,9 +554,31 @@ class ServerCore:
                                       epoch=self.history.epoch, max_message_bytes=self.config.max_message_bytes,
                                       rid=rid))
         same_epoch = msg.epoch == self.history.epoch
+        wait = 0.0
         for room in rooms:
             last = msg.last_seq.get(room, -1) if same_epoch else -1
-            self._enter_room(member, room, last, replay)
+            if replay and wait <= 0:
+                wait = self._grant(member, self._replay_cost(last), DELIVERY)
+            self._enter_room(member, room, last, replay and wait <= 0)
+        if wait > 0:  # the rooms past the budget are entered unreplayed; the client asks for each after the wait
+            self._busy(member.session, wait, rid)
+
+    def _may_open(self, session: str, cost: float, source: str, rid: str) -> bool:
+        """A new session costs tokens of its source's bucket, then of the server-wide one, in proportion to
+        the rooms it enters (each announced, each replayed): a flood of made-up sessions (without CURVE anyone
+        can make them) cannot outrun either, and a small hello still finds tokens while big ones wait. Real
+        clients retry their hello every quarter second and get in."""
+        now = self.clock()
+        wait = self._address_sessions.check(source, now, cost) if source else 0.0
+        why = "too many new sessions from your address"
+        if wait <= 0:
+            wait = self._new_sessions.take(now, cost)
+            why = "server busy: too many new sessions"
+        if wait <= 0:
+            return True
+        self.stats["throttled"] += 1
+        self._refuse(session, p.ERR_RATE_LIMITED, f"{why}, retrying", retry_after=wait, rid=rid)
+        return False
 
     def handle_say(self, msg: p.Say, member: Member, oversized: str = "") -> None:
         n = p.mid_counter(msg.mid, msg.session)
@@ -495,12 +613,17 @@ class ServerCore:
         if not text or text.isspace():
             self._settle_refused(member, producer, n, msg.mid, p.ERR_EMPTY, "empty message")
             return
-        wait = self.limiter.check(member.identity, self.clock())
+        now = self.clock()
+        wait = self.limiter.check(member.identity, now)
         if wait > 0:
             # Not settled: the client holds it and the rest, and sends it again after the wait. Until it
-            # does, its later messages are dropped without a word (see _jump), so order is kept cheaply.
+            # does, its later messages are dropped without a word (see _jump), and so is this one sent
+            # again before the wait is over: refusing a flooder costs no more than one reply per wait.
             self.stats["throttled"] += 1
+            if producer.rate_blocked and now < producer.blocked_until:
+                return
             producer.rate_blocked = True
+            producer.blocked_until = now + wait
             self._refuse(member.session, p.ERR_RATE_LIMITED, f"slow down: wait {wait:.1f}s", msg.mid, wait)
             return
         name, mid, action, room = member.name, msg.mid, msg.action, msg.room
@@ -553,7 +676,10 @@ class ServerCore:
         if problem:
             self._refuse(member.session, p.ERR_BAD_ROOM, problem, rid=msg.rid)
             return
-        self._enter_room(member, msg.room, msg.last_seq, rid=msg.rid)
+        wait = self._grant(member, self._replay_cost(msg.last_seq), DELIVERY)
+        self._enter_room(member, msg.room, msg.last_seq, replay=wait <= 0, rid=msg.rid)
+        if wait > 0:  # in the room, but nothing replayed: the client asks again for it after the wait
+            self._busy(member.session, wait, msg.rid)
 
     def handle_part(self, msg: p.Part, member: Member) -> None:
         if self.presence.part(member, msg.room):
@@ -562,10 +688,18 @@ class ServerCore:
 
     def handle_who(self, msg: p.WhoRequest, member: Member) -> None:
         rooms = [msg.room] if msg.room else sorted(member.rooms)
-        self._reply(member, p.WhoReply(rooms={room: self.presence.names_in(room) for room in rooms}, rid=msg.rid))
+        names = sum(map(self.presence.size_of, rooms))
+        if not self._afford(member, 1 + names // LIST_ITEMS_PER_UNIT, BROWSE, msg.rid):
+            return
+        if msg.room:
+            self._reply_cached(member, ("who", msg.room), msg.rid,
+                               lambda: p.WhoReply(rooms={msg.room: self.presence.names_in(msg.room)}))
+        else:
+            self._reply(member, p.WhoReply(rooms={room: self.presence.names_in(room) for room in rooms}, rid=msg.rid))
 
     def handle_rooms(self, msg: p.RoomsRequest, member: Member) -> None:
-        self._reply(member, p.RoomsReply(rooms=self.presence.room_counts(), rid=msg.rid))
+        if self._afford(member, 1 + self.presence.room_count() // LIST_ITEMS_PER_UNIT, BROWSE, msg.rid):
+            self._reply_cached(member, ("rooms",), msg.rid, lambda: p.RoomsReply(rooms=self.presence.room_counts()))
 
     def handle_history(self, msg: p.HistoryRequest, member: Member) -> None:
         if p.room_problem(msg.room):
@@ -573,6 +707,12 @@ class ServerCore:
             return
         if msg.limit < 1:
             self._refuse(member.session, p.ERR_BAD_REQUEST, "history: limit must be >= 1", rid=msg.rid)
+            return
+        # A gap fill (it continues from where the asker is, or is bounded above and short) is delivery;
+        # anything else (a page of older talk, a look at the latest) is browsing.
+        gap = msg.after > 0 or 0 < msg.before <= msg.limit + 1
+        if not self._afford(member, 1 + min(msg.limit, self.config.max_history_reply), DELIVERY if gap else BROWSE,
+                            msg.rid):
             return
         self.stats["recoveries"] += 1
         sent = self._send_history(member, msg.room, msg.after, msg.before, msg.limit,
@@ -582,7 +722,8 @@ class ServerCore:
             self.stats["recovered"] += sent
 
     def handle_stats(self, msg: p.StatsRequest, member: Member) -> None:
-        self._reply(member, p.StatsReply(stats=self.snapshot(), rid=msg.rid))
+        if self._afford(member, 1, BROWSE, msg.rid):
+            self._reply_cached(member, ("stats",), msg.rid, lambda: p.StatsReply(stats=self.snapshot()))
 
     def handle_ping(self, msg: p.Ping, member: Member) -> None:
         pass  # liveness was recorded in receive()
@@ -592,6 +733,12 @@ class ServerCore:
         self.activity.info("%s left", member.name)
         self._announce_leave(member, "quit")
         self._reply(member, p.Goodbye(session=member.session, rid=msg.rid))
+
+
+def _source(key: str | None, address: str, trusted: frozenset[str]) -> str:
+    """Whom the per-source budgets charge: the CURVE key, else the peer's address; nobody ("") for a trusted
+    address (a gateway speaking for many) or a peer without one (ipc)."""
+    return "" if address in trusted else key or address
 
 
 def _rid(msg: p.Message) -> str:

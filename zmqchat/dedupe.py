@@ -40,6 +40,7 @@ class Producer:
     # n -> (ACK, room, seq) or (REFUSED, code, text)
     recent: OrderedDict[int, tuple[str, str, object]] = field(default_factory=OrderedDict)
     rate_blocked: bool = False  # ``next`` was refused for rate: later ones are dropped without a word
+    blocked_until: float = 0.0  # (server clock) until then a resend of ``next`` is dropped without a word too
     asked_from: int = 0  # the ``next`` the sender was last asked to resend from
 
     def outcome(self, n: int) -> tuple[str, str, object] | None:

@@ -108,6 +108,10 @@ class Presence:
     def names_in(self, room: str) -> list[str]:
         return sorted(self._sessions[s].name for s in self._rooms.get(room, ()))
 
+    def room_count(self) -> int:
+        """How many rooms have members."""
+        return len(self._rooms)
+
     def room_names(self) -> list[str]:
         """Occupied rooms, sorted."""
         return sorted(self._rooms)

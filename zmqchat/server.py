@@ -4,25 +4,38 @@ runs ``ServerCore`` in one poll loop. Sockets are created, used and closed by ``
 Hot path: drain the PULL without blocking (up to BATCH messages), let the core sequence them, commit the
 batch's history in one transaction, then publish. PUB never blocks; a slow subscriber loses messages at
 its high-water mark and recovers them from history by sequence number.
+
+Before the core sees a message the loop bounds what a peer can cost: frames beyond MAX_FRAMES are
+received and dropped one by one, each message carries its peer's address (``Peer-Address``) for the
+core's per-address budgets, and a ZAP handler (``GuardedAuthenticator``, on for plaintext too) refuses
+handshakes beyond ``handshake_rate`` per address.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from . import keys
 from .core import ServerCore
+from .ratelimit import RateLimiter
 
 log = logging.getLogger("zmqchat.server")
 
 BATCH = 2048  # messages drained from PULL before publishing
-PUB_HWM = 100_000  # messages queued per subscriber before PUB drops for it
 PULL_HWM = 100_000
+PUB_SNDBUF = 256 * 1024  # bytes of kernel send buffer per subscriber (0: the system's, which grows to MBs)
+HANDSHAKE_RATE = 20.0  # handshakes per second per address (both sockets), with a burst of HANDSHAKE_BURST
+HANDSHAKE_BURST = 200.0  # a whole office behind one NAT reconnecting at once: 100 clients, two sockets each
+ZAP_DOMAIN = "zmqchat"  # set on both sockets so the ZAP handler sees every handshake, CURVE or not
+ZAP_TRY_LATER = b"300"  # ZAP status for "temporary error": the peer reconnects later
 CLOSE_LINGER_MS = 1000  # time given to the "shutting down" notice on exit
 HANDSHAKE_IVL_MS = 5000  # a connection that has not completed its ZMTP (or CURVE) handshake by then is closed
 MAX_FRAMES = 4  # frames kept of one incoming message; the rest of a longer one is received and dropped
@@ -35,9 +48,11 @@ class Server:
 
     def __init__(self, core: ServerCore, in_endpoint: str, out_endpoint: str, *, max_message_bytes: int,
                  curve_secret: str | Path | None = None, authorized_keys: str | Path | None = None,
-                 pub_hwm: int = PUB_HWM) -> None:
+                 pub_hwm: int = 1000, sndbuf: int = PUB_SNDBUF, handshake_rate: float = HANDSHAKE_RATE) -> None:
         self.core = core
         self.pub_hwm = pub_hwm
+        self.sndbuf = sndbuf
+        self.handshake_rate = handshake_rate
         self.in_endpoint = in_endpoint
         self.out_endpoint = out_endpoint
         self.max_message_bytes = max_message_bytes
@@ -50,7 +65,8 @@ class Server:
         self.bound_names: dict[str, str] = keys.load_allowlist(self.authorized_keys) if self.authorized_keys else {}
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._auth = None
+        self._auth: GuardedAuthenticator | None = None
+        self._handshakes_refused = 0  # of the authenticator's count, what the core has been told
 
     def stop(self) -> None:
         """Ask the loop to finish (safe from a signal handler or another thread)."""
@@ -89,14 +105,22 @@ class Server:
         pull.setsockopt(zmq.RCVHWM, PULL_HWM)
         for sock in (pull, pub):  # idle half-open connections must not hold file descriptors for long
             sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+        # What a subscriber that stops reading can pin: SNDHWM publications (derived from a byte budget by
+        # the caller) plus the kernel's send buffer.
         pub.setsockopt(zmq.SNDHWM, self.pub_hwm)
+        if self.sndbuf > 0:
+            pub.setsockopt(zmq.SNDBUF, self.sndbuf)
         pub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
-        if self.curve is None:
+        if self.curve is None and self.handshake_rate <= 0:
             return
-        from zmq.auth.thread import ThreadAuthenticator
-
-        self._auth = ThreadAuthenticator(ctx, log=logging.getLogger("zmqchat.auth"))
+        self._auth = GuardedAuthenticator(ctx, RateLimiter(self.handshake_rate, HANDSHAKE_BURST,
+                                                           exempt=self.core.config.trusted),
+                                          log=logging.getLogger("zmqchat.auth"))
         self._auth.start()
+        for sock in (pull, pub):
+            sock.zap_domain = ZAP_DOMAIN.encode()
+        if self.curve is None:
+            return  # plaintext: the authenticator allows every NULL handshake it does not rate-limit
         self._configure_auth()
         public, secret = self.curve
         for sock in (pull, pub):
@@ -107,10 +131,10 @@ class Server:
     def _configure_auth(self) -> None:
         assert self._auth is not None
         if self.authorized_keys is None:
-            self._auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+            self._auth.configure_curve(domain=ZAP_DOMAIN, location=zmq.auth.CURVE_ALLOW_ANY)
         else:
             self.bound_names = keys.load_allowlist(self.authorized_keys)
-            self._auth.configure_curve(domain="*", location=str(self.authorized_keys))
+            self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.authorized_keys))
 
     def _loop(self, pull: zmq.Socket, pub: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -132,6 +156,7 @@ class Server:
         timeout_ms = max(10, int(min(0.1, core.config.heartbeat_interval / 4) * 1000))
         curve = self.curve is not None
         bound = self.authorized_keys is not None
+        by_address = core.config.address_rate > 0  # reading the peer's address costs about 1 us a message
         while not self._stop.is_set():
             if self._reload.is_set():
                 self._reload.clear()
@@ -139,25 +164,34 @@ class Server:
             ready = dict(poller.poll(timeout_ms))
             if monitor is not None and monitor in ready:
                 self._on_monitor(monitor)
+            if self._auth is not None and self._auth.refused != self._handshakes_refused:
+                refused = self._auth.refused  # counted on the authenticator's thread; read here, once
+                core.handshakes_refused(refused - self._handshakes_refused)
+                self._handshakes_refused = refused
             if pull in ready:
                 for _ in range(BATCH):
                     try:
-                        if curve:
-                            first = pull.recv(zmq.NOBLOCK, copy=False)
-                            key = first.get("User-Id")
+                        key = name = None
+                        address = ""
+                        if curve or by_address:
+                            first = _raw_recv(pull, _NOBLOCK, False)
+                            if by_address:
+                                address = first.get("Peer-Address")
+                            if curve:
+                                key = first.get("User-Id")
+                                name = self.bound_names.get(key) if bound else None
                             frames = _recv_rest(pull, [first.bytes])
-                            name = self.bound_names.get(key) if bound else None
-                            if bound and name is None:
-                                # A connection opened before its key was removed (SIGHUP): still
-                                # encrypted, no longer anyone. Never let it through unbound.
-                                core.unbound_key()
-                                continue
                         else:
-                            frames, key, name = _recv_rest(pull, [_raw_recv(pull, _NOBLOCK)]), None, None
+                            frames = _recv_rest(pull, [_raw_recv(pull, _NOBLOCK)])
+                        if bound and name is None:
+                            # A connection opened before its key was removed (SIGHUP): still
+                            # encrypted, no longer anyone. Never let it through unbound.
+                            core.unbound_key()
+                            continue
                         if frames is None:
                             core.frame_bomb()
                         else:
-                            core.receive(frames, key, name)
+                            core.receive(frames, key, name, address)
                     except zmq.Again:
                         break
                     except Exception as exc:  # noqa: BLE001 (receive() catches its own; this is the loop's)
@@ -174,6 +208,8 @@ class Server:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and event["value"] == int(ZAP_TRY_LATER):
+                continue  # refused for rate by our own ZAP handler: counted there
             why = "key not authorised" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake failed"
             self.core.auth_failed(why, event["endpoint"].decode(errors="replace"))
 
@@ -186,6 +222,38 @@ class Server:
         log.info("reloaded authorised keys: %d", len(self.bound_names))
         if self.authorized_keys is not None:  # without an allowlist any key is welcome: nobody to revoke
             self.core.revoke(set(self.bound_names))
+
+
+class GuardedAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP handler (CURVE keys, allowlist) behind a per-address handshake budget: beyond it a
+    handshake is refused with a temporary error before any key is looked at. ZAP sees handshakes, not
+    disconnects, so this bounds how fast one address can open connections, not how many it holds open
+    (for that, a kernel limit: docs/security.md). Runs on the authenticator's own thread; ``refused`` is
+    read by the serving loop."""
+
+    def __init__(self, context: zmq.Context, limiter: RateLimiter, log: logging.Logger) -> None:
+        super().__init__(context, log=log)
+        self.limiter = limiter
+        self.refused = 0
+
+    def _over_budget(self, msg: list[bytes]) -> bool:
+        if len(msg) < 6:
+            return False  # malformed: the base class answers it
+        address = msg[3].decode("utf-8", "replace")
+        if self.limiter.check(address, time.monotonic()) <= 0:
+            return False
+        self.refused += 1
+        self._send_zap_reply(msg[1], ZAP_TRY_LATER, b"too many handshakes from this address")
+        return True
+
+    if inspect.iscoroutinefunction(ThreadAuthenticator.handle_zap_message):  # pyzmq >= 25
+        async def handle_zap_message(self, msg: list[bytes]) -> None:
+            if not self._over_budget(msg):
+                await super().handle_zap_message(msg)
+    else:  # pragma: no cover (older pyzmq)
+        def handle_zap_message(self, msg: list[bytes]) -> None:  # type: ignore[override]
+            if not self._over_budget(msg):
+                super().handle_zap_message(msg)
 
 
 # Plain ints, and the Cython socket's own methods: send_multipart/recv_multipart and the Python wrapper

@@ -24,6 +24,8 @@ DEFAULT_HEARTBEAT = 1.0  # seconds, until the server's welcome says otherwise
 LOST_AFTER_MISSES = 3  # server heartbeats missed before the connection counts as lost
 FATAL_CODES = {p.ERR_NAME_TAKEN, p.ERR_BAD_NAME, p.ERR_NOT_AUTHORISED}  # fatal only as answers to our hello
 HELLO_NONCES = 64  # recent hello nonces still accepted in an answer (hellos repeat every HELLO_RETRY)
+BUSY_GIVE_UP = 30.0  # seconds a request told "busy" keeps being asked again before the user hears of it
+ASKED_MAX = 32  # user requests (who, rooms, stats, history) remembered for a retry after "busy"
 
 
 @dataclass
@@ -88,6 +90,8 @@ class ClientSession:
         self._last_throttle_notice = float("-inf")
         self._hello_nonces: deque[str] = deque(maxlen=HELLO_NONCES)  # our hellos' rids, newest last
         self._requests = 0  # counter behind the rid of every other request
+        # rid -> [request, when first sent, when to ask again (None: not told busy)]: the user's requests
+        self._asked: OrderedDict[str, list] = OrderedDict()
         self.foreign_replies = 0  # errors and welcomes that answered somebody else's request
         for room in rooms or [self.current_room]:
             self.rooms[room] = RoomSync()
@@ -153,6 +157,10 @@ class ClientSession:
                 self._resend(pend, now)
             if self._stop_and_wait:
                 break  # after a throttle: one message in flight at a time, in order
+        for entry in self._asked.values():
+            if entry[2] is not None and now >= entry[2]:
+                entry[2] = None
+                self._send(entry[0])
         for room, sync in self.rooms.items():
             if sync.requested_at is None or now - sync.requested_at < HISTORY_RETRY:
                 continue
@@ -212,14 +220,21 @@ class ClientSession:
             self.subscriptions.append((False, p.room_topic(room)))
             self._send(p.Part(session=self.session_id, room=room, rid=self._rid()))
 
+    def _ask(self, msg: p.Message) -> None:
+        """Send a request the user is waiting for, remembered until answered so "busy" asks again."""
+        self._asked[msg.rid] = [msg, self.clock(), None]  # type: ignore[attr-defined]
+        while len(self._asked) > ASKED_MAX:
+            self._asked.popitem(last=False)
+        self._send(msg)
+
     def who(self, room: str = "") -> None:
-        self._send(p.WhoRequest(session=self.session_id, room=room, rid=self._rid()))
+        self._ask(p.WhoRequest(session=self.session_id, room=room, rid=self._rid()))
 
     def list_rooms(self) -> None:
-        self._send(p.RoomsRequest(session=self.session_id, rid=self._rid()))
+        self._ask(p.RoomsRequest(session=self.session_id, rid=self._rid()))
 
     def stats(self) -> None:
-        self._send(p.StatsRequest(session=self.session_id, rid=self._rid()))
+        self._ask(p.StatsRequest(session=self.session_id, rid=self._rid()))
 
     def history(self, count: int = 20, room: str | None = None) -> None:
         """Ask to see the last ``count`` messages of ``room`` again."""
@@ -227,8 +242,8 @@ class ClientSession:
         sync = self.rooms.get(room)
         if sync is not None:
             sync.show_old = True
-        self._send(p.HistoryRequest(session=self.session_id, room=room, after=0, before=0, limit=count,
-                                    rid=self._rid()))
+        self._ask(p.HistoryRequest(session=self.session_id, room=room, after=0, before=0, limit=count,
+                                   rid=self._rid()))
 
     def bye(self) -> None:
         self.state = "closing"
@@ -297,6 +312,7 @@ class ClientSession:
         self._on_RoomMessage(msg, history=True)
 
     def _on_HistoryEnd(self, msg: p.HistoryEnd) -> None:
+        self._asked.pop(msg.rid, None)
         sync = self.rooms.get(msg.room)
         if sync is None:
             return
@@ -375,12 +391,15 @@ class ClientSession:
             self.events.append(ev.Presence(msg.room, msg.name, msg.event, msg.ts))
 
     def _on_WhoReply(self, msg: p.WhoReply) -> None:
+        self._asked.pop(msg.rid, None)
         self.events.append(ev.Who(msg.rooms))
 
     def _on_RoomsReply(self, msg: p.RoomsReply) -> None:
+        self._asked.pop(msg.rid, None)
         self.events.append(ev.Rooms(msg.rooms))
 
     def _on_StatsReply(self, msg: p.StatsReply) -> None:
+        self._asked.pop(msg.rid, None)
         self.events.append(ev.Stats(msg.stats))
 
     def _on_ErrorReply(self, msg: p.ErrorReply) -> None:
@@ -399,8 +418,17 @@ class ClientSession:
                 self.state = "lost"
                 self._hello()
             return
-        if msg.code == p.ERR_RATE_LIMITED and not msg.mid:
-            # A request (join, history) was throttled: ask again once allowed, quietly.
+        asked = self._asked.get(msg.rid) if msg.rid else None
+        if msg.code == p.ERR_BUSY and asked is not None:
+            if self.clock() - asked[1] < BUSY_GIVE_UP:  # quietly, until it has taken too long
+                asked[2] = self.clock() + msg.retry_after
+                return
+            del self._asked[msg.rid]
+            self.events.append(ev.Error(msg.code, "the server is too busy to answer; try again later"))
+            return
+        if msg.code in (p.ERR_RATE_LIMITED, p.ERR_BUSY) and not msg.mid:
+            # A request (join, history, a hello's replay) was throttled or put off: ask again once allowed,
+            # quietly.
             retry_at = self.clock() + msg.retry_after
             for sync in self.rooms.values():
                 if sync.requested_at is not None:
@@ -417,6 +445,8 @@ class ClientSession:
             return
         if msg.mid:
             self._acked(msg.mid)
+        if msg.rid:
+            self._asked.pop(msg.rid, None)
         fatal = msg.code in FATAL_CODES and self.state != "connected"  # and ``ours``, checked above
         self.events.append(ev.Error(msg.code, msg.message, fatal=fatal))
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from .. import __version__
 from .. import protocol as p
 from ..client import endpoints
-from ..core import DEFAULT_MOTD, ServerConfig, ServerCore
+from ..core import DEFAULT_MOTD, SUBSCRIBER_BYTES, ServerConfig, ServerCore, subscriber_queue
 from ..errors import ZmqchatError
 from ..history import History
-from ..server import Server
+from ..server import HANDSHAKE_RATE, PUB_SNDBUF, Server
 from .common import apply_env_defaults, run_main, setup_logging
 
 log = logging.getLogger("zmqchat.server")
@@ -69,9 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="messages per second per client, 0 for no limit (default: %(default)s)")
     limits.add_argument("--burst", type=float, default=60.0,
                         help="messages a client may send at once before the rate applies (default: %(default)s)")
-    limits.add_argument("--pub-hwm", type=int, default=100_000,
-                        help="messages queued per subscriber before PUB drops for it; a client that falls "
-                        "behind recovers from history (default: %(default)s)")
+    limits.add_argument("--subscriber-bytes", type=int, default=SUBSCRIBER_BYTES,
+                        help="memory one subscriber that stops reading may pin: the PUB queue holds this many "
+                        "bytes of the largest publications (default: %(default)s)")
+    limits.add_argument("--pub-hwm", type=int, default=0,
+                        help="publications queued per subscriber before PUB drops for it, instead of the number "
+                        "--subscriber-bytes gives; a client that falls behind recovers from history")
+    limits.add_argument("--sndbuf", type=int, default=PUB_SNDBUF,
+                        help="kernel send buffer per subscriber in bytes, 0 for the system's (default: %(default)s)")
+    limits.add_argument("--work-rate", type=float, default=30_000.0,
+                        help="publications per second that requests (history, who, rooms, stats) may cost, all "
+                        "sessions together; beyond it they are told 'busy'; 0 for no limit (default: %(default)s)")
+    limits.add_argument("--address-rate", type=float, default=2_000.0,
+                        help="messages per second one address (or CURVE key) may send; more are dropped unread; "
+                        "0 for no limit (default: %(default)s)")
+    limits.add_argument("--handshake-rate", type=float, default=HANDSHAKE_RATE,
+                        help="connection handshakes per second per address; 0 for no limit (default: %(default)s)")
+    limits.add_argument("--trusted", default="127.0.0.1,::1",
+                        help="comma-separated addresses exempt from the per-address limits, e.g. a gateway that "
+                        "speaks for many people; '' for none (default: %(default)s)")
     sec = parser.add_argument_group("security (CURVE)")
     sec.add_argument("--curve-secret", help="server secret key file; turns CURVE on")
     sec.add_argument("--authorized-keys", help="directory of client public keys allowed in, each bound to a name; "
@@ -97,21 +113,29 @@ def serve(args: argparse.Namespace) -> int:
         raise ZmqchatError(f"--max-message-bytes must be at least {p.MIN_MAX_MESSAGE_BYTES}")
     if args.max_text_bytes > args.max_message_bytes - 512:
         raise ZmqchatError("--max-text-bytes must leave room for the envelope (512 bytes under --max-message-bytes)")
+    if args.subscriber_bytes < 1 or args.pub_hwm < 0 or args.sndbuf < 0:
+        raise ZmqchatError("--subscriber-bytes must be positive; --pub-hwm and --sndbuf 0 or more")
+    if min(args.work_rate, args.address_rate, args.handshake_rate) < 0:
+        raise ZmqchatError("--work-rate, --address-rate and --handshake-rate must be 0 (no limit) or more")
     if not 0.01 <= args.heartbeat_interval <= p.MAX_INTERVAL or args.heartbeat_misses < 1:
         raise ZmqchatError(f"--heartbeat-interval must be 0.01 to {p.MAX_INTERVAL:g} seconds and "
                            "--heartbeat-misses >= 1")
     in_ep, out_ep = endpoints(args.host, args.port, args.in_endpoint, args.out_endpoint)
     path = None if args.no_persist else history_file(Path(args.data_dir) if args.data_dir else default_data_dir(), in_ep)
     # A file it cannot use (damaged, foreign, newer, locked, a bad path) raises HistoryError: one line, exit 1.
+    pub_hwm = args.pub_hwm or subscriber_queue(args.subscriber_bytes, args.max_message_bytes)
     history = History(args.history, path, repair=args.repair)
     config = ServerConfig(motd=args.motd, heartbeat_interval=args.heartbeat_interval,
                           heartbeat_misses=args.heartbeat_misses, backlog=args.backlog, rate=args.rate,
                           burst=args.burst, max_text_bytes=args.max_text_bytes,
                           max_message_bytes=args.max_message_bytes, stats_interval=args.stats_interval,
-                          presence_limit=args.presence_limit)
+                          presence_limit=args.presence_limit, work_rate=args.work_rate,
+                          address_rate=args.address_rate, max_history_reply=ServerConfig.reply_limit(pub_hwm),
+                          trusted=frozenset(a.strip() for a in args.trusted.split(",") if a.strip()))
     try:
         server = Server(ServerCore(config, history), in_ep, out_ep, max_message_bytes=args.max_message_bytes,
-                        curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=args.pub_hwm)
+                        curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=pub_hwm,
+                        sndbuf=args.sndbuf, handshake_rate=args.handshake_rate)
     except BaseException:
         history.close()  # a bad key file: the history was opened for nothing, close it cleanly
         raise
@@ -126,6 +150,12 @@ def serve(args: argparse.Namespace) -> int:
             log.info("history: in memory only, last %d messages per room", args.history)
         else:
             log.info("history: %s (last %d messages per room, %d loaded)", path, args.history, history.size())
+        log.info("limits: %d publications queued per subscriber (%d bytes of the largest), history replies "
+                 "of at most %d messages", pub_hwm, pub_hwm * (args.max_message_bytes + 512), config.max_history_reply)
+        if args.backlog > config.max_history_reply:
+            log.warning("--backlog %d is more than one history reply holds (%d, a quarter of the PUB queue): "
+                        "joiners see the newest %d; raise --subscriber-bytes or --pub-hwm", args.backlog,
+                        config.max_history_reply, config.max_history_reply)
         if server.curve is None:
             log.info("security: none (plaintext; anyone who can reach the ports can chat)")
         elif server.authorized_keys is None:
