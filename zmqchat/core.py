@@ -156,6 +156,7 @@ class ServerCore:
         self._busy_turn = 0
         self._cache: dict[tuple, tuple[bytes, bytes]] = {}  # encoded replies of this tick (rooms, stats, who of a room)
         self._queued: dict[str, int] = {}  # publications queued this tick per session topic
+        self._granted: tuple[int, float] = (0, 0.0)  # the last grant: publications allowed, units charged
         self.out: list[list[bytes]] = []
         self.bad_input = LogLimiter(clock)
         self.activity = activity_log(clock)  # joins and leaves: bounded by time, not by how many come
@@ -297,6 +298,7 @@ class ServerCore:
         wait = self.work.take(self.clock(), cost, priority)
         if wait <= 0:
             self._queued[member.session] = queued + cost
+            self._granted = (cost, self.work.charged)  # settled by the reply, which knows what it cost
         return wait
 
     def _afford(self, member: Member, cost: int, priority: int, rid: str) -> bool:
@@ -498,9 +500,11 @@ class ServerCore:
         lost = [] if backlog else [list(r) for r in self.history.lost(room, after, upto)]
         self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last,
                                          before=before, rid=rid, lost=lost))
-        unused = limit - len(rows)  # charged for ``limit`` rows (1 + limit publications) before reading
-        self.work.refund(unused)
-        self._queued[member.session] = max(0, self._queued.get(member.session, 0) - unused)
+        # Granted before reading for the most it could cost; settled now for what it did.
+        (allowed, charged), self._granted = self._granted, (0, 0.0)
+        used = 1 + len(rows)
+        self.work.refund(charged - used)
+        self._queued[member.session] = max(0, self._queued.get(member.session, 0) - max(0, allowed - used))
         return len(rows)
 
     # -- handlers, one per client message kind

@@ -73,21 +73,24 @@ class WorkBudget:
         self.rate = rate
         self.bucket = TokenBucket(rate, max(burst, 1.0), now)
         self.reserve = reserve * self.bucket.burst
+        self.charged = 0.0  # what the last successful ``take`` spent (a dear request is capped)
 
     def take(self, now: float, cost: float, priority: int) -> float:
         """Spend ``cost`` units at ``priority``: 0.0 if allowed, else the seconds until they would be."""
         if self.rate <= 0:
+            self.charged = 0.0
             return 0.0
         floor = self.reserve if priority == BROWSE else 0.0
         cost = min(cost, self.bucket.burst - floor)  # the dearest request is still possible when full
         tokens = self.bucket.refill(now)
         if tokens - cost >= floor:
             self.bucket.tokens -= cost
+            self.charged = cost
             return 0.0
         return (floor + cost - tokens) / self.rate
 
     def refund(self, units: float) -> None:
-        """Give back what a request was charged beyond what it cost (a history reply shorter than asked)."""
+        """Give back units charged beyond what a request cost (a history reply shorter than asked for)."""
         if self.rate > 0 and units > 0:
             self.bucket.tokens = min(self.bucket.burst, self.bucket.tokens + units)
 

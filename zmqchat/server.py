@@ -32,8 +32,8 @@ log = logging.getLogger("zmqchat.server")
 BATCH = 2048  # messages drained from PULL before publishing
 PULL_HWM = 100_000
 PUB_SNDBUF = 256 * 1024  # bytes of kernel send buffer per subscriber (0: the system's, which grows to MBs)
-HANDSHAKE_RATE = 20.0  # handshakes per second per address (both sockets), with a burst of HANDSHAKE_BURST
-HANDSHAKE_BURST = 200.0  # a whole office behind one NAT reconnecting at once: 100 clients, two sockets each
+HANDSHAKE_RATE = 20.0  # handshakes per second per address (both sockets), with a burst of
+HANDSHAKE_BURST_SECONDS = 10.0  # this many seconds' worth: an office of 100 behind one NAT reconnecting at once
 ZAP_DOMAIN = "zmqchat"  # set on both sockets so the ZAP handler sees every handshake, CURVE or not
 ZAP_TRY_LATER = b"300"  # ZAP status for "temporary error": the peer reconnects later
 CLOSE_LINGER_MS = 1000  # time given to the "shutting down" notice on exit
@@ -113,7 +113,7 @@ class Server:
         pub.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         if self.curve is None and self.handshake_rate <= 0:
             return
-        self._auth = GuardedAuthenticator(ctx, RateLimiter(self.handshake_rate, HANDSHAKE_BURST,
+        self._auth = GuardedAuthenticator(ctx, RateLimiter(self.handshake_rate, self.handshake_rate * HANDSHAKE_BURST_SECONDS,
                                                            exempt=self.core.config.trusted),
                                           log=logging.getLogger("zmqchat.auth"))
         self._auth.start()
