@@ -411,7 +411,9 @@ class Relay:
                 Path(args.profile).mkdir(parents=True, exist_ok=True)
                 self.prof = str(Path(args.profile) / "server.prof")
                 argv += ["-m", "cProfile", "-o", self.prof]
+            # the same PUB queue as the proxy (zmqchat derives a smaller one from its memory budget by default)
             argv += ["-m", "zmqchat.cli.server", "--host", "127.0.0.1", "--port", str(self.port), "--rate", "0",
+                     "--pub-hwm", str(PROXY_HWM),
                      "--quiet", "--stats-interval", "0"]
             if args.persist:
                 data = tmp / "data"

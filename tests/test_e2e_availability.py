@@ -69,8 +69,8 @@ def test_a_crowd_asking_for_history_hears_busy_while_a_member_is_answered(chat, 
                     busy.add(msg.rid)
         assert len(busy) >= 5
         alice.who()  # browsing too, so it may be told busy as well: the client asks again quietly
-        found = [e for e in alice.events(WAIT) if isinstance(e, (ev.Who, ev.Error))]
-        assert found and isinstance(found[0], ev.Who) and "alice" in found[0].rooms["#general"]
+        answer = next(e for e in alice.events(WAIT) if isinstance(e, (ev.Who, ev.Error)))
+        assert isinstance(answer, ev.Who) and "alice" in answer.rooms["#general"]
         alice.stats()
         stats = next(e for e in alice.events(WAIT) if isinstance(e, ev.Stats)).stats
         assert stats["busy"] >= 5

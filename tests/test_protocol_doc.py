@@ -157,6 +157,20 @@ def server_busy() -> list[bytes]:
     return error
 
 
+def work_busy() -> list[bytes]:
+    """The first "busy": history pages (browsing) until the server-wide work budget's share for them is spent."""
+    core = ServerCore(ServerConfig(rate=0), History(limit=1000), clock=lambda: T0)
+    answers(core, hello())
+    for n in range(1, 1001):
+        core.receive(p.encode_client(say(n)))
+    core.flush()
+    for n in range(10):
+        errors = answers(core, p.HistoryRequest(session=SID, room="#general", limit=1000, rid=f"r{n}"))
+        if errors:
+            return errors[0]
+    raise AssertionError("never busy")
+
+
 def revoked() -> list[bytes]:
     core = new_core()
     answers(core, hello(), key=KEY, bound_name="alice")
@@ -220,6 +234,7 @@ def examples() -> dict[str, tuple[Callable[[list[list[bytes]]], list[str]], list
             error_after([], p.Ping(session=SID)),  # unknown_session
             first_refusal(lambda n: p.HistoryRequest(session=SID, room="#general", limit=1000, rid=f"r{n}")),
             server_busy(),
+            work_busy(),
             error_after([p.Hello(session=OTHER, name="alice")], hello()),  # name_taken
             error_after([], hello(name="alicia"), key=KEY, bound_name="alice"),  # not_authorised
             revoked(),
