@@ -1166,13 +1166,14 @@ def test_every_occupied_room_takes_its_turn_on_heartbeats(clock):
 
 
 def test_a_mass_time_out_is_spread_over_scans(clock):
-    core = make_core(clock)
+    core = make_core(clock, presence_limit=5000)
     for k in range(1000):
-        hello(core, f"q{k}", f"q{k}", rooms=[])
+        hello(core, f"q{k}", f"q{k}", rooms=["#a", "#b", "#c"])  # each weighs 4: itself and 3 announcements
     published(core)
     clock.advance(10)
     core.tick()
-    assert core.stats["timeouts"] == 250
+    assert core.stats["timeouts"] == 500
+    assert len(of_type(published(core), p.PresenceEvent)) == 1500
     for _ in range(3):
         clock.advance(core.config.heartbeat_interval / 4)
         core.tick()

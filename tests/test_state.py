@@ -114,6 +114,16 @@ def test_expire_many_at_once(presence):
     assert [m.name for m in presence.members()] == ["user4"]
 
 
+def test_a_mass_expiry_is_spread_by_the_announcements_it_makes(presence):
+    for i in range(4):
+        member = presence.add(f"s{i}", f"user{i}", 0.0)
+        for k in range(99):  # 1 + 99 rooms: each leaving is announced in 99 rooms
+            presence.join(member, f"#r{i}-{k}")
+    assert [m.name for m in presence.expire(10.0, most=250)] == ["user0", "user1"]
+    assert [m.name for m in presence.expire(10.0, most=50)] == ["user2"]  # the first always goes
+    assert [m.name for m in presence.expire(10.0, most=250)] == ["user3"]
+
+
 # --------------------------------------------------------------------------------------------------
 # rate limiting
 

@@ -23,7 +23,8 @@ log = logging.getLogger("zmqchat.server")
 DEFAULT_MOTD = "Welcome to zmqchat. Type /help for commands, exit to leave."
 HEARTBEAT_ROOMS = 1000  # rooms whose newest seq rides on each heartbeat: those with new messages first, the
 # rest in turn, so every occupied room is on one within ceil(rooms / HEARTBEAT_ROOMS) heartbeats at most
-EXPIRE_PER_SCAN = 250  # sessions timed out per expiry scan (4 a heartbeat): a mass time-out is spread out
+EXPIRE_PER_SCAN = 2000  # time-outs per expiry scan (4 a heartbeat), each weighing 1 + its rooms (the leave
+# announcements it makes): a mass time-out, in many rooms each, is spread out
 ACTIVITY_LOG_LINES = 20  # connect/join/leave info lines per 10 s; beyond, one summary line
 UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0  # a stale client hears "please say hello" this often, at most
 UNKNOWN_SESSION_REPLIES_TOTAL = 500.0  # ... and all of them together, per second (made-up sessions are free)

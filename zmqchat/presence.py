@@ -92,14 +92,16 @@ class Presence:
         return member
 
     def expire(self, now: float, most: int | None = None) -> list[Member]:
-        """Remove and return the sessions silent for longer than the timeout (the stalest ``most`` of them:
-        the rest go at the next call)."""
+        """Remove and return the sessions silent for longer than the timeout, the stalest first, until
+        ``most`` is spent: each costs 1 + its rooms (each room hears of its leaving), and the first always
+        goes. The rest go at the next call."""
         deadline = now - self.timeout
-        dead = []
+        dead, spent = [], 0
         for member in self._sessions.values():
-            if member.last_seen >= deadline or (most is not None and len(dead) >= most):
+            if member.last_seen >= deadline or (most is not None and dead and spent + 1 + len(member.rooms) > most):
                 break  # everyone after this one was seen later
             dead.append(member.session)
+            spent += 1 + len(member.rooms)
         return [m for m in map(self.remove, dead) if m is not None]
 
     def size_of(self, room: str) -> int:
