@@ -20,13 +20,21 @@ Modes (``--mode``, repeatable; default: all, after a ``baseline`` without attack
 * ``shared-rooms``: up to 2,000 sessions, each in the same 64 rooms, kept alive with pings.
 * ``flood``: one session sends chat messages at full speed, ignoring every refusal.
 * ``frame-bomb``: a never-finished multipart of 4,000 frames of 60 KB, then 6 messages of 1,000,000 frames.
-* ``nonreaders``: 1,000 SUB connections subscribed to everything that never read, while sender sessions
-  (each within its rate) publish ~100,000 messages to #general; checks that the others lost nothing.
-* ``squat-heartbeat``: 1,024 sessions squat rooms that sort before every real room; a Client with a tiny
-  RCVHWM stops reading while 3,000 large messages are sent to a quiet room, and must get the lost tail back
-  through heartbeat-driven gap recovery.
+* ``nonreaders``: 1,000 SUB connections subscribed to everything that never read, while ordinary sender
+  sessions (each within its rate) publish ~100,000 messages to #load, read by one real Client in a process
+  of its own (this mode's server keeps 20,000 messages per room, so a reader that falls behind can catch up).
+* ``squat-heartbeat``: 1,024 sessions squat rooms that sort before every real room. A Client with a tiny
+  RCVHWM in a quiet room stops reading; big messages to a second room fill its queues (this mode's server
+  runs with a small ``--pub-hwm``), then a burst of 3,000 to the quiet room is lost whole: only heartbeats
+  can tell the Client, which must fetch the lost tail from history within 20 s.
 * ``idle-fds``: the server starts with a soft RLIMIT_NOFILE of 1024; 1,100 plain TCP connections that never
   send a byte are held open (reopened when the server closes them).
+
+Traffic that is not the attack (the pre-fill, the burst, the nonreaders' senders) comes from 127.0.0.1
+like the others. Reported per mode: the others' round trip p50 / p99 during the attack (a message never
+echoed counts as infinite), the worst newcomer connect, the recovery time, the server's RSS at the end of
+the attack and its peak (VmHWM, read after the recovery), its CPU during the attack, and "lost": messages
+of one other that another never saw, by the end of an 8 s drain after the recovery window.
 
     python scripts/attack.py                                   # baseline + every mode, about 5 minutes
     python scripts/attack.py --mode flood --mode frame-bomb --duration 10
@@ -72,6 +80,7 @@ from zmqchat import protocol as p
 ROOM = "#general"
 TAIL_ROOM = "#zz-tail"  # quiet: only heartbeats can tell its reader that the tail of a burst was lost
 FILL_ROOM = "#zz-fill"  # where squat-heartbeat fills the reader's queues before the burst
+LOAD_ROOM = "#load"  # where nonreaders' senders talk, read by one real Client (the others chat in #general)
 MODES = ["history-flood", "browse-flood", "new-rooms", "shared-rooms", "flood", "frame-bomb", "nonreaders",
          "squat-heartbeat", "idle-fds"]
 OTHER_PERIOD = 0.1  # seconds between two messages of one other
@@ -185,6 +194,8 @@ class Sessions:
             s.setsockopt(zmq.LINGER, 0)
             if kind == zmq.SUB:
                 s.setsockopt(zmq.RCVHWM, sub_hwm)
+                # subscriptions travel as messages under SNDHWM (1000): beyond, libzmq drops them silently
+                s.setsockopt(zmq.SNDHWM, 0)
             return s
 
         if own_sockets:
@@ -412,6 +423,7 @@ def w_newrooms(wid: str, job: dict, ctl: Control, results: mp.Queue) -> None:
     ctl.wait_go()
     sent = blocked = 0
     tag = f"{wid}x"
+    t0 = time.monotonic()
     try:
         while not ctl.over and sent < job["cap"]:
             sid = f"{tag}{sent}"
@@ -431,7 +443,8 @@ def w_newrooms(wid: str, job: dict, ctl: Control, results: mp.Queue) -> None:
     finally:
         push.close(linger=0)
         ctx.term()
-    results.put(("done", wid, {"hellos": sent, "blocked": blocked}))
+    results.put(("done", wid, {"hellos": sent, "blocked": blocked, "capped": sent >= job["cap"],
+                               "seconds": round(time.monotonic() - t0, 2)}))
 
 
 def w_hold(wid: str, job: dict, ctl: Control, results: mp.Queue) -> None:
@@ -591,6 +604,41 @@ def tail_reader(wid: str, job: dict, ctl: Control, results: mp.Queue) -> None:
         client.close(linger=0.3)
 
 
+def load_reader(wid: str, job: dict, ctl: Control, results: mp.Queue) -> None:
+    """nonreaders: a real Client in LOAD_ROOM, in a process of its own, that reads everything the senders
+    say there: how much of it a reader gets while a thousand others never read."""
+    from zmqchat import Client
+    from zmqchat import events as ev
+
+    client = Client("loadreader", host="127.0.0.1", port=job["port"], rooms=[LOAD_ROOM], connect_timeout=20)
+    got: set[str] = set()
+    gone = 0
+    try:
+        client.connect()
+        results.put(("ready", wid, {}))
+        ctl.wait_go()
+        quiet_since = None
+        while True:
+            events, _ = client.poll(0.1)
+            ctl.poll()
+            for e in events:
+                if isinstance(e, ev.Message) and e.room == LOAD_ROOM and e.text.startswith("nr "):
+                    got.add(e.text)
+                elif isinstance(e, ev.Notice) and "no longer in history" in e.text:
+                    gone += int(e.text.split(" ", 1)[0])
+            now = time.monotonic()
+            if not ctl.over:
+                continue
+            quiet_since = now if events or quiet_since is None else quiet_since
+            if now - quiet_since > 3.0:
+                break
+        sync = client.session.rooms.get(LOAD_ROOM)
+        results.put(("done", wid, {"got": len(got), "gone": gone, "last_seq": sync.last if sync else None,
+                                   "newest_seq": sync.newest if sync else None}))
+    finally:
+        client.close(linger=0.3)
+
+
 def w_flood(wid: str, job: dict, ctl: Control, results: mp.Queue) -> None:
     """flood: one session, chat messages at full speed with increasing counters, refusals ignored."""
     ctx = zmq.Context()
@@ -690,7 +738,8 @@ def w_senders(wid: str, job: dict, ctl: Control, results: mp.Queue) -> None:
     n = job["n"]
     raise_nofile(n + 256)
     ctx = zmq.Context()
-    ss = Sessions(ctx, job, f"{wid}x", n, lambda i: [ROOM], own_sockets=False, group=16, sub_hwm=0)
+    room = job.get("room", ROOM)
+    ss = Sessions(ctx, job, f"{wid}x", n, lambda i: [room], own_sockets=False, group=16, sub_hwm=0)
     nxt = [1] * n
 
     def on_error(i: int, body: dict) -> None:
@@ -705,7 +754,7 @@ def w_senders(wid: str, job: dict, ctl: Control, results: mp.Queue) -> None:
         ss.connect_all(ctl, 30.0)
         results.put(("ready", wid, {}))
         ctl.wait_go()
-        heads = [f'{{"session":"{sid}","room":"{ROOM}","text":"nr {i} '.encode() for i, sid in enumerate(ss.sids)]
+        heads = [f'{{"session":"{sid}","room":"{room}","text":"nr {i} '.encode() for i, sid in enumerate(ss.sids)]
         mids = [f' {"n" * 60}","mid":"{sid}.'.encode() for sid in ss.sids]
         tail = b'","action":false}'
         sent = 0
@@ -819,7 +868,7 @@ def w_idlefds(wid: str, job: dict, ctl: Control, results: mp.Queue) -> None:
 
 WORKERS = {"requests": w_requests, "newrooms": w_newrooms, "hold": w_hold, "bursters": w_bursters,
            "tail": tail_reader, "flood": w_flood, "framebomb": w_framebomb, "nonreaders": w_nonreaders,
-           "senders": w_senders, "idlefds": w_idlefds}
+           "senders": w_senders, "idlefds": w_idlefds, "loadreader": load_reader}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1012,6 +1061,10 @@ class ServerDied(RuntimeError):
     pass
 
 
+class Alarm(BaseException):
+    """The global time limit: not an Exception, so that no mode's error handling swallows it."""
+
+
 class Harness:
     """One mode's run: its server, the others, the attacker workers, newcomers and the measurements."""
 
@@ -1047,7 +1100,7 @@ class Harness:
 
     # -- the server
 
-    def start_server(self, extra: list[str], nofile_soft: int | None) -> None:
+    def start_server(self, extra: list[str], nofile_soft: int | None, nofile_hard: int | None = None) -> None:
         args = self.args
         self.port = free_port_pair()
         data = self.tmp / f"data-{self.index}-{self.mode}"
@@ -1063,6 +1116,7 @@ class Harness:
             die_with_parent()
             if nofile_soft:
                 _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                hard = min(hard, nofile_hard or hard)  # lowering the hard limit is allowed, raising it is not
                 resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile_soft, hard), hard))
 
         self.server_log = self.tmp / f"server-{self.index}-{self.mode}.log"
@@ -1386,7 +1440,10 @@ class NewRooms(Attack):
         self.h.wait_ready(["nr0", "nr1"])
 
     def figures(self, stats: dict | None) -> dict:
-        return {"hellos_sent": self.done_sum("nr", "hellos"), "send_blocked": self.done_sum("nr", "blocked")} | pick(
+        done = [w["done"] or {} for wid, w in self.h.workers.items() if wid.startswith("nr")]
+        return {"hellos_sent": self.done_sum("nr", "hellos"), "send_blocked": self.done_sum("nr", "blocked"),
+                "capped": any(d.get("capped") for d in done),
+                "sending_s": max((d.get("seconds", 0) for d in done), default=None)} | pick(
             stats, "throttled", "timeouts", "clients", "rooms")
 
 
@@ -1434,6 +1491,10 @@ class FrameBomb(Attack):
 
 
 class NonReaders(Attack):
+    def __init__(self, h: Harness) -> None:
+        super().__init__(h)
+        self.server_args = ["--history", "20000"]
+
     def setup(self) -> None:
         a = self.args
         self.procs = max(1, math.ceil(a.nonreaders / 250))
@@ -1441,13 +1502,19 @@ class NonReaders(Attack):
             self.h.spawn("nonreaders", f"nrd{k}", n=n)
         per_session = a.bucket_burst * a.bucket_safety + a.bucket_rate * a.bucket_safety * a.duration
         self.senders = max(1, math.ceil(a.nonreader_messages / per_session))
-        # the traffic is ordinary users' (from 127.0.0.1): the attack is the subscribers that never read
-        self.h.spawn("senders", "pub0", n=self.senders, cap=a.nonreader_messages, src="")
-        self.h.wait_ready([f"nrd{k}" for k in range(self.procs)] + ["pub0"])
+        # The traffic is ordinary users' (from 127.0.0.1), in a room of its own with one reader (five
+        # readers of 6,000 msg/s in one Python process could not keep up on two cores, whatever the
+        # server did); the attack is the subscribers that never read, subscribed to everything.
+        self.h.spawn("loadreader", "lrd0", nice=False)
+        self.h.spawn("senders", "pub0", n=self.senders, cap=a.nonreader_messages, src="", room=LOAD_ROOM)
+        self.h.wait_ready([f"nrd{k}" for k in range(self.procs)] + ["pub0", "lrd0"])
 
     def figures(self, stats: dict | None) -> dict:
+        reader = self.h.workers["lrd0"]["done"] or {}
         return {"nonreaders": self.done_sum("nrd", "subs"), "sender_sessions": self.senders,
-                "messages_sent": self.done_sum("pub", "sent"),
+                "messages_sent": self.done_sum("pub", "sent"), "reader_got": reader.get("got"),
+                "reader_gone_from_history": reader.get("gone"), "reader_last_seq": reader.get("last_seq"),
+                "reader_newest_seq": reader.get("newest_seq"),
                 "sender_rate_limited": self.done_sum("pub", "err:rate_limited")} | pick(stats, "messages", "throttled")
 
 
@@ -1517,6 +1584,10 @@ class SquatHeartbeat(Attack):
 class IdleFds(Attack):
     nofile_soft = 1024
 
+    def __init__(self, h: Harness) -> None:
+        super().__init__(h)
+        self.nofile_hard = self.args.idle_nofile_hard  # None: the hard limit stays, and a server may raise to it
+
     def setup(self) -> None:
         for k, n in enumerate(split(self.args.idle_conns, 2)):
             self.h.spawn("idlefds", f"if{k}", n=n)
@@ -1552,7 +1623,7 @@ def run_mode(args, mode: str, index: int, bar: float, mpctx, tmp: Path, say) -> 
     out: dict = {"mode": mode}
     t_begin = time.monotonic()
     try:
-        h.start_server(list(attack.server_args), attack.nofile_soft)
+        h.start_server(list(attack.server_args), attack.nofile_soft, getattr(attack, "nofile_hard", None))
         out["server_nofile"] = list(h.nofile) if h.nofile else None
         attack.prepare()
         h.start_others()
@@ -1707,7 +1778,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="processes those sessions are spread over (default: %(default)s)")
     ap.add_argument("--prefill", type=int, default=5000, help="messages in #general before history-flood "
                     "(default: %(default)s)")
-    ap.add_argument("--max-new-sessions", type=int, default=200_000,
+    ap.add_argument("--max-new-sessions", type=int, default=1_000_000,
                     help="cap on new-rooms hellos (default: %(default)s)")
     ap.add_argument("--shared-sessions", type=int, default=2000, help="sessions of shared-rooms (default: %(default)s)")
     ap.add_argument("--bomb-frames", type=int, default=1_000_000, help="frames per frame bomb (default: %(default)s)")
@@ -1727,6 +1798,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="server --pub-hwm in squat-heartbeat, so that the tail is really lost (default: %(default)s)")
     ap.add_argument("--idle-conns", type=int, default=1100,
                     help="idle TCP connections of idle-fds (default: %(default)s)")
+    ap.add_argument("--idle-nofile-hard", type=int,
+                    help="also lower the server's hard RLIMIT_NOFILE to this in idle-fds (default: unchanged)")
     ap.add_argument("--bucket-rate", type=float, default=20.0, help="the server's --rate (default: %(default)s)")
     ap.add_argument("--bucket-burst", type=float, default=60.0, help="the server's --burst (default: %(default)s)")
     ap.add_argument("--bucket-safety", type=float, default=0.9,
@@ -1801,7 +1874,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.max_seconds or 120 + args.baseline_seconds + len(modes) * (args.duration + args.recovery_max + 60)
 
     def on_alarm(*_):
-        raise TimeoutError(f"attack exceeded --max-seconds={budget:g}")
+        raise Alarm(f"the run exceeded --max-seconds={budget:g}")
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(math.ceil(budget))
@@ -1816,6 +1889,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     bar = MIN_BAR
     t0 = time.monotonic()
+    aborted = None
     try:
         for index, mode in enumerate(modes):
             r = run_mode(args, mode, index, bar, mpctx, tmp, say)
@@ -1827,6 +1901,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.get('newcomer_worst_s')} s, recovery {r.get('recovery_s')} s, RSS {r.get('server_rss_mb')} MB "
                 f"(peak {r.get('server_hwm_mb')}), CPU {r.get('server_cpu_pct')}%, lost {r.get('others_lost')}"
                 + (f", ERROR {r['error'][:200]}" if r.get("error") else "") + f" [{r.get('elapsed_s')} s]")
+    except Alarm as exc:  # every child of the mode was stopped on the way out; report what was measured
+        aborted = str(exc)
+        say(f"ABORTED: {aborted}")
     finally:
         signal.alarm(0)
         if os.environ.get("ZMQCHAT_ATTACK_KEEP_TMP"):
@@ -1836,6 +1913,8 @@ def main(argv: list[str] | None = None) -> int:
 
             shutil.rmtree(tmp, ignore_errors=True)
     header["bar_ms"] = bar * 1000
+    if aborted:
+        header["aborted"] = aborted
     header["elapsed_s"] = round(time.monotonic() - t0, 1)
     if args.json:
         def clean(v):
@@ -1851,8 +1930,8 @@ def main(argv: list[str] | None = None) -> int:
                          indent=2))
     else:
         print_table(results, header)
-        print(f"elapsed: {header['elapsed_s']} s")
-    return 0 if all("error" not in r for r in results) else 1
+        print(f"elapsed: {header['elapsed_s']} s" + (f"; ABORTED: {aborted}" if aborted else ""))
+    return 0 if not aborted and all("error" not in r for r in results) else 1
 
 
 if __name__ == "__main__":

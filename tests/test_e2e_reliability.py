@@ -169,3 +169,10 @@ def test_flood_is_throttled_and_others_get_through(chat):
         stats = next(e for e in watcher.events(WAIT) if isinstance(e, ev.Stats)).stats
         assert stats["throttled"] > 0
         assert flooder.unacknowledged > 200  # queued client-side in order, not lost
+
+
+def test_connecting_a_connected_client_again_returns_its_welcome_at_once(chat):
+    chat.server()
+    with Client("alice", port=chat.port, connect_timeout=WAIT) as alice:
+        again = alice.connect(timeout=0.001)  # it would raise if it waited for another welcome
+        assert isinstance(again, ev.Connected) and again.name == "alice"

@@ -355,6 +355,39 @@ def test_gap_detected_held_back_and_filled_in_order(clock):
     assert sent(session) == []
 
 
+def test_rows_of_a_gap_fill_lost_on_the_way_are_asked_for_again_not_given_up(clock):
+    """The reply says it sent 4; 2 reached us (the PUB dropped the others at our full queue): not gone."""
+    session = connected(clock)
+    deliver(session, live(1))
+    deliver(session, live(6))
+    assert sent(session) == [p.HistoryRequest(session=SID, room="#general", after=1, before=6, limit=4)]
+    deliver(session, hist(2))
+    deliver(session, hist(4))
+    deliver(session, end(1, 5, count=4, newest=6))
+    got = events(session)
+    assert seqs(got) == [1, 2] and not [e for e in got if isinstance(e, ev.Notice)]
+    assert sent(session) == [p.HistoryRequest(session=SID, room="#general", after=2, before=4, limit=1)]
+    deliver(session, hist(3))
+    deliver(session, end(2, 3, count=1, newest=6, before=4))
+    assert seqs(events(session)) == [3, 4]
+    assert sent(session) == [p.HistoryRequest(session=SID, room="#general", after=4, before=6, limit=1)]
+    deliver(session, hist(5))
+    deliver(session, end(4, 5, count=1, newest=6))
+    assert seqs(events(session)) == [5, 6]
+
+
+def test_what_the_server_no_longer_has_is_still_given_up_with_a_notice(clock):
+    session = connected(clock)
+    deliver(session, live(1))
+    deliver(session, live(6))
+    sent(session)
+    deliver(session, hist(4))
+    deliver(session, end(1, 5, count=1, newest=6))  # it had only 4
+    got = events(session)
+    assert seqs(got) == [1, 4, 6]
+    assert [e.text for e in got if isinstance(e, ev.Notice)] == ["3 message(s) in #general are no longer in history"]
+
+
 def test_live_messages_during_a_gap_fill_wait_their_turn(clock):
     session = connected(clock)
     deliver(session, live(1))
@@ -391,7 +424,9 @@ def test_gap_requests_are_chunked(clock):
     deliver(session, live(1))
     deliver(session, live(1000))
     assert sent(session) == [p.HistoryRequest(session=SID, room="#general", after=1, before=1000, limit=GAP_CHUNK)]
-    deliver(session, end(1, 1 + GAP_CHUNK, count=GAP_CHUNK, newest=1000))  # (messages elided)
+    for seq in range(2, 2 + GAP_CHUNK):
+        deliver(session, hist(seq))
+    deliver(session, end(1, 1 + GAP_CHUNK, count=GAP_CHUNK, newest=1000))
     assert sent(session) == [p.HistoryRequest(session=SID, room="#general", after=1 + GAP_CHUNK, before=1000,
                                               limit=GAP_CHUNK)]
 

@@ -70,6 +70,7 @@ class Client:
         self._poller = zmq.Poller()
         self._monitor: zmq.Socket | None = None
         self._handshake_problem = ""
+        self._welcome: ev.Connected | None = None
         if connect:
             self.connect()
 
@@ -115,7 +116,10 @@ class Client:
         self._flush()
 
     def connect(self, timeout: float | None = None) -> ev.Connected:
-        """Start and wait for the server's welcome. Raises ConnectError after ``timeout`` seconds."""
+        """Start and wait for the server's welcome (at once if it has come: connecting twice is harmless).
+        Raises ConnectError after ``timeout`` seconds."""
+        if self._welcome is not None and self.session.connected:
+            return self._welcome
         self.start()
         timeout = self.connect_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
@@ -135,6 +139,7 @@ class Client:
             self._queue.extend(found)
             welcome = next((e for e in found if isinstance(e, ev.Connected)), None)
             if welcome is not None:
+                self._welcome = welcome
                 return welcome
 
     def close(self, linger: float = 1.0) -> None:

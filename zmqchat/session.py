@@ -327,6 +327,15 @@ class ClientSession:
         missing = lost = 0
         if sync.synced or msg.after > 0:  # a gap fill or a catch-up after reconnecting, not a backlog
             held = sum(1 for s in sync.buffer if sync.last < s <= msg.upto)
+            if msg.after <= sync.last and held + (sync.last - msg.after) < msg.count:
+                # The server sent more than reached us: its PUB dropped some on the way (our queue was
+                # full). They are not gone: keep what continues the sequence and ask for the rest again.
+                sync.synced = True
+                sync.requested_at = None
+                sync.gap_after = -1
+                sync.newest = max(sync.newest, msg.newest)
+                self._flush(msg.room, sync)
+                return
             missing = max(0, msg.upto - sync.last - held)
             for first, last in msg.lost:  # numbers the server skipped: never sent, or lost with its disk
                 lost += max(0, min(last, msg.upto) - max(first, sync.last + 1) + 1)
