@@ -22,6 +22,17 @@ import zmq
 
 BIN = Path(sys.executable).parent
 WAIT = 10.0  # seconds: generous upper bound for anything a test waits on
+
+
+def texts_from(client, sender: str, count: int, timeout: float = 30.0) -> list[str]:
+    """The texts ``client`` (a zmqchat.Client) receives from ``sender``, until ``count`` came or ``timeout``."""
+    from zmqchat import events as ev
+
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += [e.text for e in client.poll(0.5)[0] if isinstance(e, ev.Message) and e.sender == sender]
+    return got
 FAST_HEARTBEAT = ["--heartbeat-interval", "0.2", "--heartbeat-misses", "3"]
 
 

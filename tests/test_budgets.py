@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from conftest import FakeClock
 from test_core import hello, make_core, published, say, send
-from test_session import events, make_session, sent, welcome
+from test_session import beat, events, make_session, sent, welcome
 
 from zmqchat import events as ev
 from zmqchat import protocol as p
@@ -214,11 +214,17 @@ def test_an_address_beyond_its_rate_is_dropped_unread(clock):
         for _ in range(30):
             core.receive([b"garbage"], address=address)
     assert core.stats["shed"] == 10 and core.stats["rejected"] == 50  # 20 + 30 parsed, and refused
-    core.receive([b"garbage"], key="K" * 40, address="10.0.0.1")  # under CURVE the key is charged
-    assert core.stats["shed"] == 10
+    core.receive([b"garbage"], key="K" * 40, address="10.0.0.1")  # under CURVE the address still counts
+    assert core.stats["shed"] == 11
+    for i in range(30):  # and so does the key, from wherever it comes
+        core.receive([b"garbage"], key="K" * 40, address=f"10.1.0.{i}")
+    assert core.stats["shed"] == 21
+    for i in range(30):  # an IPv6 host counts as its /64
+        core.receive([b"garbage"], address=f"2001:db8:0:1::{i + 1:x}")
+    assert core.stats["shed"] == 31
     clock.advance(1.0)
     core.receive([b"garbage"], address="10.0.0.1")
-    assert core.stats["shed"] == 10
+    assert core.stats["shed"] == 31
 
 
 def test_a_flooder_hears_one_refusal_per_wait(clock):
@@ -345,3 +351,105 @@ def test_budgets_hold_with_a_persistent_history(tmp_path, clock):
     assert [m.rid for m in replies(out, p.HistoryEnd)] == ["a"]
     assert [(m.code, m.rid) for m in replies(out, p.ErrorReply)] == [(p.ERR_BUSY, "b")]
     core.history.close()
+
+
+def test_a_crowd_from_one_address_spends_a_tenth_of_the_budget_whatever_it_claims(clock):
+    """Twelve sessions of one address asking for catch-up joins (delivery) leave the rest to others."""
+    core = make_core(clock, work_rate=10_000.0, rate=0)  # 2000 units held; a source holds 200 of its 1000/s
+    fill(core, clock, ["#big"], n=200)
+    for i in range(12):
+        core.receive(p.encode_client(p.Hello(session=f"m{i}", name=f"m{i}", rooms=[])), address="10.6.6.6")
+    core.receive(p.encode_client(p.Hello(session="ok", name="ok", rooms=[])), address="10.0.0.1")
+    published(core)
+    clock.advance(1.0)
+    served = {"10.6.6.6": 0, "10.0.0.1": 0}
+    for _ in range(10):
+        for i in range(12):
+            core.receive(p.encode_client(p.Join(session=f"m{i}", room="#big", last_seq=0)), address="10.6.6.6")
+        core.receive(p.encode_client(p.Join(session="ok", room="#big", last_seq=0)), address="10.0.0.1")
+        for topic, msg in (p.decode_server(f) for f in core.flush()):
+            if isinstance(msg, p.HistoryEnd):
+                served["10.0.0.1" if topic == p.session_topic("ok") else "10.6.6.6"] += 1
+        core.tick()
+        clock.advance(0.25)
+    assert served["10.0.0.1"] == 10  # every time
+    assert served["10.6.6.6"] <= 13  # of 120: its 1000 units a second buy one 201-unit replay per round
+
+
+def test_a_gap_fill_for_a_room_one_is_not_in_is_browsing(clock):
+    core = make_core(clock, work_rate=100.0)  # 20 units, 10 of them for browsing
+    crowd(core, 1)
+    fill(core, clock, ["#general", "#other"])
+    for _ in range(10):
+        send(core, p.StatsRequest(session="c0"))
+    published(core)
+    send(core, p.HistoryRequest(session="c0", room="#other", after=1, before=6, limit=4, rid="x"))
+    assert [(m.code, m.rid) for m in replies(published(core), p.ErrorReply)] == [(p.ERR_BUSY, "x")]
+    send(core, p.HistoryRequest(session="c0", room="#general", after=1, before=6, limit=4, rid="y"))
+    assert [m.rid for m in replies(published(core), p.HistoryEnd)] == ["y"]
+
+
+def test_a_catch_up_join_costs_like_the_history_it_asks_for(clock):
+    core = make_core(clock, rate=1.0, burst=10.0)
+    crowd(core, 1)
+    clock.advance(10.0)
+    send(core, p.Join(session="c0", room="#a", last_seq=0, rid="j1"))  # 6 tokens
+    send(core, p.Join(session="c0", room="#b", last_seq=0, rid="j2"))  # 4 left: refused
+    send(core, p.Join(session="c0", room="#c", rid="j3"))  # a plain join: 1
+    out = replies(published(core))
+    assert [m.rid for m in out if isinstance(m, p.HistoryEnd)] == ["j1", "j3"]
+    assert [(m.code, m.rid) for m in out if isinstance(m, p.ErrorReply)] == [(p.ERR_RATE_LIMITED, "j2")]
+
+
+def test_strangers_cannot_spend_the_answers_a_remembered_member_gets_after_a_restart(clock, tmp_path):
+    core = make_core(clock, history=History(limit=100, path=tmp_path / "h.sqlite3"))
+    hello(core, "real", "alice")
+    say(core, "real", "hi", 1)
+    published(core)
+    core.history.close()
+    # the same store after a restart: alice's counters are remembered
+    restarted = make_core(clock, history=History(limit=100, path=tmp_path / "h.sqlite3"))
+    for i in range(2000):  # made-up sessions from many addresses use up the total
+        restarted.receive(p.encode_client(p.Ping(session=f"ghost{i}")), address=f"10.9.{i // 200}.{i % 200}")
+    assert len(published(restarted)) == 500
+    restarted.receive(p.encode_client(p.Ping(session="real")), address="10.0.0.1")
+    assert [m.code for m in replies(published(restarted), p.ErrorReply)] == [p.ERR_UNKNOWN_SESSION]
+    for i in range(100):  # one address gets 40 at once
+        restarted.receive(p.encode_client(p.Ping(session=f"one{i}")), address="10.8.0.1")
+    clock.advance(1.0)
+    restarted.tick()
+    for i in range(100):
+        restarted.receive(p.encode_client(p.Ping(session=f"two{i}")), address="10.8.0.1")
+    assert len(replies(published(restarted), p.ErrorReply)) == 20  # its own 20 a second, though the total refilled
+    restarted.history.close()
+
+
+def test_who_of_too_many_names_is_refused_and_who_changes_with_a_join_in_the_same_tick(clock):
+    core = make_core(clock)
+    crowd(core, 2)
+    send(core, p.WhoRequest(session="c0", room="#general", rid="w1"))
+    hello(core, "late", "late")
+    send(core, p.WhoRequest(session="c0", room="#general", rid="w2"))
+    answers = [m for m in replies(published(core), p.WhoReply)]
+    assert [sorted(m.rooms["#general"]) for m in answers] == [["late", "uc0", "uc1"]]  # built after the join
+    import zmqchat.core as core_module
+
+    core_module.WHO_MAX_NAMES, limit = 2, core_module.WHO_MAX_NAMES
+    try:
+        send(core, p.WhoRequest(session="c0", room="#general", rid="w3"))
+        (refusal,) = replies(published(core), p.ErrorReply)
+    finally:
+        core_module.WHO_MAX_NAMES = limit
+    assert (refusal.code, refusal.rid, "3 names" in refusal.message) == (p.ERR_BAD_REQUEST, "w3", True)
+
+
+def test_busy_for_one_rooms_request_puts_off_that_room_only(connected, clock):
+    connected.join("#dev")
+    connected.join("#ops")
+    joins = {m.room: m for m in sent(connected, keep_rid=True) if isinstance(m, p.Join)}
+    busy(connected, joins["#dev"].rid, retry=10.0)
+    clock.advance(3.05)  # past the join retry, not past the busy wait
+    beat(connected)
+    connected.tick()
+    again = [m.room for m in sent(connected) if isinstance(m, p.Join)]
+    assert again == ["#ops"]

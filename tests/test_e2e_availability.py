@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import zmq
-from conftest import WAIT
+from conftest import WAIT, texts_from
 from test_e2e_integrity import PATIENT, _hello, _recv, _stats
 
 from zmqchat import Client
@@ -121,8 +121,4 @@ def test_a_reader_loses_nothing_through_a_small_pub_queue_beside_one_that_never_
         for text in texts:
             writer.say(text)
         assert writer.drain(30)
-        got: list[str] = []
-        deadline = time.monotonic() + 30
-        while len(got) < len(texts) and time.monotonic() < deadline:
-            got += [e.text for e in reader.poll(0.5)[0] if isinstance(e, ev.Message) and e.sender == "writer"]
-    assert got == texts
+        assert texts_from(reader, "writer", len(texts)) == texts

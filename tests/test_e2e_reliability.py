@@ -9,7 +9,7 @@ import threading
 import time
 
 import zmq
-from conftest import WAIT, Proc, script
+from conftest import WAIT, Proc, script, texts_from
 
 from zmqchat import Client
 from zmqchat import events as ev
@@ -138,12 +138,7 @@ def test_slow_subscriber_recovers_gap_from_history(chat):
             fast.say(text)
         assert fast.drain(30)
         # only now does the slow client read: its queues overflowed, the server's PUB dropped for it
-        got: list[str] = []
-        deadline = time.monotonic() + 30
-        while len(got) < len(texts) and time.monotonic() < deadline:
-            for event in slow.poll(0.5)[0]:
-                if isinstance(event, ev.Message) and event.sender == "fast":
-                    got.append(event.text)
+        got = texts_from(slow, "fast", len(texts))
         slow.stats()
         stats = next(e for e in slow.events(WAIT) if isinstance(e, ev.Stats)).stats
     assert got == texts

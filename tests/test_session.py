@@ -376,6 +376,22 @@ def test_rows_of_a_gap_fill_lost_on_the_way_are_asked_for_again_not_given_up(clo
     assert seqs(events(session)) == [5, 6]
 
 
+def test_gap_replies_that_keep_losing_everything_on_the_way_are_given_up_after_a_few(clock):
+    from zmqchat.session import REASKS
+
+    session = connected(clock)
+    deliver(session, live(1))
+    deliver(session, live(6))
+    sent(session)
+    for _ in range(REASKS):  # nothing of each reply arrives: asked again each time
+        deliver(session, end(1, 5, count=4, newest=6))
+        assert [m.after for m in sent(session) if isinstance(m, p.HistoryRequest)] == [1]
+    deliver(session, end(1, 5, count=4, newest=6))  # then it stops asking, says so, and goes on
+    got = events(session)
+    assert seqs(got) == [1, 6] and any(isinstance(e, ev.Notice) for e in got)
+    assert sent(session) == []
+
+
 def test_what_the_server_no_longer_has_is_still_given_up_with_a_notice(clock):
     session = connected(clock)
     deliver(session, live(1))

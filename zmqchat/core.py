@@ -7,10 +7,12 @@ the injected ``clock`` so the rules are tested without sleeping.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import protocol as p
 from .dedupe import ACK, REFUSED, Producer, Producers
@@ -27,19 +29,24 @@ EXPIRE_PER_SCAN = 2000  # time-outs per expiry scan (4 a heartbeat), each weighi
 # announcements it makes): a mass time-out, in many rooms each, is spread out
 ACTIVITY_LOG_LINES = 20  # connect/join/leave info lines per 10 s; beyond, one summary line
 UNKNOWN_SESSION_REPLIES_PER_SEC = 2.0  # a stale client hears "please say hello" this often, at most
-UNKNOWN_SESSION_REPLIES_TOTAL = 500.0  # ... and all of them together, per second (made-up sessions are free)
+UNKNOWN_SESSION_REPLIES_TOTAL = 500.0  # ... and all of them together, per second (made-up sessions are free),
+UNKNOWN_SESSION_REPLIES_PER_SOURCE = 20.0  # and per source; sessions whose counters the server remembers
+# (members before a restart) are held only to the first of these bounds, so strangers cannot silence them
 NEW_SESSIONS_PER_SEC = 1000.0  # tokens of the server-wide new-session bucket; a hello that opens a session
 NEW_SESSIONS_BURST = 5000.0  # in n rooms costs 1 + n/4 (with silent ones expiring in 3 s, at most a few
 # thousand made-up sessions can exist at once, and a hello naming 256 rooms is one of 15 a second)
 ADDRESS_SESSIONS_PER_SEC = 50.0  # the same tokens per address (a trusted gateway is exempt)
 ADDRESS_SESSIONS_BURST = 250.0
 WORK_BURST_SECONDS = 0.2  # the work budget holds this many seconds of its rate: the most one batch spends
+SOURCE_WORK_SHARE = 0.1  # of the work budget, what one source (address, key) may spend: a crowd from one
+# address takes a tenth, whichever priority it claims
+WHO_MAX_NAMES = 10_000  # names in one who reply; a larger room is too big to list
 BUSY_MIN_RETRY = 0.05  # seconds: the shortest "busy, retry" a client is told
 LIST_ITEMS_PER_UNIT = 100  # names or rooms in a who or rooms reply that cost one unit of the work budget
 BUSY_SPREAD = 0.25  # seconds: busy retries are spread over this much, so they do not all come back at once
 COMMIT_GIVE_UP = 30.0  # seconds of failing history commits before the server stops with an error
 HISTORY_REPLY_BYTES = 1 << 20  # one history reply carries at most this much; the client asks for the rest
-SUBSCRIBER_BYTES = 64 * 1024 * 1024  # what one subscriber that stops reading may pin in the PUB's queue
+SUBSCRIBER_BYTES = 256 * 1024 * 1024  # what one subscriber that stops reading may pin in the PUB's queue
 PUBLICATION_OVERHEAD = 512  # bytes beyond its body a queued publication costs (four frames, the topic)
 MIN_SUBSCRIBER_QUEUE = 100  # publications: the PUB high-water mark is never set lower
 PRODUCER_EXPIRY_EVERY = 60.0  # seconds between sweeps of producers silent for longer than their window
@@ -90,7 +97,8 @@ class ServerConfig:
 # Tokens each request costs from the sender's request bucket (messages cost 1 from their own bucket;
 # pings, bye and part cost nothing: a refused part would leave the sender in a room it left).
 REQUEST_COSTS: dict[type[p.Message], Callable[[p.Message], float]] = {
-    p.Join: lambda m: 1.0, p.WhoRequest: lambda m: 1.0, p.RoomsRequest: lambda m: 1.0,
+    p.Join: lambda m: 1.0 if m.last_seq < 0 else 6.0,  # a catch-up replays up to 1000, like such a history
+    p.WhoRequest: lambda m: 1.0, p.RoomsRequest: lambda m: 1.0,
     p.StatsRequest: lambda m: 1.0, p.HistoryRequest: lambda m: 1.0 + min(m.limit, 1000) / 200,
 }
 
@@ -154,10 +162,14 @@ class ServerCore:
         # it only ever bites a flooder; what it drops is never parsed.
         self.intake = RateLimiter(config.address_rate, 2 * config.address_rate)
         self.work = WorkBudget(config.work_rate, config.work_rate * WORK_BURST_SECONDS, clock())
+        share = config.work_rate * SOURCE_WORK_SHARE
+        self._source_work = RateLimiter(share, share * WORK_BURST_SECONDS)
+        self._sources: tuple[str, ...] = ()  # whom the message being handled charges (see _sources)
         self._busy_turn = 0
         self._cache: dict[tuple, tuple[bytes, bytes]] = {}  # encoded replies of this tick (rooms, stats, who of a room)
         self._queued: dict[str, int] = {}  # publications queued this tick per session topic
-        self._granted: tuple[int, float] = (0, 0.0)  # the last grant: publications allowed, units charged
+        # the last grant: publications allowed, and what each bucket was charged (settled by the reply)
+        self._granted: tuple[int, list[tuple[TokenBucket | WorkBudget, float]]] = (0, [])
         self.out: list[list[bytes]] = []
         self.bad_input = LogLimiter(clock)
         self.activity = activity_log(clock)  # joins and leaves: bounded by time, not by how many come
@@ -182,6 +194,8 @@ class ServerCore:
         self._next_stats = now + config.stats_interval if config.stats_interval > 0 else float("inf")
         self._unknown_session_bucket = RateLimiter(UNKNOWN_SESSION_REPLIES_PER_SEC, 2.0)
         self._unknown_session_total = TokenBucket(UNKNOWN_SESSION_REPLIES_TOTAL, UNKNOWN_SESSION_REPLIES_TOTAL, now)
+        self._unknown_session_source = RateLimiter(UNKNOWN_SESSION_REPLIES_PER_SOURCE,
+                                                   2 * UNKNOWN_SESSION_REPLIES_PER_SOURCE)
         self._handlers: dict[type[p.Message], Callable] = {
             p.Hello: self.handle_hello, p.Say: self.handle_say, p.Join: self.handle_join,
             p.Part: self.handle_part, p.WhoRequest: self.handle_who, p.RoomsRequest: self.handle_rooms,
@@ -197,10 +211,12 @@ class ServerCore:
         ``bound_name`` the name the allowlist binds to that key and ``address`` the peer's IP address.
         Never raises for bad input."""
         self.stats["received"] += 1
-        source = _source(key, address, self.config.trusted)
-        if source and self.intake.check(source, self.clock()) > 0:
-            self.stats["shed"] += 1  # dropped unread: the sender resends what mattered once it slows down
-            return
+        self._sources = sources = _sources(key, address, self.config.trusted)
+        if sources:
+            now = self.clock()
+            if any(self.intake.check(source, now) > 0 for source in sources):
+                self.stats["shed"] += 1  # dropped unread: the sender resends what mattered once it slows down
+                return
         try:
             msg = p.decode_client(frames)
         except p.ProtocolError as exc:
@@ -296,11 +312,25 @@ class ServerCore:
         queued = self._queued.get(member.session, 0)
         if queued and queued + cost > 2 * (self.config.max_history_reply + 1):  # two full replies at most
             return BUSY_MIN_RETRY  # the next tick, once this one's replies are on their way
-        wait = self.work.take(self.clock(), cost, priority)
-        if wait <= 0:
-            self._queued[member.session] = queued + cost
-            self._granted = (cost, self.work.charged)  # settled by the reply, which knows what it cost
-        return wait
+        now = self.clock()
+        charged: list[tuple[TokenBucket | WorkBudget, float]] = []
+        for source in self._sources:  # first the sender's share, so a crowd from one address takes a tenth
+            bucket = self._source_work.bucket(source, now)
+            if bucket is None:
+                continue
+            wait = bucket.take(now, cost)
+            if wait > 0:
+                _settle(charged, 0)
+                return wait
+            charged.append((bucket, min(cost, bucket.burst)))
+        wait = self.work.take(now, cost, priority)
+        if wait > 0:
+            _settle(charged, 0)
+            return wait
+        charged.append((self.work, self.work.charged))
+        self._queued[member.session] = queued + cost
+        self._granted = (cost, charged)  # settled by the reply, which knows what it cost
+        return 0.0
 
     def _afford(self, member: Member, cost: int, priority: int, rid: str) -> bool:
         """``_grant``, and the busy reply when refused."""
@@ -448,8 +478,12 @@ class ServerCore:
             self._foreign(msg, producer.identity.partition("\x1f")[2])
             return
         now = self.clock()
-        if self._unknown_session_bucket.check(msg.session, now) == 0.0 and self._unknown_session_total.take(now) == 0.0:
-            self._refuse(msg.session, p.ERR_UNKNOWN_SESSION, "unknown session; send hello", rid=_rid(msg))
+        if self._unknown_session_bucket.check(msg.session, now) > 0:
+            return
+        if producer is None and (any(self._unknown_session_source.check(s, now) > 0 for s in self._sources)
+                                 or self._unknown_session_total.take(now) > 0):
+            return  # a session nobody remembers: made-up ones are free, so their answers are bounded in all
+        self._refuse(msg.session, p.ERR_UNKNOWN_SESSION, "unknown session; send hello", rid=_rid(msg))
 
     def _announce(self, room: str, name: str, event: str) -> None:
         # Every join reaches every member: n joins cost n^2 deliveries. Big rooms stay quiet (/who works).
@@ -460,12 +494,14 @@ class ServerCore:
                                                               ts=self.wall_clock()))
 
     def _announce_leave(self, member: Member, event: str) -> None:
+        self._cache.clear()  # every way out of the server comes here: who and rooms change
         for room in sorted(member.rooms):
             self._announce(room, member.name, event)
 
     def _enter_room(self, member: Member, room: str, last_seq: int, replay: bool = True, rid: str = "") -> None:
         """Join ``member`` to ``room`` (announcing it if new) and replay what it has not seen."""
         if self.presence.join(member, room):
+            self._cache.clear()  # who and rooms change with it
             self.activity.info("%s joined %s", member.name, room)
             self._announce(room, member.name, "join")
         if replay:
@@ -473,7 +509,8 @@ class ServerCore:
 
     def _replay_cost(self, last_seq: int) -> int:
         """Publications a replay of a room may take: its rows and the history end."""
-        return 1 + (self.config.backlog if last_seq < 0 else self.config.max_history_reply)
+        return 1 + min(self.config.backlog if last_seq < 0 else self.config.max_history_reply,
+                       self.config.max_history_reply)
 
     def _replay(self, member: Member, room: str, last_seq: int, rid: str) -> None:
         if last_seq < 0:
@@ -502,9 +539,9 @@ class ServerCore:
         self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last,
                                          before=before, rid=rid, lost=lost))
         # Granted before reading for the most it could cost; settled now for what it did.
-        (allowed, charged), self._granted = self._granted, (0, 0.0)
+        (allowed, charged), self._granted = self._granted, (0, [])
         used = 1 + len(rows)
-        self.work.refund(charged - used)
+        _settle(charged, used)
         self._queued[member.session] = max(0, self._queued.get(member.session, 0) - max(0, allowed - used))
         return len(rows)
 
@@ -537,8 +574,7 @@ class ServerCore:
             self._refuse(msg.session, p.ERR_NAME_TAKEN, f"name '{msg.name}' is already taken", rid=rid)
             return
         rooms = [r for r in msg.rooms[: p.MAX_LIST_ITEMS] if isinstance(r, str) and p.room_problem(r) is None]
-        if member is None and not self._may_open(msg.session, 1.0 + len(rooms) / 4,
-                                                   _source(key, address, self.config.trusted), rid):
+        if member is None and not self._may_open(msg.session, 1.0 + len(rooms) / 4, rid):
             return
         if member is None:
             member = self.presence.add(msg.session, msg.name, now)
@@ -568,13 +604,13 @@ class ServerCore:
         if wait > 0:  # the rooms past the budget are entered unreplayed; the client asks for each after the wait
             self._busy(member.session, wait, rid)
 
-    def _may_open(self, session: str, cost: float, source: str, rid: str) -> bool:
+    def _may_open(self, session: str, cost: float, rid: str) -> bool:
         """A new session costs tokens of its source's bucket, then of the server-wide one, in proportion to
         the rooms it enters (each announced, each replayed): a flood of made-up sessions (without CURVE anyone
         can make them) cannot outrun either, and a small hello still finds tokens while big ones wait. Real
         clients retry their hello every quarter second and get in."""
         now = self.clock()
-        wait = self._address_sessions.check(source, now, cost) if source else 0.0
+        wait = max((self._address_sessions.check(source, now, cost) for source in self._sources), default=0.0)
         why = "too many new sessions from your address"
         if wait <= 0:
             wait = self._new_sessions.take(now, cost)
@@ -688,12 +724,17 @@ class ServerCore:
 
     def handle_part(self, msg: p.Part, member: Member) -> None:
         if self.presence.part(member, msg.room):
+            self._cache.clear()
             self.activity.info("%s left %s", member.name, msg.room)
             self._announce(msg.room, member.name, "part")
 
     def handle_who(self, msg: p.WhoRequest, member: Member) -> None:
         rooms = [msg.room] if msg.room else sorted(member.rooms)
         names = sum(map(self.presence.size_of, rooms))
+        if names > WHO_MAX_NAMES:
+            self._refuse(member.session, p.ERR_BAD_REQUEST, f"who: {names} names are too many to list (at most "
+                         f"{WHO_MAX_NAMES}); ask for one room", rid=msg.rid)
+            return
         if not self._afford(member, 1 + names // LIST_ITEMS_PER_UNIT, BROWSE, msg.rid):
             return
         if msg.room:
@@ -713,9 +754,9 @@ class ServerCore:
         if msg.limit < 1:
             self._refuse(member.session, p.ERR_BAD_REQUEST, "history: limit must be >= 1", rid=msg.rid)
             return
-        # A gap fill (it continues from where the asker is, or is bounded above and short) is delivery;
-        # anything else (a page of older talk, a look at the latest) is browsing.
-        gap = msg.after > 0 or 0 < msg.before <= msg.limit + 1
+        # A gap fill (it continues from where the asker is, or is bounded above and short, in a room it is
+        # in) is delivery; anything else (a page of older talk, a look at the latest) is browsing.
+        gap = (msg.after > 0 or 0 < msg.before <= msg.limit + 1) and msg.room in member.rooms
         if not self._afford(member, 1 + min(msg.limit, self.config.max_history_reply), DELIVERY if gap else BROWSE,
                             msg.rid):
             return
@@ -740,10 +781,31 @@ class ServerCore:
         self._reply(member, p.Goodbye(session=member.session, rid=msg.rid))
 
 
-def _source(key: str | None, address: str, trusted: frozenset[str]) -> str:
-    """Whom the per-source budgets charge: the CURVE key, else the peer's address; nobody ("") for a trusted
-    address (a gateway speaking for many) or a peer without one (ipc)."""
-    return "" if address in trusted else key or address
+def _settle(charged: list[tuple[TokenBucket | WorkBudget, float]], used: float) -> None:
+    """Give each bucket back what it was charged beyond ``used`` (0: the request was not carried out)."""
+    for bucket, units in charged:
+        bucket.refund(units - used)
+
+
+def _sources(key: str | None, address: str, trusted: frozenset[str]) -> tuple[str, ...]:
+    """Whom the per-source budgets charge: the peer's address (an IPv6 one by its /64: one host has
+    millions) and, under CURVE, its key too (keys are free without an allowlist); nobody for a trusted
+    address (a gateway speaking for many) or a peer whose address is not read (ipc)."""
+    if address in trusted:
+        return ()
+    if key:
+        return (_network(address), "k:" + key) if address else ("k:" + key,)
+    return (_network(address),) if address else ()
+
+
+@lru_cache(maxsize=4096)
+def _network(address: str) -> str:
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network(f"{address}/64", strict=False).network_address) + "/64"
+    except ValueError:
+        return address
 
 
 def _rid(msg: p.Message) -> str:

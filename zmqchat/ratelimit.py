@@ -3,6 +3,8 @@ caller passes ``now``."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 
 class TokenBucket:
     """``rate`` tokens per second, holding at most ``burst``; one message costs one token."""
@@ -30,6 +32,11 @@ class TokenBucket:
             return 0.0
         return (cost - self.tokens) / self.rate
 
+    def refund(self, tokens: float) -> None:
+        """Give back tokens charged beyond what the work cost."""
+        if tokens > 0:
+            self.tokens = min(self.burst, self.tokens + tokens)
+
 
 class RateLimiter:
     """One bucket per key (a session, an identity, an address); ``rate`` <= 0 disables limiting. Keys in
@@ -40,18 +47,26 @@ class RateLimiter:
         self.burst = max(burst, 1.0)
         self.max_keys = max_keys  # made-up keys must not grow memory without bound
         self.exempt = exempt
-        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()  # least recently used first
 
     def check(self, key: str, now: float, cost: float = 1.0) -> float:
         """0.0 if ``key`` may spend ``cost`` now, else the seconds until it may."""
+        bucket = self.bucket(key, now)
+        return 0.0 if bucket is None else bucket.take(now, cost)
+
+    def bucket(self, key: str, now: float) -> TokenBucket | None:
+        """``key``'s bucket (None: not limited). A new key beyond ``max_keys`` evicts the least recently
+        used one, so keys made up in a flood push out each other, not the keys in use."""
         if self.rate <= 0 or key in self.exempt:
-            return 0.0
+            return None
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self.max_keys:
-                del self._buckets[next(iter(self._buckets))]  # the oldest key
+                self._buckets.popitem(last=False)
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
-        return bucket.take(now, cost)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket
 
     def forget(self, key: str) -> None:
         self._buckets.pop(key, None)

@@ -24,7 +24,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from . import keys
-from .core import ServerCore
+from .core import SUBSCRIBER_BYTES, ServerCore, subscriber_queue
 from .ratelimit import RateLimiter
 
 log = logging.getLogger("zmqchat.server")
@@ -48,9 +48,14 @@ class Server:
 
     def __init__(self, core: ServerCore, in_endpoint: str, out_endpoint: str, *, max_message_bytes: int,
                  curve_secret: str | Path | None = None, authorized_keys: str | Path | None = None,
-                 pub_hwm: int = 1000, sndbuf: int = PUB_SNDBUF, handshake_rate: float = HANDSHAKE_RATE) -> None:
+                 pub_hwm: int | None = None, sndbuf: int = PUB_SNDBUF, handshake_rate: float = HANDSHAKE_RATE) -> None:
         self.core = core
+        pub_hwm = pub_hwm or subscriber_queue(SUBSCRIBER_BYTES, max_message_bytes)
         self.pub_hwm = pub_hwm
+        if core.config.max_history_reply > core.config.reply_limit(pub_hwm):
+            log.warning("history replies of %d messages do not fit a PUB queue of %d (at most %d would): "
+                        "readers could lose their tails", core.config.max_history_reply, pub_hwm,
+                        core.config.reply_limit(pub_hwm))
         self.sndbuf = sndbuf
         self.handshake_rate = handshake_rate
         self.in_endpoint = in_endpoint
@@ -156,7 +161,8 @@ class Server:
         timeout_ms = max(10, int(min(0.1, core.config.heartbeat_interval / 4) * 1000))
         curve = self.curve is not None
         bound = self.authorized_keys is not None
-        by_address = core.config.address_rate > 0  # reading the peer's address costs about 1 us a message
+        # Reading the peer's address costs about 1 us a message; on ipc:// it is a process, not an address.
+        by_address = core.config.address_rate > 0 and self.in_endpoint.startswith("tcp://")
         while not self._stop.is_set():
             if self._reload.is_set():
                 self._reload.clear()

@@ -26,6 +26,7 @@ FATAL_CODES = {p.ERR_NAME_TAKEN, p.ERR_BAD_NAME, p.ERR_NOT_AUTHORISED}  # fatal 
 HELLO_NONCES = 64  # recent hello nonces still accepted in an answer (hellos repeat every HELLO_RETRY)
 BUSY_GIVE_UP = 30.0  # seconds a request told "busy" keeps being asked again before the user hears of it
 ASKED_MAX = 32  # user requests (who, rooms, stats, history) remembered for a retry after "busy"
+REASKS = 3  # gap replies in a row whose rows were lost on the way and that delivered nothing: then given up
 
 
 @dataclass
@@ -40,6 +41,8 @@ class RoomSync:
     show_old: bool = False  # a /history display request is outstanding
     joined: bool = False  # the server has confirmed our join (we told the user)
     newest: int = 0  # the newest sequence number the server has told us of
+    reasks: int = 0  # gap replies in a row that lost rows on the way and moved nothing forward
+    rid: str = ""  # the request id of the outstanding join or gap request
 
 
 @dataclass
@@ -168,8 +171,9 @@ class ClientSession:
                 self._request_gap(room, sync, min(sync.buffer) if sync.buffer else sync.newest + 1)
             else:  # the reply to our join never came: ask again
                 sync.requested_at = now
+                sync.rid = self._rid()
                 self._send(p.Join(session=self.session_id, room=room, last_seq=sync.last if sync.last else -1,
-                                  rid=self._rid()))
+                                  rid=sync.rid))
 
     def _resend(self, pend: Pending, now: float) -> None:
         pend.sent_at = now
@@ -196,9 +200,9 @@ class ClientSession:
         if room in self.rooms:
             self.parting.discard(room)  # back before the part went out: stay
             return
-        self.rooms[room] = RoomSync(requested_at=self.clock())
+        self.rooms[room] = sync = RoomSync(requested_at=self.clock(), rid=self._rid())
         self.subscriptions.append((True, p.room_topic(room)))
-        self._send(p.Join(session=self.session_id, room=room, rid=self._rid()))
+        self._send(p.Join(session=self.session_id, room=room, rid=sync.rid))
 
     def part(self, room: str | None = None) -> str:
         """Leave ``room`` (default: the current one); returns the room left."""
@@ -327,15 +331,19 @@ class ClientSession:
         missing = lost = 0
         if sync.synced or msg.after > 0:  # a gap fill or a catch-up after reconnecting, not a backlog
             held = sum(1 for s in sync.buffer if sync.last < s <= msg.upto)
-            if msg.after <= sync.last and held + (sync.last - msg.after) < msg.count:
+            if msg.after <= sync.last and held + (sync.last - msg.after) < msg.count and sync.reasks < REASKS:
                 # The server sent more than reached us: its PUB dropped some on the way (our queue was
-                # full). They are not gone: keep what continues the sequence and ask for the rest again.
+                # full). They are not gone: keep what continues the sequence and ask for the rest again
+                # (given up after REASKS such replies in a row that moved nothing forward).
+                last = sync.last
                 sync.synced = True
                 sync.requested_at = None
                 sync.gap_after = -1
                 sync.newest = max(sync.newest, msg.newest)
                 self._flush(msg.room, sync)
+                sync.reasks = 0 if sync.last > last else sync.reasks + 1
                 return
+            sync.reasks = 0
             missing = max(0, msg.upto - sync.last - held)
             for first, last in msg.lost:  # numbers the server skipped: never sent, or lost with its disk
                 lost += max(0, min(last, msg.upto) - max(first, sync.last + 1) + 1)
@@ -370,8 +378,10 @@ class ClientSession:
     def _request_gap(self, room: str, sync: RoomSync, before: int) -> None:
         sync.requested_at = self.clock()
         sync.gap_after = sync.last
+        sync.rid = self._rid()
         self._send(p.HistoryRequest(session=self.session_id, room=room, after=sync.last, before=before,
-                                    limit=min(GAP_CHUNK, max(1, before - sync.last - 1)) if before else GAP_CHUNK))
+                                    limit=min(GAP_CHUNK, max(1, before - sync.last - 1)) if before else GAP_CHUNK,
+                                    rid=sync.rid))
 
     def _event(self, msg: p.RoomMessage, history: bool) -> ev.Message:
         return ev.Message(room=msg.room, seq=msg.seq, ts=msg.ts, sender=msg.sender, text=msg.text,
@@ -437,9 +447,10 @@ class ClientSession:
             return
         if msg.code in (p.ERR_RATE_LIMITED, p.ERR_BUSY) and not msg.mid:
             # A request (join, history, a hello's replay) was throttled or put off: ask again once allowed,
-            # quietly.
+            # quietly; only for its room when the rid says which (a hello's: every room still waiting).
             retry_at = self.clock() + msg.retry_after
-            for sync in self.rooms.values():
+            mine = [sync for sync in self.rooms.values() if msg.rid and sync.rid == msg.rid]
+            for sync in mine or self.rooms.values():
                 if sync.requested_at is not None:
                     sync.requested_at = retry_at - HISTORY_RETRY
             return
