@@ -259,6 +259,8 @@ def connected(clock: FakeClock):
     session = make_session(clock)
     session.start()
     welcome(session)
+    session.receive(p.encode_server(session.session_topic, p.HistoryEnd(room="#general", after=0, upto=0, count=0,
+                                                                        newest=0)))
     sent(session)
     events(session)
     return session
@@ -295,9 +297,6 @@ def test_a_request_busy_for_too_long_is_reported(connected, clock):
 
 
 def test_a_join_told_busy_is_asked_again_after_the_wait(connected, clock):
-    connected.receive(p.encode_server(connected.session_topic, p.HistoryEnd(room="#general", after=0, upto=0,
-                                                                            count=0, newest=0)))
-    events(connected)
     connected.join("#dev")
     (join,) = sent(connected, keep_rid=True)
     busy(connected, join.rid, retry=1.0)
