@@ -46,7 +46,7 @@ LIST_ITEMS_PER_UNIT = 100  # names or rooms in a who or rooms reply that cost on
 BUSY_SPREAD = 0.25  # seconds: busy retries are spread over this much, so they do not all come back at once
 COMMIT_GIVE_UP = 30.0  # seconds of failing history commits before the server stops with an error
 HISTORY_REPLY_BYTES = 1 << 20  # one history reply carries at most this much; the client asks for the rest
-SUBSCRIBER_BYTES = 256 * 1024 * 1024  # what one subscriber that stops reading may pin in the PUB's queue
+SUBSCRIBER_BYTES = 64 * 1024 * 1024  # what one subscriber that stops reading may pin in the PUB's queue
 PUBLICATION_OVERHEAD = 512  # bytes beyond its body a queued publication costs (four frames, the topic)
 MIN_SUBSCRIBER_QUEUE = 100  # publications: the PUB high-water mark is never set lower
 PRODUCER_EXPIRY_EVERY = 60.0  # seconds between sweeps of producers silent for longer than their window
@@ -205,18 +205,27 @@ class ServerCore:
 
     # -- entry points
 
-    def receive(self, frames: list[bytes], key: str | None = None, bound_name: str | None = None,
-                address: str = "") -> None:
-        """Handle one message from the PULL socket. ``key`` is the CURVE public key that sent it,
-        ``bound_name`` the name the allowlist binds to that key and ``address`` the peer's IP address.
-        Never raises for bad input."""
-        self.stats["received"] += 1
+    def admit(self, key: str | None = None, address: str = "") -> bool:
+        """Whether a message from this key and address is to be read at all: False (counted as received
+        and shed) when one of its sources is over its intake budget. The loop asks before it reads more
+        than the first frame; what is refused is dropped unparsed, and the sender resends what mattered."""
         self._sources = sources = _sources(key, address, self.config.trusted)
         if sources:
             now = self.clock()
             if any(self.intake.check(source, now) > 0 for source in sources):
-                self.stats["shed"] += 1  # dropped unread: the sender resends what mattered once it slows down
-                return
+                self.stats["received"] += 1
+                self.stats["shed"] += 1
+                return False
+        return True
+
+    def receive(self, frames: list[bytes], key: str | None = None, bound_name: str | None = None,
+                address: str = "", admitted: bool = False) -> None:
+        """Handle one message from the PULL socket. ``key`` is the CURVE public key that sent it,
+        ``bound_name`` the name the allowlist binds to that key and ``address`` the peer's IP address;
+        ``admitted``: ``admit`` has been asked already. Never raises for bad input."""
+        if not admitted and not self.admit(key, address):
+            return
+        self.stats["received"] += 1
         try:
             msg = p.decode_client(frames)
         except p.ProtocolError as exc:
