@@ -445,6 +445,9 @@ class ClientSession:
             del self._asked[msg.rid]
             self.events.append(ev.Error(msg.code, "the server is too busy to answer; try again later"))
             return
+        if msg.code == p.ERR_RATE_LIMITED and asked is not None:
+            del self._asked[msg.rid]  # the user's request was over the sender's own rate: dropped quietly
+            return
         if msg.code in (p.ERR_RATE_LIMITED, p.ERR_BUSY) and not msg.mid:
             # A request (join, history, a hello's replay) was throttled or put off: ask again once allowed,
             # quietly; only for its room when the rid says which (a hello's: every room still waiting).
