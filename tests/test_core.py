@@ -1235,3 +1235,7 @@ def test_a_producer_evicted_and_reopened_keeps_its_row(clock, tmp_path, monkeypa
     core.flush()
     core.history.close()
     assert "a" in [row[0] for row in History(limit=100, path=path).producers(0.0)]
+
+
+def test_every_client_message_kind_has_a_handler(core):
+    assert set(core._handlers) == set(p.client_kinds())

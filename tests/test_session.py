@@ -989,3 +989,10 @@ def test_a_goodbye_we_did_not_ask_for_changes_nothing(clock):
     session = connected(clock)
     deliver(session, p.Goodbye(session=SID, rid="r9"))
     assert session.state == "connected" and session.foreign_replies == 1
+
+
+def test_every_server_message_kind_has_a_handler_or_is_ignored_on_purpose(clock):
+    from zmqchat.session import IGNORED
+
+    handled = set(make_session(clock)._handlers)
+    assert handled | IGNORED == set(p.server_kinds()) and not handled & IGNORED

@@ -140,6 +140,16 @@ _CLIENT_KINDS: dict[bytes, type[Message]] = {}
 _SERVER_KINDS: dict[bytes, type[Message]] = {}
 
 
+def client_kinds() -> tuple[type[Message], ...]:
+    """Every message a client may send (what the server's handler table must cover)."""
+    return tuple(_CLIENT_KINDS.values())
+
+
+def server_kinds() -> tuple[type[Message], ...]:
+    """Every message the server may publish (what a client's handler table must cover)."""
+    return tuple(_SERVER_KINDS.values())
+
+
 def _client(cls: type[Message]) -> type[Message]:
     _CLIENT_KINDS[cls.KIND] = cls
     return cls

@@ -23,6 +23,7 @@ HISTORY_RETRY = 3.0  # seconds before an unanswered history request is asked aga
 DEFAULT_HEARTBEAT = 1.0  # seconds, until the server's welcome says otherwise
 LOST_AFTER_MISSES = 3  # server heartbeats missed before the connection counts as lost
 FATAL_CODES = {p.ERR_NAME_TAKEN, p.ERR_BAD_NAME, p.ERR_NOT_AUTHORISED}  # fatal only as answers to our hello
+IGNORED: frozenset[type[p.Message]] = frozenset()  # server message kinds a client has no use for (none)
 HELLO_NONCES = 64  # recent hello nonces still accepted in an answer (hellos repeat every HELLO_RETRY)
 BUSY_GIVE_UP = 30.0  # seconds a request told "busy" keeps being asked again before the user hears of it
 ASKED_MAX = 32  # user requests (who, rooms, stats, history) remembered for a retry after "busy"
@@ -98,6 +99,15 @@ class ClientSession:
         self.foreign_replies = 0  # errors and welcomes that answered somebody else's request
         for room in rooms or [self.current_room]:
             self.rooms[room] = RoomSync()
+        # One handler per server message kind; a test checks that every kind is here or in IGNORED.
+        self._handlers: dict[type[p.Message], Callable[[p.Message], None]] = {
+            p.Welcome: self._on_Welcome, p.RoomMessage: self._on_RoomMessage,
+            p.HistoryMessage: self._on_HistoryMessage, p.HistoryEnd: self._on_HistoryEnd, p.Ack: self._on_Ack,
+            p.PresenceEvent: self._on_PresenceEvent, p.WhoReply: self._on_WhoReply,
+            p.RoomsReply: self._on_RoomsReply, p.StatsReply: self._on_StatsReply,
+            p.ErrorReply: self._on_ErrorReply, p.Goodbye: self._on_Goodbye,
+            p.ServerHeartbeat: self._on_ServerHeartbeat, p.Shutdown: self._on_Shutdown,
+        }  # type: ignore[dict-item]
 
     # -- lifecycle
 
@@ -266,8 +276,8 @@ class ClientSession:
         if self.state == "lost" and not isinstance(msg, (p.Welcome, p.ErrorReply)):
             # the server is back but does not know us yet: hello goes out from tick()
             return
-        handler = getattr(self, "_on_" + type(msg).__name__, None)
-        if handler is not None:
+        handler = self._handlers.get(type(msg))
+        if handler is not None:  # None only for a kind in IGNORED
             handler(msg)
 
     def _on_Welcome(self, msg: p.Welcome) -> None:
