@@ -529,3 +529,13 @@ def test_lone_surrogates_are_a_protocol_error(field):
     raw = json.dumps(body).encode()
     with pytest.raises(p.ProtocolError, match="not valid Unicode"):
         p.decode_client([p.VERSION, b"msg", raw])
+
+
+@given(room=st.text(max_size=48), seq=st.integers(0, p.MAX_SAFE_INT),
+       ts=st.floats(min_value=0, max_value=4e9, allow_nan=False), sender=st.text(max_size=32),
+       text=st.text(max_size=200), mid=st.text(max_size=96), action=st.booleans())
+@example(room="#général", seq=1, ts=1.5, sender='"q"', text="\x00\u2028\\", mid="s.1", action=True)
+def test_the_servers_fast_room_message_body_is_the_encoders_byte_for_byte(room, seq, ts, sender, text, mid, action):
+    fast = p.room_message_body(room, seq, ts, sender, text, mid, action)
+    assert fast == p.encode_body(p.RoomMessage(room=room, seq=seq, ts=ts, sender=sender, text=text, mid=mid,
+                                               action=action))
