@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from zmqchat.bot import bot_parser, parse_bot_args
+from zmqchat.cli.bots import bot_parser, parse_bot_args
 from zmqchat.cli.common import client_kwargs, run_main, setup_logging
 from zmqchat.client import Client
 from zmqchat.errors import ZmqchatError

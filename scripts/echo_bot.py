@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 
 from zmqchat import events as ev
-from zmqchat.bot import Bot, bot_parser, parse_bot_args
+from zmqchat.bot import Bot
+from zmqchat.cli.bots import bot_from_args, bot_parser, parse_bot_args
 from zmqchat.cli.common import run_main, setup_logging
 from zmqchat.display import mentions, strip_mention
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                         name="echo")
     args = parse_bot_args(parser, argv)
     setup_logging(args.log_level)
-    return run_main(lambda: make_bot(Bot.from_args(args)).run())
+    return run_main(lambda: make_bot(bot_from_args(args)).run())
 
 
 if __name__ == "__main__":

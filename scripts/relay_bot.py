@@ -15,7 +15,8 @@ import sys
 
 from zmqchat import events as ev
 from zmqchat import protocol as p
-from zmqchat.bot import Bot, bot_parser, parse_bot_args
+from zmqchat.bot import Bot
+from zmqchat.cli.bots import bot_from_args, bot_parser, parse_bot_args
 from zmqchat.cli.common import run_main, setup_logging
 
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     source, target = p.normalise_room(args.room), p.normalise_room(args.to)
     if source == target:
         parser.error("--room and --to must be different rooms")
-    return run_main(lambda: make_bot(Bot.from_args(args, rooms=[source, target]), source, target,
+    return run_main(lambda: make_bot(bot_from_args(args, rooms=[source, target]), source, target,
                                      not args.one_way, tuple(args.ignore)).run())
 
 

@@ -20,7 +20,6 @@ to a full queue, are recovered from history but are not marked as history: the b
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import signal
@@ -30,7 +29,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import events as ev
-from .cli.common import add_connection_flags, apply_env_defaults, client_kwargs
 from .client import Client
 from .errors import ConnectError
 
@@ -64,12 +62,6 @@ class Bot:
         self._on_event: list[EventHandler] = []
         self._commands: dict[str, CommandHandler] = {}
         self._stopping = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, **kwargs: Any) -> Bot:
-        """A bot named and connected as the flags of ``bot_parser`` say."""
-        kwargs.setdefault("rooms", [args.room])
-        return cls(args.name, **client_kwargs(args), **kwargs)
 
     # -- registration
 
@@ -226,22 +218,3 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def bot_parser(description: str, name: str, room: str = "#general") -> argparse.ArgumentParser:
-    """An argument parser with --name, --room and the client's connection flags. Add your own arguments,
-    then call ``parse_bot_args`` (which applies the ZMQCHAT_* environment defaults)."""
-    parser = argparse.ArgumentParser(description=description + " Every flag can also be set as "
-                                     "ZMQCHAT_<FLAG> (e.g. ZMQCHAT_PORT=5555).")
-    parser.add_argument("--name", default=name, help="the bot's nickname (default: %(default)s)")
-    parser.add_argument("--room", default=room, help="room to join (default: %(default)s)")
-    add_connection_flags(parser)
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="what to log on stderr (default: %(default)s)")
-    return parser
-
-
-def parse_bot_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` after letting ZMQCHAT_<FLAG> environment variables set the defaults."""
-    apply_env_defaults(parser)
-    return parser.parse_args(argv)

@@ -23,6 +23,7 @@ import zmq
 from . import events as ev
 from . import keys
 from . import protocol as p
+from .endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
 from .errors import ConnectError, ZmqchatError
 from .session import ClientSession
 
@@ -35,17 +36,10 @@ HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAIL
                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
-def endpoints(host: str = "127.0.0.1", port: int = 4444, in_endpoint: str | None = None,
-              out_endpoint: str | None = None) -> tuple[str, str]:
-    """The server's (in, out) endpoints: PULL on ``port``, PUB on ``port + 1`` unless given in full."""
-    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return (in_endpoint or f"tcp://{host}:{port}", out_endpoint or f"tcp://{host}:{port + 1}")
-
-
 class Client:
     """A chat client for people and bots. Raises ConnectError (a ZmqchatError) when it cannot connect."""
 
-    def __init__(self, name: str, *, host: str = "127.0.0.1", port: int = 4444, in_endpoint: str | None = None,
+    def __init__(self, name: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, in_endpoint: str | None = None,
                  out_endpoint: str | None = None, rooms: list[str] | tuple[str, ...] = ("#general",),
                  curve_secret: str | Path | None = None, server_key: str | Path | None = None,
                  connect_timeout: float = 5.0, context: zmq.Context | None = None, connect: bool = True,

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from ..endpoints import DEFAULT_HOST, DEFAULT_PORT
 from ..errors import ZmqchatError
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -49,8 +50,8 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str] 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     """--host/--port/endpoints/keys, as shared by the client and the bots."""
     group = parser.add_argument_group("connection")
-    group.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    group.add_argument("--port", type=int, default=4444,
+    group.add_argument("--host", default=DEFAULT_HOST, help="server address (default: %(default)s)")
+    group.add_argument("--port", type=int, default=DEFAULT_PORT,
                        help="server's PULL port; its PUB is port+1 (default: %(default)s)")
     group.add_argument("--in-endpoint", help="full endpoint of the server's PULL, e.g. ipc:///tmp/chat-in")
     group.add_argument("--out-endpoint", help="full endpoint of the server's PUB, e.g. ipc:///tmp/chat-out")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from .. import __version__
 from .. import protocol as p
-from ..client import endpoints
 from ..core import DEFAULT_MOTD, SUBSCRIBER_BYTES, ServerConfig, ServerCore, subscriber_queue
+from ..endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
 from ..errors import ZmqchatError
 from ..history import History
 from ..server import HANDSHAKE_RATE, PUB_SNDBUF, Server
@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         "it publishes. Every flag can also be set as ZMQCHAT_<FLAG> (e.g. ZMQCHAT_PORT=5555).")
     parser.add_argument("--version", action="version", version=f"zmqchat {__version__}")
     net = parser.add_argument_group("network")
-    net.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for remote clients "
+    net.add_argument("--host", default=DEFAULT_HOST, help="address to bind; 0.0.0.0 for remote clients "
                      "(default: %(default)s)")
-    net.add_argument("--port", type=int, default=4444, help="PULL port; PUB binds port+1 (default: %(default)s)")
+    net.add_argument("--port", type=int, default=DEFAULT_PORT, help="PULL port; PUB binds port+1 (default: %(default)s)")
     net.add_argument("--in-endpoint", help="full PULL endpoint instead of host/port, e.g. ipc:///tmp/chat-in")
     net.add_argument("--out-endpoint", help="full PUB endpoint instead of host/port+1")
     chat = parser.add_argument_group("chat")
