@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zmqchat import events as ev
-from zmqchat.cli.tui import ChatUI
+from zmqchat.cli.lineui import ChatUI
 from zmqchat.display import UNSAFE_CHARS, clean, event_line, message_line
 
 ATTACKS = {

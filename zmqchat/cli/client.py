@@ -1,6 +1,6 @@
 """``zmqchat-client --name alice``: chat from a terminal or a pipe.
 
-On a terminal this is an interactive client (zmqchat.cli.tui); with pipes (or ``--plain``) a line-mode
+On a terminal this is an interactive client (zmqchat.cli.lineui, prompt_toolkit); with pipes (or ``--plain``) a line-mode
 client whose one loop polls the SUB socket and stdin together; ``--json`` prints one JSON object per
 event. At end of input the client waits until the server has echoed every line it sent.
 """
@@ -51,9 +51,9 @@ def chat(args: argparse.Namespace) -> int:
         client.close(linger=0)
         return 130
     if interactive:
-        from .tui import run_tui
+        from .lineui import run_line_ui
 
-        return run_tui(client)
+        return run_line_ui(client)
     show = _json_printer if args.json else _text_printer
     return LineLoop(client, show, args.drain_timeout, json_mode=args.json).run()
 

@@ -1,4 +1,4 @@
-"""The interactive terminal client: a prompt_toolkit prompt, with the chat printed above it.
+"""The line UI: a prompt_toolkit prompt with the chat printed above it (the full-screen client will be tui/).
 
 Incoming events print above the prompt through ``run_in_terminal``, which erases the prompt, prints, and
 draws it again with the half-typed line intact, however fast messages arrive. The zmq ``Client`` stays on
@@ -56,7 +56,7 @@ def colour_wanted(environ: dict[str, str] | None = None) -> bool:
     return not (os.environ if environ is None else environ).get("NO_COLOR")
 
 
-def run_tui(client: Client, *, input: Input | None = None, output: Output | None = None,
+def run_line_ui(client: Client, *, input: Input | None = None, output: Output | None = None,
             colour: bool | None = None) -> int:
     """Chat interactively with a connected ``client`` until the user leaves; 0, or 1 after a fatal error.
     ``input``/``output`` default to the terminal (tests pass pipes)."""

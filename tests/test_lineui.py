@@ -20,7 +20,7 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 
 from zmqchat import Client
 from zmqchat import events as ev
-from zmqchat.cli.tui import ChatUI
+from zmqchat.cli.lineui import ChatUI
 
 ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\a]*\a|\r")
 COLOUR_CODE = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-8]|4[0-8]|9[0-7]|10[0-7])(?:;[0-9;]*)?m")
@@ -123,7 +123,7 @@ class Tui:
 
 
 @pytest.fixture
-def tui(chat):
+def line_ui(chat):
     started: list[Tui] = []
 
     def start(name: str = "alice", colour: bool = True) -> Tui:
@@ -142,9 +142,9 @@ def messages_from(proc: Proc, sender: str) -> list[dict]:
     return [e for e in events if e["type"] == "message" and e["sender"] == sender]
 
 
-def test_half_typed_line_survives_a_burst(chat, tui):
+def test_half_typed_line_survives_a_burst(chat, line_ui):
     chat.server()
-    alice = tui()
+    alice = line_ui()
     bob = chat.client("bob", "--json")
     alice.screen.wait_text("bob joined")
     alice.type("hello wor")
@@ -166,9 +166,9 @@ def test_half_typed_line_survives_a_burst(chat, tui):
     assert [m["text"] for m in messages_from(bob, "alice")] == ["hello world"]
 
 
-def test_mention_rings_the_bell_and_other_lines_do_not(chat, tui):
+def test_mention_rings_the_bell_and_other_lines_do_not(chat, line_ui):
     chat.server()
-    alice = tui()
+    alice = line_ui()
     bob = chat.client("bob")
     alice.screen.wait_text("bob joined")
     bob.send("alicefoo: not you", "mail bob@alice.example", "marker one")
@@ -188,9 +188,9 @@ def test_mention_rings_the_bell_and_other_lines_do_not(chat, tui):
     assert alice.screen.raw.count("\a") == before + 1  # our own line did not ring
 
 
-def test_commands(chat, tui):
+def test_commands(chat, line_ui):
     chat.server()
-    alice = tui()
+    alice = line_ui()
     bob = chat.client("bob", "--json")
     alice.screen.wait_text("bob joined")
     alice.type("/bogus stuff\r")
@@ -222,9 +222,9 @@ def test_commands(chat, tui):
         ("waves", True), ("back in general", False)]
 
 
-def test_input_history_with_up_arrow(chat, tui):
+def test_input_history_with_up_arrow(chat, line_ui):
     chat.server()
-    alice = tui()
+    alice = line_ui()
     alice.type("first line\r")
     alice.screen.wait_text("<alice> first line")
     alice.type("\x1b[A")  # Up
@@ -235,19 +235,19 @@ def test_input_history_with_up_arrow(chat, tui):
     assert alice.finish() == 0
 
 
-def test_ctrl_c_leaves_with_status_0(chat, tui):
+def test_ctrl_c_leaves_with_status_0(chat, line_ui):
     chat.server()
     watcher = chat.client("watcher")
-    alice = tui()
+    alice = line_ui()
     watcher.expect("alice joined")
     alice.type("half a line\x03")
     assert alice.finish() == 0
     watcher.expect("-- alice left$")
 
 
-def test_connection_state_in_toolbar_across_a_server_restart(chat, tui):
+def test_connection_state_in_toolbar_across_a_server_restart(chat, line_ui):
     server = chat.server()
-    alice = tui()
+    alice = line_ui()
     alice.screen.wait_text(" alice · #general · connected")
     server.signal(9)
     server.wait()
@@ -259,9 +259,9 @@ def test_connection_state_in_toolbar_across_a_server_restart(chat, tui):
     assert alice.finish() == 0
 
 
-def test_wide_characters_and_emoji_are_shown_intact(chat, tui):
+def test_wide_characters_and_emoji_are_shown_intact(chat, line_ui):
     chat.server()
-    alice = tui()
+    alice = line_ui()
     bob = chat.client("bob")
     alice.screen.wait_text("bob joined")
     bob.send("日本語 and 🎉 emoji")
