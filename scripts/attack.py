@@ -38,7 +38,7 @@ of one other that another never saw, by the end of an 8 s drain after the recove
 
     python scripts/attack.py                                   # baseline + every mode, about 5 minutes
     python scripts/attack.py --mode flood --mode frame-bomb --duration 10
-    python scripts/attack.py --server-pythonpath /tmp/before --json
+    python scripts/attack.py --server-pythonpath ../older-checkout --json  # the same attacks on another tree
     python scripts/attack.py --mode nonreaders --server-arg=--pub-hwm=1000
 
 Every child is bounded in time (deadline, PR_SET_PDEATHSIG, a global alarm) and stopped by its own pid.
