@@ -86,15 +86,3 @@ def event_line(event: ev.Event) -> str | None:
         return f"-- server: {clean(event.message)}"
     return None
 
-
-HELP = """Commands:
-  /join #room       join a room (and make it current)
-  /part [#room]     leave a room (default: the current one)
-  /rooms            rooms with their member counts
-  /who [#room]      who is in your rooms (or one room)
-  /me ACTION        say an action, e.g. /me waves
-  /history [N]      show the last N messages of this room again (default 20)
-  /stats            server counters
-  /help             this list
-  /quit or exit     leave (Ctrl-D and Ctrl-C too)
-  //text            send a message that starts with '/'"""

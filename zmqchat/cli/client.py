@@ -15,7 +15,7 @@ import sys
 from .. import events as ev
 from .. import protocol as p
 from ..client import Client
-from ..commands import QUIT, run_line
+from ..commands import Error, Help, Quit, Reply, run_line
 from ..display import event_line
 from ..errors import ZmqchatError
 from .common import add_connection_flags, apply_env_defaults, client_kwargs, run_main
@@ -117,7 +117,7 @@ class LineLoop:
                     return 0
                 *lines, self.partial = (self.partial + chunk).split(b"\n")
                 for raw in lines:
-                    if self._line(raw) is QUIT:
+                    if isinstance(self._line(raw), Quit):
                         return 0
 
     def _show_all(self, found: list[ev.Event]) -> int | None:
@@ -131,15 +131,17 @@ class LineLoop:
 
     def _line(self, raw: bytes) -> object:
         result = run_line(self.client, raw.decode("utf-8", errors="replace"))
-        if isinstance(result, str):
-            failed = result.startswith("ERROR: ")
-            self.refused += failed
-            if not self.json_mode:
-                print(result, file=sys.stderr if failed else sys.stdout, flush=True)
-            elif failed:  # local problems are events too, so every line stays JSON
-                self.show(ev.Error("local", result[len("ERROR: "):]))
+        if isinstance(result, Error):
+            self.refused += 1
+            if self.json_mode:  # local problems are events too, so every line stays JSON
+                self.show(ev.Error("local", result.message))
             else:
-                self.show(ev.Notice(result))
+                print(f"ERROR: {result.message}", file=sys.stderr, flush=True)
+        elif isinstance(result, (Reply, Help)):
+            if self.json_mode:
+                self.show(ev.Notice(result.text))
+            else:
+                print(result.text, flush=True)
         return result
 
 

@@ -27,8 +27,8 @@ from prompt_toolkit.styles import Style
 
 from .. import events as ev
 from ..client import Client
-from ..commands import COMMANDS, QUIT, run_line
-from ..display import HELP, clean, clock_time, event_line, mentions, name_colour
+from ..commands import WORDS, Error, Help, Quit, Reply, run_line
+from ..display import clean, clock_time, event_line, mentions, name_colour
 from ..errors import ZmqchatError
 
 POLL_INTERVAL = 0.025  # seconds between polls of the chat sockets: instant to the eye, idle for the CPU
@@ -83,7 +83,7 @@ class ChatUI:
         self._toolbar_seen: tuple = ()
         self.session: PromptSession[str] = PromptSession(
             message=self._prompt, bottom_toolbar=self._toolbar, history=InMemoryHistory(),
-            completer=WordCompleter([*COMMANDS, "exit"], sentence=True), complete_while_typing=False,
+            completer=WordCompleter([*WORDS, "exit"], sentence=True), complete_while_typing=False,
             style=self.style, color_depth=None if self.colour else ColorDepth.DEPTH_1_BIT,
             erase_when_done=True,  # the line comes back as the server's echo, with its timestamp
             input=input, output=output)
@@ -125,12 +125,14 @@ class ChatUI:
             if self.exit_status is not None:
                 break
             result = run_line(self.client, line)
-            if result is QUIT:
+            if isinstance(result, Quit):
                 return 0
-            if isinstance(result, str):
-                if result == HELP:
-                    result += "\n" + KEYS_HELP
-                await self._print(self._text(result, "error" if result.startswith("ERROR") else "hint"))
+            if isinstance(result, Help):
+                await self._print(self._text(result.text + "\n" + KEYS_HELP, "hint"))
+            elif isinstance(result, Reply):
+                await self._print(self._text(result.text, "hint"))
+            elif isinstance(result, Error):
+                await self._print(self._text(f"ERROR: {result.message}", "error"))
         return self.exit_status
 
     async def _pump(self) -> None:
