@@ -88,5 +88,5 @@ def test_the_readme_lists_exactly_the_commands_of_the_table():
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("## Commands (in the client)", 1)[1].split("\n## ", 1)[0]
-    listed = {m.group(1) for m in re.finditer(r"^\| `(/[a-z]+)", section, re.M)}
+    listed = {m.group(1) for m in re.finditer(r"^\| `(/[a-z]+)", section, re.MULTILINE)}
     assert listed == set(WORDS)
