@@ -1239,3 +1239,20 @@ def test_a_producer_evicted_and_reopened_keeps_its_row(clock, tmp_path, monkeypa
 
 def test_every_client_message_kind_has_a_handler(core):
     assert set(core._handlers) == set(p.client_kinds())
+
+
+def test_the_core_drops_what_a_key_sends_once_the_allowlist_no_longer_binds_it(clock):
+    core = make_core(clock)
+    core.bind_keys({"KA": "alice", "KB": "bob"})
+    send(core, p.Hello(session="s1", name="alice", rooms=["#general"]), key="KA")
+    send(core, p.Hello(session="s2", name="bob", rooms=["#general"]), key="KB")
+    published(core)
+    core.bind_keys({"KA": "alice"})  # SIGHUP: bob's key is gone
+    out = published(core)
+    assert [m.code for t, m in out if t == p.session_topic("s2")] == [p.ERR_REVOKED]
+    say(core, "s2", "still here?", 1, key="KB")  # on the connection opened before
+    assert published(core) == [] and core.stats["auth_failures"] == 1
+    send(core, p.Hello(session="s3", name="bob", rooms=[]), key="KB")
+    assert published(core) == [] and core.stats["auth_failures"] == 2
+    say(core, "s1", "alice is fine", 1, key="KA")
+    assert [m.text for _, m in of_type(published(core), p.RoomMessage)] == ["alice is fine"]

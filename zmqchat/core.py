@@ -165,6 +165,7 @@ class ServerCore:
         share = config.work_rate * SOURCE_WORK_SHARE
         self._source_work = RateLimiter(share, share * WORK_BURST_SECONDS)
         self._sources: tuple[str, ...] = ()  # whom the message being handled charges (see _sources)
+        self._bound: dict[str, str] | None = None  # the allowlist's key -> name, when there is one
         self._busy_turn = 0
         self._cache: dict[tuple, tuple[bytes, bytes]] = {}  # encoded replies of this tick (rooms, stats, who of a room)
         self._queued: dict[str, int] = {}  # publications queued this tick per session topic
@@ -225,6 +226,11 @@ class ServerCore:
         ``admitted``: ``admit`` has been asked already. Never raises for bad input."""
         if not admitted and not self.admit(key, address):
             return
+        if self._bound is not None and key is not None:
+            bound_name = self._bound.get(key)
+            if bound_name is None:
+                self._unbound_key()
+                return
         self.stats["received"] += 1
         try:
             msg = p.decode_client(frames)
@@ -243,9 +249,16 @@ class ServerCore:
         self.stats["errors"] += 1
         self.internal_errors.warn("internal error while handling a message (dropped): %r", exc)
 
-    def unbound_key(self) -> None:
-        """A message arrived from a CURVE key that the allowlist no longer binds (removed on SIGHUP while
-        its connection stayed open): dropped and counted."""
+    def bind_keys(self, names: dict[str, str] | None) -> None:
+        """The allowlist: CURVE key -> the name it is bound to (None: any key, no names bound). A new one
+        (SIGHUP) ends every session whose key it no longer holds; a message from such a key, on a
+        connection opened before, is dropped from then on (``receive``)."""
+        self._bound = names
+        if names is not None:
+            self.revoke(set(names))
+
+    def _unbound_key(self) -> None:
+        # A connection opened before its key was removed (SIGHUP): still encrypted, no longer anyone.
         self.stats["auth_failures"] += 1
         self.bad_input.warn("dropped a message from a key that is no longer authorised")
 

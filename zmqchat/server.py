@@ -141,6 +141,7 @@ class Server:
         else:
             self.bound_names = keys.load_allowlist(self.authorized_keys)
             self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.authorized_keys))
+            self.core.bind_keys(self.bound_names)  # the core decides what an unbound key's messages get
 
     def _loop(self, pull: zmq.Socket, pub: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -161,7 +162,6 @@ class Server:
         core = self.core
         timeout_ms = max(10, int(min(0.1, core.config.heartbeat_interval / 4) * 1000))
         curve = self.curve is not None
-        bound = self.authorized_keys is not None
         # Reading the peer's address costs about 1 us a message; on ipc:// it is a process, not an address.
         by_address = core.config.address_rate > 0 and self.in_endpoint.startswith("tcp://")
         while not self._stop.is_set():
@@ -181,7 +181,7 @@ class Server:
                     if i & 63 == 63 and time.monotonic() > deadline:
                         break  # publish what is done: a flood of cheap refusals must not delay the rest
                     try:
-                        key = name = None
+                        key = None
                         address = ""
                         admitted = curve or by_address
                         if admitted:
@@ -190,22 +190,16 @@ class Server:
                                 address = first.get("Peer-Address")
                             if curve:
                                 key = first.get("User-Id")
-                                name = self.bound_names.get(key) if bound else None
                             if not core.admit(key, address):
                                 _drop_rest(pull)
                                 continue
                             frames = _recv_rest(pull, [first.bytes])
                         else:
                             frames = _recv_rest(pull, [_raw_recv(pull, _NOBLOCK)])
-                        if bound and name is None:
-                            # A connection opened before its key was removed (SIGHUP): still
-                            # encrypted, no longer anyone. Never let it through unbound.
-                            core.unbound_key()
-                            continue
                         if frames is None:
                             core.frame_bomb()
                         else:
-                            core.receive(frames, key, name, address, admitted)
+                            core.receive(frames, key, None, address, admitted)
                     except zmq.Again:
                         break
                     except Exception as exc:  # noqa: BLE001 (receive() catches its own; this is the loop's)
@@ -234,8 +228,6 @@ class Server:
             log.error("could not reload authorised keys: %s", exc)
             return
         log.info("reloaded authorised keys: %d", len(self.bound_names))
-        if self.authorized_keys is not None:  # without an allowlist any key is welcome: nobody to revoke
-            self.core.revoke(set(self.bound_names))
 
 
 class GuardedAuthenticator(ThreadAuthenticator):
