@@ -70,9 +70,8 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zmq
-from bench import cpu_seconds, die_with_parent, free_port_pair, pct, rss_mb
+from harness import cpu_seconds, die_with_parent, free_port_pair, pct, rss_mb
 from loadtest import raise_nofile
 
 from zmqchat import protocol as p

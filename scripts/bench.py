@@ -27,7 +27,6 @@ and is stopped by its own pid. ``--json`` prints one summary object.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import itertools
 import json
 import math
@@ -45,65 +44,14 @@ import time
 from array import array
 from pathlib import Path
 
+from harness import cpu_seconds, die_with_parent, free_port_pair, machine, pct
+
 ROOM = "#bench"
 MARK_WARM = ord("W")
 MARK_DATA = ord("B")
 TEXT_FIXED = 32  # marker + 10-digit seq + space + 19-digit send time + space
 TEXT_KEY = b'"text":"'
 PROXY_HWM = 100_000  # the same high-water marks as the zmqchat server (PULL and PUB)
-
-
-# --------------------------------------------------------------------------------------------------
-# process hygiene
-
-
-try:
-    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before any fork: the child only calls it
-except OSError:
-    _LIBC = None
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGTERM when the process that started us dies, so nothing outlives the bench."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def free_port_pair() -> int:
-    """A port P on 127.0.0.1 with P and P+1 both free right now."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port >= 65534:
-            continue
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc (0.0 where /proc is missing)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def rss_mb(pid: int, key: str = "VmRSS") -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -585,13 +533,6 @@ def run_phase(pool: Pool, relay: Relay, *, phase: str, n_subs: int, n_pubs: int,
     return out
 
 
-def pct(sorted_vals, q: float) -> float:
-    if not sorted_vals:
-        return float("nan")
-    k = max(0, min(len(sorted_vals) - 1, math.ceil(q / 100 * len(sorted_vals)) - 1))
-    return float(sorted_vals[k])
-
-
 def make_curve(tmp: Path) -> dict:
     import zmq.auth
 
@@ -602,26 +543,6 @@ def make_curve(tmp: Path) -> dict:
     s_public, _ = zmq.auth.load_certificate(str(server_secret))
     c_public, c_secret = zmq.auth.load_certificate(str(client_secret))
     return {"server_secret_file": str(server_secret), "client": (c_secret, c_public, s_public)}
-
-
-def machine() -> dict:
-    import platform
-
-    import zmq
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import zmqchat
-
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "kernel": platform.release(),
-            "zmqchat": os.path.dirname(zmqchat.__file__)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,8 +36,7 @@ import time
 from array import array
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import cpu_seconds, die_with_parent, free_port_pair, machine, pct, rss_mb
+from harness import cpu_seconds, die_with_parent, free_port_pair, machine, pct, rss_mb
 
 ROOM = "#general"
 BCAST = b'"text":"BCAST '

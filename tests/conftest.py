@@ -7,10 +7,8 @@ started by these fixtures only and stopped by their own pid at teardown.
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import zmq
+
+from zmqchat.endpoints import free_port_pair
 
 BIN = Path(sys.executable).parent
 WAIT = 10.0  # seconds: generous upper bound for anything a test waits on
@@ -45,19 +45,6 @@ def script(name: str) -> list[str]:
                                    "zmqchat-keygen": "zmqchat.cli.keygen"}[name]]
 
 
-def free_port_pair() -> int:
-    """A port P on 127.0.0.1 with P and P+1 both free right now, below the kernel's ephemeral range (so
-    that many outgoing connections elsewhere on the machine cannot take it meanwhile)."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
 
 
 class Proc:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "zmqchat"
 PURE = ["protocol.py", "events.py", "errors.py", "core.py", "presence.py", "ratelimit.py", "dedupe.py",
-        "session.py", "commands.py", "display.py", "endpoints.py"]
+        "session.py", "commands.py", "display.py"]
 
 
 def imported(path: Path) -> set[str]:
