@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import __version__
 from .. import protocol as p
-from ..core import DEFAULT_MOTD, SUBSCRIBER_BYTES, ServerConfig, ServerCore, subscriber_queue
+from ..core import SUBSCRIBER_BYTES, ServerConfig, ServerCore, subscriber_queue
 from ..endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
 from ..errors import ZmqchatError
 from ..history import History
@@ -19,6 +19,7 @@ from ..server import HANDSHAKE_RATE, PUB_SNDBUF, Server
 from .common import apply_env_defaults, run_main, setup_logging
 
 log = logging.getLogger("zmqchat.server")
+DEFAULTS = ServerConfig()  # the rules' defaults are written once, in the config; the flags show them
 
 
 def default_data_dir() -> Path:
@@ -44,30 +45,30 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--in-endpoint", help="full PULL endpoint instead of host/port, e.g. ipc:///tmp/chat-in")
     net.add_argument("--out-endpoint", help="full PUB endpoint instead of host/port+1")
     chat = parser.add_argument_group("chat")
-    chat.add_argument("--motd", default=DEFAULT_MOTD, help="welcome text sent to each client that joins")
-    chat.add_argument("--heartbeat-interval", type=float, default=1.0,
+    chat.add_argument("--motd", default=DEFAULTS.motd, help="welcome text sent to each client that joins")
+    chat.add_argument("--heartbeat-interval", type=float, default=DEFAULTS.heartbeat_interval,
                       help="seconds between heartbeats, both ways (default: %(default)s)")
-    chat.add_argument("--heartbeat-misses", type=int, default=3,
+    chat.add_argument("--heartbeat-misses", type=int, default=DEFAULTS.heartbeat_misses,
                       help="missed client heartbeats before it is timed out (default: %(default)s)")
-    chat.add_argument("--presence-limit", type=int, default=500,
+    chat.add_argument("--presence-limit", type=int, default=DEFAULTS.presence_limit,
                       help="rooms with more members than this do not announce joins and leaves (default: %(default)s)")
     hist = parser.add_argument_group("history")
     hist.add_argument("--history", type=int, default=1000, help="messages kept per room (default: %(default)s)")
-    hist.add_argument("--backlog", type=int, default=20,
+    hist.add_argument("--backlog", type=int, default=DEFAULTS.backlog,
                       help="messages replayed to a client joining a room (default: %(default)s)")
     hist.add_argument("--data-dir", help=f"where the history database lives (default: {default_data_dir()})")
     hist.add_argument("--no-persist", action="store_true", help="keep history in memory only")
     hist.add_argument("--repair", action="store_true", help="delete damaged rows of the history database "
                       "(counted in a warning) instead of refusing to start; see docs/history.md")
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--max-message-bytes", type=int, default=p.DEFAULT_MAX_MESSAGE_BYTES,
+    limits.add_argument("--max-message-bytes", type=int, default=DEFAULTS.max_message_bytes,
                         help="largest message accepted on the wire (a larger one gets an error; a single "
                         "frame over it cuts the sender off) (default: %(default)s)")
-    limits.add_argument("--max-text-bytes", type=int, default=p.DEFAULT_MAX_TEXT_BYTES,
+    limits.add_argument("--max-text-bytes", type=int, default=DEFAULTS.max_text_bytes,
                         help="largest chat message text in UTF-8 bytes (default: %(default)s)")
-    limits.add_argument("--rate", type=float, default=20.0,
+    limits.add_argument("--rate", type=float, default=DEFAULTS.rate,
                         help="messages per second per client, 0 for no limit (default: %(default)s)")
-    limits.add_argument("--burst", type=float, default=60.0,
+    limits.add_argument("--burst", type=float, default=DEFAULTS.burst,
                         help="messages a client may send at once before the rate applies (default: %(default)s)")
     limits.add_argument("--subscriber-bytes", type=int, default=SUBSCRIBER_BYTES,
                         help="memory one subscriber that stops reading may pin: the PUB queue holds this many "
@@ -77,10 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--subscriber-bytes gives; a client that falls behind recovers from history")
     limits.add_argument("--sndbuf", type=int, default=PUB_SNDBUF,
                         help="kernel send buffer per subscriber in bytes, 0 for the system's (default: %(default)s)")
-    limits.add_argument("--work-rate", type=float, default=30_000.0,
+    limits.add_argument("--work-rate", type=float, default=DEFAULTS.work_rate,
                         help="publications per second that requests (history, who, rooms, stats) may cost, all "
                         "sessions together; beyond it they are told 'busy'; 0 for no limit (default: %(default)s)")
-    limits.add_argument("--address-rate", type=float, default=2_000.0,
+    limits.add_argument("--address-rate", type=float, default=DEFAULTS.address_rate,
                         help="messages per second one address (or CURVE key) may send; more are dropped unread; "
                         "0 for no limit (default: %(default)s)")
     limits.add_argument("--handshake-rate", type=float, default=HANDSHAKE_RATE,
