@@ -53,10 +53,7 @@ def every_open_is_a_new_boot(monkeypatch):
 def test_within_one_boot_a_crash_skips_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(history_module, "boot_id", lambda: "this-boot")
     path = tmp_path / "h.sqlite3"
-    store = History(limit=100, path=path)
-    for _ in range(10):
-        say(store)
-    store.commit()
+    store = committed(path, 10, limit=100)
     crash(store)  # kill -9: the OS still holds every write, so no number past 10 was ever published
     again = History(limit=100, path=path)
     assert again.last_seq("#a") == 10 and again.lost("#a", 0, 1000) == []
@@ -74,6 +71,15 @@ def body(room: str, seq: int, text: str = "hi") -> bytes:
 
 def say(store: History, room: str = "#a", text: str = "hi") -> int:
     return store.append(room, 1.0, f"alice\x1f{text}", lambda seq: body(room, seq, text))[0]
+
+
+def committed(path, count: int, limit: int = 100) -> History:
+    """A store at ``path`` holding ``count`` messages of #a, committed."""
+    store = History(limit=limit, path=path)
+    for _ in range(count):
+        say(store)
+    store.commit()
+    return store
 
 
 def seqs(rows: list[tuple[int, bytes]]) -> list[int]:
@@ -198,10 +204,7 @@ def test_a_failed_reserving_commit_keeps_the_reservation_and_restores_normal_syn
 
 def test_clean_close_releases_reservations_so_a_restart_skips_nothing(tmp_path):
     path = tmp_path / "h.sqlite3"
-    store = History(limit=100, path=path)
-    for _ in range(10):
-        say(store)
-    store.commit()
+    store = committed(path, 10, limit=100)
     assert reservation(path) == BLOCK_MIN
     store.close()
     assert reservation(path) == 10
@@ -213,10 +216,7 @@ def test_clean_close_releases_reservations_so_a_restart_skips_nothing(tmp_path):
 
 def test_a_crash_skips_the_rest_of_the_reserved_block(tmp_path, caplog):
     path = tmp_path / "h.sqlite3"
-    store = History(limit=100, path=path)
-    for _ in range(10):
-        say(store)
-    store.commit()
+    store = committed(path, 10, limit=100)
     crash(store)  # numbers 11..64 were reserved, never used: nobody saw them, but the file cannot tell
     with caplog.at_level(logging.INFO, logger="zmqchat.server"):
         again = History(limit=100, path=path)
@@ -281,10 +281,7 @@ def test_a_lost_wal_tail_never_makes_a_number_reused(tmp_path, clock, step):
 
 def test_trimming_after_a_skip_keeps_what_memory_holds(tmp_path):
     path = tmp_path / "h.sqlite3"
-    store = History(limit=10, path=path)
-    for _ in range(5):
-        say(store)
-    store.commit()
+    store = committed(path, 5, limit=10)
     crash(store)
     again = History(limit=10, path=path)  # 6..64 skipped
     for _ in range(100):
@@ -439,10 +436,7 @@ def test_damaged_rows_of_the_other_tables(tmp_path, table, row, named):
 
 def test_a_repaired_reservation_skips_a_whole_block_to_be_sure(tmp_path):
     path = tmp_path / "h.sqlite3"
-    store = History(limit=100, path=path)
-    for _ in range(10):
-        say(store)
-    store.commit()
+    store = committed(path, 10, limit=100)
     crash(store)
     sql(path, "UPDATE reservations SET upto = 'x'")
     again = History(limit=100, path=path, repair=True)  # how far #a was reserved is unknown now
