@@ -14,7 +14,7 @@ import sys
 
 from zmqchat.cli.bots import bot_parser, parse_bot_args
 from zmqchat.cli.common import client_kwargs, run_main, setup_logging
-from zmqchat.client import Client
+from zmqchat.client.sync import Client
 from zmqchat.errors import ZmqchatError
 
 

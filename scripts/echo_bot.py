@@ -16,7 +16,7 @@ from zmqchat import events as ev
 from zmqchat.bot import Bot
 from zmqchat.cli.bots import bot_from_args, bot_parser, parse_bot_args
 from zmqchat.cli.common import run_main, setup_logging
-from zmqchat.display import mentions, strip_mention
+from zmqchat.client.display import mentions, strip_mention
 
 
 def make_bot(bot: Bot) -> Bot:

@@ -11,10 +11,10 @@ from test_session import beat, events, make_session, sent, welcome
 
 from zmqchat import events as ev
 from zmqchat import protocol as p
-from zmqchat.core import ServerConfig, subscriber_queue
-from zmqchat.history import History
-from zmqchat.ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
-from zmqchat.session import BUSY_GIVE_UP
+from zmqchat.server.core import ServerConfig, subscriber_queue
+from zmqchat.server.store import History
+from zmqchat.server.ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
+from zmqchat.client.session import BUSY_GIVE_UP
 
 # --------------------------------------------------------------------------------------------------
 # the pieces
@@ -339,7 +339,7 @@ def test_the_client_survives_what_a_busy_server_says_end_to_end(clock):
 
 def test_budgets_hold_with_a_persistent_history(tmp_path, clock):
     """The same refusal with the SQLite store behind the core (its reads are what the budget prices)."""
-    from zmqchat.core import ServerCore
+    from zmqchat.server.core import ServerCore
 
     core = ServerCore(ServerConfig(work_rate=10.0), History(limit=100, path=tmp_path / "h.sqlite3"), clock=clock)
     crowd(core, 2)
@@ -431,7 +431,7 @@ def test_who_of_too_many_names_is_refused_and_who_changes_with_a_join_in_the_sam
     send(core, p.WhoRequest(session="c0", room="#general", rid="w2"))
     answers = [m for m in replies(published(core), p.WhoReply)]
     assert [sorted(m.rooms["#general"]) for m in answers] == [["late", "uc0", "uc1"]]  # built after the join
-    import zmqchat.core as core_module
+    import zmqchat.server.core as core_module
 
     core_module.WHO_MAX_NAMES, limit = 2, core_module.WHO_MAX_NAMES
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zmqchat.commands import COMMANDS, HELP, QUIT, WORDS, Error, Help, Reply, run_line
+from zmqchat.client.commands import COMMANDS, HELP, QUIT, WORDS, Error, Help, Reply, run_line
 from zmqchat.errors import ZmqchatError
 
 

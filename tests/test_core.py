@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zmqchat import protocol as p
-from zmqchat.core import COMMIT_GIVE_UP, DEFAULT_MOTD, ServerConfig, ServerCore
-from zmqchat.history import History, HistoryError
-from zmqchat.ratelimit import TokenBucket
+from zmqchat.server.core import COMMIT_GIVE_UP, DEFAULT_MOTD, ServerConfig, ServerCore
+from zmqchat.server.store import History, HistoryError
+from zmqchat.server.ratelimit import TokenBucket
 
 GENERAL = p.room_topic("#general")
 DEV = p.room_topic("#dev")

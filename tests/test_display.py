@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from zmqchat import events as ev
 from zmqchat.cli.lineui import ChatUI
-from zmqchat.display import UNSAFE_CHARS, clean, event_line, message_line
+from zmqchat.client.display import UNSAFE_CHARS, clean, event_line, message_line
 
 ATTACKS = {
     "C1 CSI (colour, cursor moves)": "\x9b31mred\x9b2J",

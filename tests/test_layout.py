@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "zmqchat"
-PURE = ["protocol.py", "events.py", "errors.py", "core.py", "presence.py", "ratelimit.py", "dedupe.py",
-        "session.py", "commands.py", "display.py"]
+PURE = ["protocol.py", "events.py", "errors.py", "server/core.py", "server/sequencer.py", "server/presence.py",
+        "server/ratelimit.py", "server/dedupe.py", "client/session.py", "client/commands.py", "client/display.py"]
 
 
 def imported(path: Path) -> set[str]:
@@ -26,8 +26,11 @@ def imported(path: Path) -> set[str]:
 
 
 def test_the_library_never_imports_the_command_line():
-    offenders = {path.name: sorted(n for n in imported(path) if n == "cli" or n.startswith(("cli.", "zmqchat.cli")))
-                 for path in PACKAGE.glob("*.py")}
+    outside = [path for path in PACKAGE.rglob("*.py") if path.relative_to(PACKAGE).parts[0] != "cli"]
+    assert len(outside) > 10
+    offenders = {str(path.relative_to(PACKAGE)): sorted(n for n in imported(path) if n.split(".")[0] == "cli"
+                                                        or n.startswith("zmqchat.cli"))
+                 for path in outside}
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
@@ -35,3 +38,21 @@ def test_the_pure_modules_import_no_zmq_sqlite_socket_or_threads():
     forbidden = ("zmq", "sqlite3", "socket", "threading", "asyncio")
     offenders = {name: sorted(n for n in imported(PACKAGE / name) if n.split(".")[0] in forbidden) for name in PURE}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+CLOCKS = {"time", "monotonic", "perf_counter", "process_time", "time_ns", "monotonic_ns", "now", "utcnow", "today"}
+
+
+def test_the_pure_modules_read_no_clock_but_an_injected_one():
+    """``clock=time.monotonic`` as a default is injection; ``time.monotonic()`` called inside is not."""
+    offenders = {}
+    for name in PURE:
+        tree = ast.parse((PACKAGE / name).read_text())
+        calls = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Attribute) and node.func.attr in CLOCKS
+                 and isinstance(node.func.value, ast.Name) and node.func.value.id in ("time", "datetime", "date")]
+        calls += [node.lineno for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                  and node.module in ("time", "datetime") and {a.name for a in node.names} & CLOCKS]
+        if calls:
+            offenders[name] = calls
+    assert offenders == {}

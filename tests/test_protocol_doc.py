@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from zmqchat import protocol as p
-from zmqchat.core import DEFAULT_MOTD, ServerConfig, ServerCore
-from zmqchat.history import History
+from zmqchat.server.core import DEFAULT_MOTD, ServerConfig, ServerCore
+from zmqchat.server.store import History
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 

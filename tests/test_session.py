@@ -9,9 +9,9 @@ from conftest import FakeClock
 
 from zmqchat import events as ev
 from zmqchat import protocol as p
-from zmqchat.core import ServerConfig, ServerCore
-from zmqchat.history import History
-from zmqchat.session import GAP_CHUNK, HELLO_RETRY, HISTORY_RETRY, RESEND_AFTER, ClientSession
+from zmqchat.server.core import ServerConfig, ServerCore
+from zmqchat.server.store import History
+from zmqchat.client.session import GAP_CHUNK, HELLO_RETRY, HISTORY_RETRY, RESEND_AFTER, ClientSession
 
 SID = "s1"
 MY_TOPIC = p.session_topic(SID)
@@ -377,7 +377,7 @@ def test_rows_of_a_gap_fill_lost_on_the_way_are_asked_for_again_not_given_up(clo
 
 
 def test_gap_replies_that_keep_losing_everything_on_the_way_are_given_up_after_a_few(clock):
-    from zmqchat.session import REASKS
+    from zmqchat.client.session import REASKS
 
     session = connected(clock)
     deliver(session, live(1))
@@ -992,7 +992,7 @@ def test_a_goodbye_we_did_not_ask_for_changes_nothing(clock):
 
 
 def test_every_server_message_kind_has_a_handler_or_is_ignored_on_purpose(clock):
-    from zmqchat.session import IGNORED
+    from zmqchat.client.session import IGNORED
 
     handled = set(make_session(clock)._handlers)
     assert handled | IGNORED == set(p.server_kinds()) and not handled & IGNORED

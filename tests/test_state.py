@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from zmqchat.history import History
-from zmqchat.presence import Presence
-from zmqchat.ratelimit import RateLimiter, TokenBucket
+from zmqchat.server.store import History
+from zmqchat.server.presence import Presence
+from zmqchat.server.ratelimit import RateLimiter, TokenBucket
 
 # --------------------------------------------------------------------------------------------------
 # presence
@@ -367,8 +367,8 @@ def test_reopen_with_a_smaller_limit(tmp_path):
 def test_a_failed_commit_keeps_the_batch_for_the_next_one(tmp_path, monkeypatch):
     import sqlite3
 
-    from zmqchat import history as history_module
-    from zmqchat.history import HistoryError
+    from zmqchat.server import store as history_module
+    from zmqchat.server.store import HistoryError
 
     monkeypatch.setattr(history_module, "BUSY_TIMEOUT", 0.05)
     path = tmp_path / "h.sqlite3"

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmqchat import history as history_module
+from zmqchat.server import store as history_module
 from zmqchat import protocol as p
 from zmqchat.cli.server import build_parser, history_file
-from zmqchat.history import (
+from zmqchat.server.store import (
     BLOCK_MAX,
     BLOCK_MIN,
     MIGRATIONS,

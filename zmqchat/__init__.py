@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from .bot import Bot
-from .client import Client
+from .client.sync import Client
 from .errors import ConnectError, ZmqchatError
 
 __all__ = ["Bot", "Client", "ConnectError", "ZmqchatError", "__version__"]

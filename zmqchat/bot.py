@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import events as ev
-from .client import Client
+from .client.sync import Client
 from .errors import ConnectError
 
 log = logging.getLogger("zmqchat.bot")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from .. import __version__
 from .. import protocol as p
-from ..core import SUBSCRIBER_BYTES, ServerConfig, ServerCore, subscriber_queue
+from ..server.core import SUBSCRIBER_BYTES, ServerConfig, ServerCore, subscriber_queue
 from ..endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
 from ..errors import ZmqchatError
-from ..history import History
-from ..server import HANDSHAKE_RATE, PUB_SNDBUF, Server
+from ..server.store import History
+from ..server.loop import HANDSHAKE_RATE, PUB_SNDBUF, Server
 from .common import apply_env_defaults, run_main, setup_logging
 
 log = logging.getLogger("zmqchat.server")

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import zmq
 
-from . import events as ev
-from . import keys
-from . import protocol as p
-from .endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
-from .errors import ConnectError, ZmqchatError
+from .. import events as ev
+from .. import keys
+from .. import protocol as p
+from ..endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
+from ..errors import ConnectError, ZmqchatError
 from .session import ClientSession
 
 TICK = 0.05  # seconds: the longest the loop sleeps before running the session's timers

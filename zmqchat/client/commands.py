@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import ZmqchatError
+from ..errors import ZmqchatError
 
 
 class ChatClient(Protocol):

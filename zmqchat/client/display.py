@@ -6,7 +6,7 @@ import re
 import time
 import zlib
 
-from . import events as ev
+from .. import events as ev
 
 PRESENCE_WORDS = {"join": "joined", "part": "left", "quit": "left", "timeout": "left (timed out)",
                   "revoked": "left (key no longer authorised)"}

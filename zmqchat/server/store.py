@@ -30,8 +30,8 @@ from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 
-from .errors import ZmqchatError
-from .protocol import room_problem
+from ..errors import ZmqchatError
+from ..protocol import room_problem
 
 log = logging.getLogger("zmqchat.server")
 

@@ -1,7 +1,7 @@
 """The server's rules, sans-IO: frames in, frames to publish out.
 
 Everything that decides what the server says lives here: presence, sequencing, dedupe, rate limits,
-history replies. ``zmqchat.server`` only moves frames between sockets and this class. Time comes from
+history replies. ``zmqchat.server.loop`` only moves frames between sockets and this class. Time comes from
 the injected ``clock`` so the rules are tested without sleeping.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import protocol as p
+from .. import protocol as p
 from .dedupe import ACK, REFUSED, Producer, Producers
-from .history import History, HistoryError
+from .store import History, HistoryError
 from .presence import Member, Presence
 from .ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
 

@@ -1,6 +1,6 @@
 """The client's rules, sans-IO: handshake, heartbeats, ordering per room, gap recovery, resend.
 
-``ClientSession`` never touches a socket. The I/O shell (``zmqchat.client``) feeds it the frames that
+``ClientSession`` never touches a socket. The I/O shell (``zmqchat.client.sync``) feeds it the frames that
 arrive on SUB (``receive``) and the passage of time (``tick``), and moves what it queues: frames for PUSH
 (``outgoing``), topics to (un)subscribe (``subscriptions``) and events for the user (``events``).
 """
@@ -13,8 +13,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import events as ev
-from . import protocol as p
+from .. import events as ev
+from .. import protocol as p
 
 HELLO_RETRY = 0.25  # seconds between hellos until the welcome arrives
 RESEND_AFTER = 5.0  # seconds before an unacknowledged message is sent again

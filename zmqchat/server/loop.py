@@ -23,7 +23,7 @@ from pathlib import Path
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from . import keys
+from .. import keys
 from .core import SUBSCRIBER_BYTES, ServerCore, subscriber_queue
 from .ratelimit import RateLimiter
 
@@ -65,7 +65,7 @@ class Server:
         self.curve = keys.load_secret(curve_secret) if curve_secret else None
         self.authorized_keys = Path(authorized_keys) if authorized_keys else None
         if self.authorized_keys is not None and self.curve is None:
-            from .errors import ZmqchatError
+            from ..errors import ZmqchatError
 
             raise ZmqchatError("--authorized-keys needs --curve-secret (CURVE must be on)")
         self.bound_names: dict[str, str] = keys.load_allowlist(self.authorized_keys) if self.authorized_keys else {}
