@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import pytest
 from conftest import FakeClock
+from journal import shut
 from test_core import hello, make_core, published, say, send
 from test_session import beat, events, make_session, sent, welcome
 
 from zmqchat import events as ev
 from zmqchat import protocol as p
-from zmqchat.server.core import ServerConfig, subscriber_queue
-from zmqchat.server.store import History
-from zmqchat.server.ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
 from zmqchat.client.session import BUSY_GIVE_UP
+from zmqchat.server.core import ServerConfig, subscriber_queue
+from zmqchat.server.ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
+from zmqchat.server.store import SqliteStore
 
 # --------------------------------------------------------------------------------------------------
 # the pieces
@@ -341,7 +342,7 @@ def test_budgets_hold_with_a_persistent_history(tmp_path, clock):
     """The same refusal with the SQLite store behind the core (its reads are what the budget prices)."""
     from zmqchat.server.core import ServerCore
 
-    core = ServerCore(ServerConfig(work_rate=10.0), History(limit=100, path=tmp_path / "h.sqlite3"), clock=clock)
+    core = ServerCore(ServerConfig(work_rate=10.0), SqliteStore(tmp_path / "h.sqlite3", 100), clock=clock)
     crowd(core, 2)
     fill(core, clock, ["#general"])
     send(core, p.HistoryRequest(session="c0", room="#general", after=0, before=0, limit=50, rid="a"))
@@ -349,7 +350,7 @@ def test_budgets_hold_with_a_persistent_history(tmp_path, clock):
     out = published(core)
     assert [m.rid for m in replies(out, p.HistoryEnd)] == ["a"]
     assert [(m.code, m.rid) for m in replies(out, p.ErrorReply)] == [(p.ERR_BUSY, "b")]
-    core.history.close()
+    shut(core)
 
 
 def test_a_crowd_from_one_address_spends_a_tenth_of_the_budget_whatever_it_claims(clock):
@@ -401,13 +402,13 @@ def test_a_catch_up_join_costs_like_the_history_it_asks_for(clock):
 
 
 def test_strangers_cannot_spend_the_answers_a_remembered_member_gets_after_a_restart(clock, tmp_path):
-    core = make_core(clock, history=History(limit=100, path=tmp_path / "h.sqlite3"))
+    core = make_core(clock, store=SqliteStore(tmp_path / "h.sqlite3", 100))
     hello(core, "real", "alice")
     say(core, "real", "hi", 1)
     published(core)
-    core.history.close()
+    shut(core)
     # the same store after a restart: alice's counters are remembered
-    restarted = make_core(clock, history=History(limit=100, path=tmp_path / "h.sqlite3"))
+    restarted = make_core(clock, store=SqliteStore(tmp_path / "h.sqlite3", 100))
     for i in range(2000):  # made-up sessions from many addresses use up the total
         restarted.receive(p.encode_client(p.Ping(session=f"ghost{i}")), address=f"10.9.{i // 200}.{i % 200}")
     assert len(published(restarted)) == 500
@@ -420,7 +421,7 @@ def test_strangers_cannot_spend_the_answers_a_remembered_member_gets_after_a_res
     for i in range(100):
         restarted.receive(p.encode_client(p.Ping(session=f"two{i}")), address="10.8.0.1")
     assert len(replies(published(restarted), p.ErrorReply)) == 20  # its own 20 a second, though the total refilled
-    restarted.history.close()
+    shut(restarted)
 
 
 def test_who_of_too_many_names_is_refused_and_who_changes_with_a_join_in_the_same_tick(clock):

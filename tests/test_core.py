@@ -10,18 +10,19 @@ import pytest
 from conftest import FakeClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from journal import History, shut
 
 from zmqchat import protocol as p
 from zmqchat.server.core import COMMIT_GIVE_UP, DEFAULT_MOTD, ServerConfig, ServerCore
-from zmqchat.server.store import History, HistoryError
 from zmqchat.server.ratelimit import TokenBucket
+from zmqchat.server.store import MemoryStore, SqliteStore, Store, StoreError
 
 GENERAL = p.room_topic("#general")
 DEV = p.room_topic("#dev")
 
 
-def make_core(clock: FakeClock, history: History | None = None, **config) -> ServerCore:
-    return ServerCore(ServerConfig(**config), history if history is not None else History(limit=100), clock=clock)
+def make_core(clock: FakeClock, store: Store | None = None, **config) -> ServerCore:
+    return ServerCore(ServerConfig(**config), store if store is not None else MemoryStore(100), clock=clock)
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_hello_gets_welcome_join_and_empty_backlog(core, clock):
     welcome, presence, end = (msg for _, msg in out)
     assert welcome == p.Welcome(session="s1", name="alice", motd=DEFAULT_MOTD, heartbeat_interval=1.0,
                                 max_text_bytes=p.DEFAULT_MAX_TEXT_BYTES, server_time=1000.0,
-                                epoch=core.history.epoch, max_message_bytes=p.DEFAULT_MAX_MESSAGE_BYTES)
+                                epoch=core.sequencer.epoch, max_message_bytes=p.DEFAULT_MAX_MESSAGE_BYTES)
     assert presence == p.PresenceEvent(room="#general", name="alice", event="join", ts=1000.0)
     assert hist_end(end) == ("#general", 0, 0, 0)
     assert core.presence.names_in("#general") == ["alice"]
@@ -153,7 +154,7 @@ def test_rehello_with_last_seq_replays_what_was_missed(core):
         say(core, "s1", f"t{i}", i + 1)
     published(core)
     send(core, p.Hello(session="s1", name="alice", rooms=["#general"], last_seq={"#general": 3},
-                       epoch=core.history.epoch))
+                       epoch=core.sequencer.epoch))
     out = published(core)
     assert [msg.seq for _, msg in of_type(out, p.HistoryMessage)] == [4, 5]
     assert hist_end(out[-1][1]) == ("#general", 3, 5, 2)
@@ -167,7 +168,7 @@ def test_rehello_from_another_epoch_gets_the_backlog_not_a_range(core):
     # numbers from a history that no longer exists (a --no-persist restart) must not be trusted
     send(core, p.Hello(session="s1", name="alice", rooms=["#general"], last_seq={"#general": 3}, epoch="old"))
     out = published(core)
-    assert out[0][1].epoch == core.history.epoch
+    assert out[0][1].epoch == core.sequencer.epoch
     assert [msg.seq for _, msg in of_type(out, p.HistoryMessage)] == [1, 2, 3, 4, 5]
     assert hist_end(out[-1][1]) == ("#general", 0, 5, 5)
 
@@ -201,7 +202,7 @@ def test_say_is_sequenced_per_room(core, clock):
         p.RoomMessage(room="#general", seq=3, ts=1002.0, sender="alice", text="waves", mid="s1.4", action=True),
     ]
     assert core.stats["messages"] == 4
-    assert core.history.last_seq("#general") == 3
+    assert core.sequencer.last_seq("#general") == 3
 
 
 def test_one_publish_per_message_whatever_the_audience(core):
@@ -220,7 +221,7 @@ def test_duplicate_mid_is_acked_not_republished(core):
     out = published(core)
     assert out == [(p.session_topic("s1"), p.Ack(mid="s1.1", room="#general", seq=1))]
     assert core.stats["duplicates"] == 1
-    assert core.history.last_seq("#general") == 2
+    assert core.sequencer.last_seq("#general") == 2
 
 
 def test_same_mid_from_another_sender_is_not_a_duplicate(core):
@@ -233,13 +234,13 @@ def test_same_mid_from_another_sender_is_not_a_duplicate(core):
 
 def test_duplicate_detected_after_server_restart(clock, tmp_path):
     path = tmp_path / "history.db"
-    core = make_core(clock, History(limit=100, path=path))
+    core = make_core(clock, SqliteStore(path, 100))
     hello(core, "s1", "alice")
     say(core, "s1", "hi", "m1")
     assert [msg.seq for _, msg in published(core)] == [1]
-    core.history.close()
+    shut(core)
 
-    restarted = make_core(clock, History(limit=100, path=path))
+    restarted = make_core(clock, SqliteStore(path, 100))
     send(restarted, p.Ping(session="s1"))
     assert error(published(restarted)).code == p.ERR_UNKNOWN_SESSION
     hello(restarted, "s1", "alice")
@@ -248,12 +249,12 @@ def test_duplicate_detected_after_server_restart(clock, tmp_path):
     out = published(restarted)
     assert out[0] == (p.session_topic("s1"), p.Ack(mid="s1.1", room="#general", seq=1))
     assert [(m.seq, m.text) for _, m in out[1:]] == [(2, "new")]
-    restarted.history.close()
+    shut(restarted)
 
 
 def test_flush_commits_before_handing_frames_over(clock, tmp_path):
     path = tmp_path / "history.db"
-    core = make_core(clock, History(limit=100, path=path))
+    core = make_core(clock, SqliteStore(path, 100))
     hello(core, "s1", "alice")
     say(core, "s1", "hi", "m1")
     with sqlite3.connect(str(path)) as db:
@@ -261,7 +262,7 @@ def test_flush_commits_before_handing_frames_over(clock, tmp_path):
     assert len(core.flush()) == 1
     with sqlite3.connect(str(path)) as db:
         assert db.execute("SELECT room, seq FROM messages").fetchall() == [("#general", 1)]
-    core.history.close()
+    shut(core)
 
 
 def test_not_in_room(core):
@@ -269,7 +270,7 @@ def test_not_in_room(core):
     say(core, "s1", "hi", "m1", room="#dev")
     err = error(published(core))
     assert (err.code, err.message, err.mid) == (p.ERR_NOT_IN_ROOM, "you are not in #dev; /join it first", "s1.1")
-    assert core.history.last_seq("#dev") == 0
+    assert core.sequencer.last_seq("#dev") == 0
 
 
 def test_too_long(clock):
@@ -281,7 +282,7 @@ def test_too_long(clock):
     assert out[0][1].text == "x" * 10
     err = out[1][1]
     assert (err.code, err.message, err.mid) == (p.ERR_TOO_LONG, "message too long (12 bytes, at most 10)", "s1.2")
-    assert core.history.last_seq("#general") == 1
+    assert core.sequencer.last_seq("#general") == 1
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
@@ -438,7 +439,7 @@ def test_unknown_session_is_told_to_hello_at_a_bounded_rate(core, clock):
     send(core, p.Ping(session="ghost"))
     send(core, p.Ping(session="ghost"))
     assert len(published(core)) == 1
-    assert core.history.last_seq("#general") == 0
+    assert core.sequencer.last_seq("#general") == 0
 
 
 GARBAGE = [
@@ -563,7 +564,7 @@ def test_history_request_with_zero_limit(ten):
 
 
 def test_gap_fill_from_zero_sends_everything_upto_claims(clock):
-    core = make_core(clock, History(limit=1000), rate=0.0)
+    core = make_core(clock, MemoryStore(1000), rate=0.0)
     hello(core, "s1", "alice")
     for i in range(300):
         say(core, "s1", "x", i + 1)
@@ -794,7 +795,7 @@ def test_requests_have_a_token_bucket_of_their_own(clock):
 
 
 def test_history_reply_is_bounded_in_bytes(clock):
-    core = make_core(clock, History(limit=1000), rate=0.0, max_text_bytes=16_000)
+    core = make_core(clock, MemoryStore(1000), rate=0.0, max_text_bytes=16_000)
     hello(core, "s1", "alice")
     for i in range(200):
         say(core, "s1", "x" * 15_000, i + 1)
@@ -812,7 +813,7 @@ def test_history_reply_is_bounded_in_bytes(clock):
 def test_timestamps_use_the_wall_clock_and_timers_the_monotonic_one():
     timer, wall = FakeClock(), FakeClock()
     timer.now, wall.now = 10.0, 1_800_000_000.0
-    core = ServerCore(ServerConfig(), History(limit=10), clock=timer, wall_clock=wall)
+    core = ServerCore(ServerConfig(), MemoryStore(10), clock=timer, wall_clock=wall)
     hello(core, "s1", "alice")
     say(core, "s1", "hi", "m1")
     (_, msg), = of_type(published(core), p.RoomMessage)
@@ -823,22 +824,19 @@ def test_timestamps_use_the_wall_clock_and_timers_the_monotonic_one():
     assert [type(m) for _, m in published(core)] == [p.ServerHeartbeat]
 
 
-class FailingHistory(History):
-    """Refuses commits while ``failing`` is set, like a database locked by another program."""
+class FailingStore(MemoryStore):
+    """Refuses batches while ``failing`` is set, like a database locked by another program."""
 
     failing = True
 
-    def commit(self) -> None:
+    def submit(self, batch) -> None:
         if self.failing:
-            raise HistoryError("history database: database is locked")
-        super().commit()
-
-    def committed_seq(self, room: str) -> int:
-        return 0 if self.failing else super().committed_seq(room)
+            raise StoreError("history database: database is locked")
+        super().submit(batch)
 
 
 def test_nothing_is_published_while_history_cannot_be_saved(clock):
-    history = FailingHistory(limit=10)
+    history = FailingStore(10)
     core = make_core(clock, history)
     send(core, p.Hello(session="s1", name="alice", rooms=["#general"]))
     say(core, "s1", "kept", "m1")
@@ -853,12 +851,12 @@ def test_nothing_is_published_while_history_cannot_be_saved(clock):
 
 
 def test_server_gives_up_when_history_stays_unwritable(clock):
-    core = make_core(clock, FailingHistory(limit=10))
+    core = make_core(clock, FailingStore(10))
     hello_frames = p.encode_client(p.Hello(session="s1", name="alice", rooms=["#general"]))
     core.receive(hello_frames)
     assert core.flush() == []
     clock.advance(COMMIT_GIVE_UP + 1)
-    with pytest.raises(HistoryError):
+    with pytest.raises(StoreError):
         core.flush()
 
 
@@ -880,7 +878,7 @@ def test_repeated_hellos_are_charged_and_then_skip_the_replay(clock):
     kinds = []
     for _ in range(5):
         send(core, p.Hello(session="s1", name="alice", rooms=["#general"], last_seq={"#general": 0},
-                           epoch=core.history.epoch))
+                           epoch=core.sequencer.epoch))
         kinds.append([type(m).__name__ for _, m in published(core)])
     assert kinds[0] == ["Welcome", "HistoryMessage", "HistoryEnd"]  # a catch-up from 0: everything
     assert kinds[-1] == ["Welcome"]  # over budget: welcomed, no replay (the client's join retry gets it)
@@ -961,7 +959,7 @@ def test_dedupe_never_forgets_a_sender_because_of_others(clock):
     say(core, "early", "first", 1)  # alice's resend of her first message, long after
     out = published(core)
     assert out == [(p.session_topic("early"), p.Ack(mid="early.1", room="#general", seq=1))]
-    assert core.history.last_seq("#general") == 1 + 400 * 5
+    assert core.sequencer.last_seq("#general") == 1 + 400 * 5
 
 
 def test_a_jump_in_counters_is_answered_with_resend_from_once(core):
@@ -998,42 +996,42 @@ def test_counters_start_where_the_hello_says(core):
 
 def test_dedupe_survives_restart_beyond_retained_history(clock, tmp_path):
     path = tmp_path / "history.db"
-    core = make_core(clock, History(limit=5, path=path), rate=0.0)
+    core = make_core(clock, SqliteStore(path, 5), rate=0.0)
     hello(core, "s1", "alice")
     say(core, "s1", "mine", 1)
     hello(core, "s2", "bob")
     for n in range(1, 50):  # pushes alice's message out of the retained history
         say(core, "s2", "noise", n)
     published(core)
-    core.history.close()
-    restarted = make_core(clock, History(limit=5, path=path), rate=0.0)
+    shut(core)
+    restarted = make_core(clock, SqliteStore(path, 5), rate=0.0)
     hello(restarted, "s1", "alice")
     say(restarted, "s1", "mine", 1)  # resent after the restart
     say(restarted, "s1", "new", 2)
     out = published(restarted)
     assert of_type(out, p.Ack) == [(p.session_topic("s1"), p.Ack(mid="s1.1", room="#general", seq=1))]
     assert [m.text for _, m in of_type(out, p.RoomMessage)] == ["new"]
-    restarted.history.close()
+    shut(restarted)
 
 
 def test_a_restarted_server_does_not_let_another_key_claim_a_remembered_session(clock, tmp_path):
     path = tmp_path / "history.db"
-    core = make_core(clock, History(limit=100, path=path))
+    core = make_core(clock, SqliteStore(path, 100))
     hello(core, "s1", "alice", key="KEY-A")
     say(core, "s1", "mine", 1, key="KEY-A")
     published(core)
-    core.history.close()
-    restarted = make_core(clock, History(limit=100, path=path))
+    shut(core)
+    restarted = make_core(clock, SqliteStore(path, 100))
     assert hello(restarted, "s1", "alice", key="KEY-M") == []  # squatting alice's session: unanswered
     send(restarted, p.Ping(session="s1"), key="KEY-M")
     assert published(restarted) == []
     assert next(type(m) for _, m in hello(restarted, "s1", "alice", key="KEY-A")) is p.Welcome
-    restarted.history.close()
+    shut(restarted)
 
 
 def test_producers_expire_after_their_window(clock):
     wall = FakeClock(1_000_000.0)
-    core = ServerCore(ServerConfig(), History(limit=10), clock=clock, wall_clock=wall)
+    core = ServerCore(ServerConfig(), MemoryStore(10), clock=clock, wall_clock=wall)
     hello(core, "s1", "alice")
     say(core, "s1", "one", 1)
     published(core)
@@ -1199,7 +1197,7 @@ def test_comings_and_goings_are_logged_within_a_bound(clock, caplog):
 
 def test_a_forgotten_producer_of_a_live_session_takes_its_next_message_as_the_start(clock):
     wall = FakeClock(1_000_000.0)
-    core = ServerCore(ServerConfig(heartbeat_misses=1000), History(limit=10), clock=clock, wall_clock=wall)
+    core = ServerCore(ServerConfig(heartbeat_misses=1000), MemoryStore(10), clock=clock, wall_clock=wall)
     hello(core, "s1", "alice")
     say(core, "s1", "one", 1)
     hello(core, "s1", "alice")  # a reconnect: the server's own count rules, the hello's is not kept
@@ -1222,7 +1220,7 @@ def test_a_message_too_long_on_the_wire_is_final_and_the_counter_moves_on(clock)
 
 def test_a_producer_evicted_and_reopened_keeps_its_row(clock, tmp_path, monkeypatch):
     path = tmp_path / "history.db"
-    core = make_core(clock, History(limit=100, path=path), rate=0.0)
+    core = make_core(clock, SqliteStore(path, 100), rate=0.0)
     core.producers.max_producers = 2
     for session in ("a", "b", "c"):  # c evicts a
         hello(core, session, f"u{session}")
@@ -1233,7 +1231,7 @@ def test_a_producer_evicted_and_reopened_keeps_its_row(clock, tmp_path, monkeypa
     clock.advance(120)
     core.tick()
     core.flush()
-    core.history.close()
+    shut(core)
     assert "a" in [row[0] for row in History(limit=100, path=path).producers(0.0)]
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from zmqchat import protocol as p
 from zmqchat.server.core import DEFAULT_MOTD, ServerConfig, ServerCore
-from zmqchat.server.store import History
+from zmqchat.server.store import MemoryStore
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -109,7 +109,7 @@ def zmtp_lines(messages: list[list[bytes]]) -> list[str]:
 
 
 def new_core() -> ServerCore:
-    return ServerCore(ServerConfig(), History(limit=100), clock=lambda: T0)
+    return ServerCore(ServerConfig(), MemoryStore(100), clock=lambda: T0)
 
 
 def answers(core: ServerCore, msg: p.Message, key: str | None = None, bound_name: str | None = None,
@@ -159,7 +159,7 @@ def server_busy() -> list[bytes]:
 
 def work_busy() -> list[bytes]:
     """The first "busy": history pages (browsing) until the server-wide work budget's share for them is spent."""
-    core = ServerCore(ServerConfig(rate=0), History(limit=1000), clock=lambda: T0)
+    core = ServerCore(ServerConfig(rate=0), MemoryStore(1000), clock=lambda: T0)
     answers(core, hello())
     for n in range(1, 1001):
         core.receive(p.encode_client(say(n)))

@@ -6,12 +6,13 @@ import dataclasses
 
 import pytest
 from conftest import FakeClock
+from journal import shut
 
 from zmqchat import events as ev
 from zmqchat import protocol as p
-from zmqchat.server.core import ServerConfig, ServerCore
-from zmqchat.server.store import History
 from zmqchat.client.session import GAP_CHUNK, HELLO_RETRY, HISTORY_RETRY, RESEND_AFTER, ClientSession
+from zmqchat.server.core import ServerConfig, ServerCore
+from zmqchat.server.store import MemoryStore, SqliteStore
 
 SID = "s1"
 MY_TOPIC = p.session_topic(SID)
@@ -759,7 +760,7 @@ def messages(client: ClientSession) -> list[tuple[int, str]]:
 
 
 def test_two_sessions_chat_through_the_core(clock):
-    net = Net(clock, ServerCore(ServerConfig(), History(limit=100), clock=clock))
+    net = Net(clock, ServerCore(ServerConfig(), MemoryStore(100), clock=clock))
     alice = net.add("alice", "sa")
     bob = net.add("bob", "sb")
     assert alice.connected and bob.connected
@@ -773,7 +774,7 @@ def test_two_sessions_chat_through_the_core(clock):
 
 
 def test_lost_live_messages_recovered_through_the_core(clock):
-    net = Net(clock, ServerCore(ServerConfig(rate=0.0), History(limit=100), clock=clock))
+    net = Net(clock, ServerCore(ServerConfig(rate=0.0), MemoryStore(100), clock=clock))
     alice = net.add("alice", "sa")
     bob = net.add("bob", "sb")
     net.drop = lambda client, frames: client is bob and live_seq(frames) in {3, 4, 5, 6, 7, 12}
@@ -786,7 +787,7 @@ def test_lost_live_messages_recovered_through_the_core(clock):
 
 
 def test_lost_tail_recovered_after_the_next_server_heartbeat(clock):
-    net = Net(clock, ServerCore(ServerConfig(rate=0.0), History(limit=100), clock=clock))
+    net = Net(clock, ServerCore(ServerConfig(rate=0.0), MemoryStore(100), clock=clock))
     alice = net.add("alice", "sa")
     bob = net.add("bob", "sb")
     net.drop = lambda client, frames: client is bob and live_seq(frames) in {19, 20}
@@ -800,7 +801,7 @@ def test_lost_tail_recovered_after_the_next_server_heartbeat(clock):
 
 
 def test_flood_is_throttled_and_delivered_in_order(clock):
-    net = Net(clock, ServerCore(ServerConfig(rate=2.0, burst=3.0), History(limit=100), clock=clock))
+    net = Net(clock, ServerCore(ServerConfig(rate=2.0, burst=3.0), MemoryStore(100), clock=clock))
     alice = net.add("alice", "sa")
     bob = net.add("bob", "sb")
     for i in range(1, 11):
@@ -815,26 +816,26 @@ def test_flood_is_throttled_and_delivered_in_order(clock):
 
 def test_server_restart_resend_is_deduplicated(clock, tmp_path):
     path = tmp_path / "history.db"
-    net = Net(clock, ServerCore(ServerConfig(), History(limit=100, path=path), clock=clock))
+    net = Net(clock, ServerCore(ServerConfig(), SqliteStore(path, 100), clock=clock))
     alice = net.add("alice", "sa")
     bob = net.add("bob", "sb")
     net.drop = lambda client, frames: client is alice and live_seq(frames) is not None  # alice never sees the echo
     alice.say("did this arrive?")
     net.pump()
     net.drop = lambda client, frames: False
-    net.core.history.close()
-    net.core = ServerCore(ServerConfig(), History(limit=100, path=path), clock=clock)  # restarted, sessions gone
+    shut(net.core)
+    net.core = ServerCore(ServerConfig(), SqliteStore(path, 100), clock=clock)  # restarted, sessions gone
     net.run(3.0)
     assert alice.connected and bob.connected
     assert alice.pending == {}
     assert net.core.stats["duplicates"] == 1
-    assert net.core.history.last_seq("#general") == 1
+    assert net.core.sequencer.last_seq("#general") == 1
     assert messages(bob) == [(1, "did this arrive?")]
-    net.core.history.close()
+    shut(net.core)
 
 
 def test_burst_into_an_empty_room_recovered_when_more_than_a_chunk_is_lost(clock):
-    net = Net(clock, ServerCore(ServerConfig(rate=0.0), History(limit=1000), clock=clock))
+    net = Net(clock, ServerCore(ServerConfig(rate=0.0), MemoryStore(1000), clock=clock))
     alice = net.add("alice", "sa")
     bob = net.add("bob", "sb")
     net.drop = lambda client, frames: client is bob and (live_seq(frames) or 999) <= 250

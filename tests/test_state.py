@@ -6,10 +6,11 @@ import json
 import sqlite3
 
 import pytest
+from journal import History
 
-from zmqchat.server.store import History
 from zmqchat.server.presence import Presence
 from zmqchat.server.ratelimit import RateLimiter, TokenBucket
+from zmqchat.server.store import MemoryStore
 
 # --------------------------------------------------------------------------------------------------
 # presence
@@ -284,7 +285,7 @@ def test_in_memory_commit_and_close_are_harmless():
     fill(history, "#a", 2)
     history.commit()
     history.close()
-    assert history.path is None
+    assert isinstance(history.store, MemoryStore)
     assert seqs(history.range("#a")) == [1, 2]
 
 
@@ -368,7 +369,7 @@ def test_a_failed_commit_keeps_the_batch_for_the_next_one(tmp_path, monkeypatch)
     import sqlite3
 
     from zmqchat.server import store as history_module
-    from zmqchat.server.store import HistoryError
+    from zmqchat.server.store import StoreError
 
     monkeypatch.setattr(history_module, "BUSY_TIMEOUT", 0.05)
     path = tmp_path / "h.sqlite3"
@@ -376,7 +377,7 @@ def test_a_failed_commit_keeps_the_batch_for_the_next_one(tmp_path, monkeypatch)
     store.append("#g", 1.0, "alice\x1fm1", body_of("#g", "one"))
     locker = sqlite3.connect(str(path), isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")  # another program holds the write lock
-    with pytest.raises(HistoryError, match="locked"):
+    with pytest.raises(StoreError, match="locked"):
         store.commit()
     locker.execute("ROLLBACK")
     locker.close()

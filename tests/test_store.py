@@ -7,24 +7,26 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections import deque
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from journal import History
 
-from zmqchat.server import store as history_module
 from zmqchat import protocol as p
 from zmqchat.cli.server import build_parser, history_file
+from zmqchat.server import store as history_module
+from zmqchat.server.sequencer import Sequencer
 from zmqchat.server.store import (
     BLOCK_MAX,
     BLOCK_MIN,
     MIGRATIONS,
     SCHEMA_VERSION,
     SKIPPED_KEPT,
-    History,
-    HistoryError,
+    Batch,
+    MemoryStore,
+    StoreError,
     next_block,
     ranges_of,
 )
@@ -96,10 +98,10 @@ def sql(path: Path, query: str, args: tuple = ()) -> list[tuple]:
 
 def crash(store: History) -> None:
     """What kill -9 leaves behind: no final commit, no release of reserved numbers."""
-    assert store._db is not None
-    store._db.close()
-    store._db = None
-    store.close()  # only stops the checkpointer now
+    assert store.store._db is not None
+    store.store._db.close()
+    store.store._db = None
+    store.store.close()  # only stops the checkpointer now
 
 
 def make_store(path: Path, messages: int = 3, room: str = "#a") -> Path:
@@ -191,7 +193,7 @@ def test_a_failed_reserving_commit_keeps_the_reservation_and_restores_normal_syn
     say(store)
     locker = sqlite3.connect(str(path), isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
-    with pytest.raises(HistoryError, match="locked"):
+    with pytest.raises(StoreError, match="locked"):
         store.commit()
     assert store._db.execute("PRAGMA synchronous").fetchone() == (1,)
     locker.execute("ROLLBACK")
@@ -315,17 +317,20 @@ def test_in_memory_reserves_and_skips_nothing():
         say(store)
     store.commit()
     assert store.lost("#a", 0, 1000) == []
-    assert store._reserved == {} and store._reserve == {}
+    assert store.last_seq("#a") == 100 and isinstance(store.store, MemoryStore)  # numbered on, nothing held back
     store.close()
 
 
 @settings(max_examples=300, deadline=None)
 @given(held=st.sets(st.integers(1, 120), max_size=60), after=st.integers(-3, 125), before=st.integers(-3, 125),
-       limit=st.integers(-2, 70), newest=st.booleans())
-def test_range_matches_a_brute_force_filter_for_non_contiguous_seqs(held, after, before, limit, newest):
-    store = History(limit=1000)
+       limit=st.integers(-2, 70), newest=st.booleans(), cache=st.integers(1, 70))
+def test_range_matches_a_brute_force_filter_for_non_contiguous_seqs(held, after, before, limit, newest, cache):
+    """Whether the rows come from the sequencer's cache, from the store below it, or from both."""
     rows = [(seq, b"%d" % seq) for seq in sorted(held)]
-    store._rooms["#a"] = deque(rows, maxlen=1000)
+    memory = MemoryStore(1000)
+    memory.submit(Batch(1, [("#a", seq, 1.0, "k", body) for seq, body in rows]))
+    store = Sequencer(memory, cache)
+    assert store.size() == min(cache, len(rows))
     wanted = [r for r in rows if r[0] > after and (before <= 0 or r[0] < before)]
     expected = [] if limit <= 0 else (wanted[-limit:] if newest else wanted[:limit])
     assert store.range("#a", after, before, limit, newest) == expected
@@ -360,7 +365,7 @@ def test_a_damaged_message_row_is_refused_with_one_line(tmp_path, case):
     path = make_store(tmp_path / "h.sqlite3")
     sql(path, "INSERT INTO messages VALUES (?, ?, ?, ?, ?)", row)
     before = path.read_bytes()
-    with pytest.raises(HistoryError) as info:
+    with pytest.raises(StoreError) as info:
         History(limit=100, path=path)
     assert str(info.value) == (f"history database {path}: 1 damaged row in messages ({named}); start with --repair "
                                "to skip and count damaged rows")
@@ -424,7 +429,7 @@ def test_repair_loads_limit_intact_rows_past_the_damaged_ones(tmp_path):
 def test_damaged_rows_of_the_other_tables(tmp_path, table, row, named):
     path = make_store(tmp_path / "h.sqlite3")
     sql(path, f"INSERT OR REPLACE INTO {table} VALUES ({', '.join('?' * len(row))})", row)
-    with pytest.raises(HistoryError) as info:
+    with pytest.raises(StoreError) as info:
         History(limit=100, path=path)
     assert f": 1 damaged row in {named}; start with --repair" in str(info.value)
     store = History(limit=100, path=path, repair=True)
@@ -448,7 +453,7 @@ def test_a_repaired_reservation_skips_a_whole_block_to_be_sure(tmp_path):
 def test_a_damaged_epoch_is_replaced_by_a_repair(tmp_path):
     path = make_store(tmp_path / "h.sqlite3")
     sql(path, "UPDATE meta SET value = x'00' WHERE key = 'epoch'")
-    with pytest.raises(HistoryError, match=r"1 damaged row in meta \(epoch b'\\x00'\)"):
+    with pytest.raises(StoreError, match=r"1 damaged row in meta \(epoch b'\\x00'\)"):
         History(limit=100, path=path)
     store = History(limit=100, path=path, repair=True)
     assert isinstance(store.epoch, str) and len(store.epoch) == 16  # a new epoch: clients start over
@@ -460,7 +465,7 @@ def test_several_damaged_rows_are_counted_per_table(tmp_path):
     path = make_store(tmp_path / "h.sqlite3")
     sql(path, "INSERT INTO messages VALUES ('#a', 'abc', 1.0, 'k', x'00'), ('#a', 'abd', 1.0, 'k', x'00')")
     sql(path, "INSERT INTO producers VALUES ('p1', 'alice', -1, '', 0, 1.0)")
-    with pytest.raises(HistoryError) as info:
+    with pytest.raises(StoreError) as info:
         History(limit=100, path=path)
     assert str(info.value) == (f"history database {path}: 3 damaged rows: 2 in messages (room '#a', seq 'abd'), "
                                "1 in producers (producer 'p1'); start with --repair to skip and count damaged rows")
@@ -471,12 +476,12 @@ def test_a_truncated_file_is_refused_with_one_line(tmp_path):
     data = path.read_bytes()
     assert len(data) > 8 * 4096
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(HistoryError) as info:
+    with pytest.raises(StoreError) as info:
         History(limit=100, path=path)
     assert str(info.value) == (f"history database {path}: the SQLite file is damaged (truncated, or pages "
                                "overwritten) (database disk image is malformed); move it away to start with an empty "
                                "history, or rescue its rows with the sqlite3 shell's .recover; --repair cannot mend this")
-    with pytest.raises(HistoryError, match="malformed"):
+    with pytest.raises(StoreError, match="malformed"):
         History(limit=100, path=path, repair=True)
 
 
@@ -485,7 +490,7 @@ def test_repair_reports_damaged_pages_in_one_line(tmp_path, caplog):
     data = bytearray(path.read_bytes())
     data[3 * 4096:4 * 4096] = b"\xab" * 4096  # a b-tree page overwritten
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="zmqchat.server"), pytest.raises(HistoryError, match="malformed"):
+    with caplog.at_level(logging.WARNING, logger="zmqchat.server"), pytest.raises(StoreError, match="malformed"):
         History(limit=100, path=path, repair=True)
     checks = [r.getMessage() for r in caplog.records if "quick_check" in r.getMessage()]
     assert len(checks) == 1 and "\n" not in checks[0] and "pages are damaged" in checks[0]
@@ -494,7 +499,7 @@ def test_repair_reports_damaged_pages_in_one_line(tmp_path, caplog):
 def test_a_file_of_garbage_is_refused_with_one_line(tmp_path):
     path = tmp_path / "h.sqlite3"
     path.write_bytes(bytes(range(256)) * 40)
-    with pytest.raises(HistoryError, match=r"^history database .*h\.sqlite3: not a SQLite database \(file is "
+    with pytest.raises(StoreError, match=r"^history database .*h\.sqlite3: not a SQLite database \(file is "
                        r"not a database\); move it away"):
         History(limit=100, path=path)
 
@@ -511,14 +516,14 @@ def test_a_sqlite_file_with_another_schema_is_refused(tmp_path, schema, problem)
     db = sqlite3.connect(str(path))
     db.executescript(schema)
     db.close()
-    with pytest.raises(HistoryError, match=rf"^history database {path}: {problem}"):
+    with pytest.raises(StoreError, match=rf"^history database {path}: {problem}"):
         History(limit=100, path=path)
 
 
 def test_a_file_from_a_newer_zmqchat_is_refused(tmp_path):
     path = make_store(tmp_path / "h.sqlite3")
     sql(path, f"PRAGMA user_version = {SCHEMA_VERSION + 6}")
-    with pytest.raises(HistoryError) as info:
+    with pytest.raises(StoreError) as info:
         History(limit=100, path=path, repair=True)
     assert str(info.value) == (f"history database {path} was written by a newer zmqchat (schema {SCHEMA_VERSION + 6}, "
                                f"this one knows up to {SCHEMA_VERSION})")
@@ -530,16 +535,16 @@ def test_a_locked_file_or_a_bad_path_is_one_line(tmp_path, monkeypatch):
     locker = sqlite3.connect(str(path), isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
     try:
-        with pytest.raises(HistoryError, match=rf"^history database {path}: database is locked$"):
+        with pytest.raises(StoreError, match=rf"^history database {path}: database is locked$"):
             History(limit=100, path=path)
     finally:
         locker.execute("ROLLBACK")
         locker.close()
     (tmp_path / "dir.sqlite3").mkdir()
-    with pytest.raises(HistoryError, match="^history database .*dir.sqlite3: unable to open database file$"):
+    with pytest.raises(StoreError, match="^history database .*dir.sqlite3: unable to open database file$"):
         History(limit=100, path=tmp_path / "dir.sqlite3")
     (tmp_path / "file").write_text("")
-    with pytest.raises(HistoryError, match="^history database .*file/h.sqlite3: .*File exists"):
+    with pytest.raises(StoreError, match="^history database .*file/h.sqlite3: .*File exists"):
         History(limit=100, path=tmp_path / "file" / "h.sqlite3")
 
 
@@ -586,7 +591,7 @@ def test_a_refused_version_0_file_is_not_migrated(tmp_path):
     db.executescript(V0_SCHEMA)
     db.execute("INSERT INTO messages VALUES ('#a', 'abc', 1.0, 'k', x'00')")
     db.close()
-    with pytest.raises(HistoryError, match="damaged"):
+    with pytest.raises(StoreError, match="damaged"):
         History(limit=100, path=path)
     assert sql(path, "PRAGMA user_version") == [(0,)]
     assert set(schema_of(path)) == {"meta", "messages", "sqlite_autoindex_meta_1"}
@@ -684,7 +689,7 @@ def test_a_failing_commit_keeps_producers_pending_and_retries(tmp_path, monkeypa
     store.save_producer("p1", "alice", 2, "#a", 1, 10.0)
     locker = sqlite3.connect(str(path), isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
-    with pytest.raises(HistoryError, match="locked"):
+    with pytest.raises(StoreError, match="locked"):
         store.commit()
     locker.execute("ROLLBACK")
     locker.close()

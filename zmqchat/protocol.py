@@ -461,9 +461,14 @@ def encode_client(msg: Message) -> list[bytes]:
     return [VERSION, msg.KIND, encode_body(msg)]
 
 
+def server_frames(topic: bytes, kind: bytes, body: bytes) -> list[bytes]:
+    """The frames of one publication: topic, version, kind, body."""
+    return [topic, VERSION, kind, body]
+
+
 def encode_server(topic: bytes, msg: Message) -> list[bytes]:
     """Frames the server publishes on PUB under ``topic``."""
-    return [topic, VERSION, msg.KIND, encode_body(msg)]
+    return server_frames(topic, msg.KIND, encode_body(msg))
 
 
 _Spec = tuple[str, type, bool, float, float]  # name, python type, required, lowest, highest

@@ -14,9 +14,9 @@ import sys
 
 from .. import events as ev
 from .. import protocol as p
-from ..client.sync import Client
 from ..client.commands import Error, Help, Quit, Reply, run_line
 from ..client.display import event_line
+from ..client.sync import Client
 from ..errors import ZmqchatError
 from .common import add_connection_flags, apply_env_defaults, client_kwargs, run_main
 

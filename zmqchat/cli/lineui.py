@@ -26,9 +26,9 @@ from prompt_toolkit.renderer import print_formatted_text as render_fragments
 from prompt_toolkit.styles import Style
 
 from .. import events as ev
-from ..client.sync import Client
 from ..client.commands import WORDS, Error, Help, Quit, Reply, run_line
 from ..client.display import clean, clock_time, event_line, mentions, name_colour
+from ..client.sync import Client
 from ..errors import ZmqchatError
 
 POLL_INTERVAL = 0.025  # seconds between polls of the chat sockets: instant to the eye, idle for the CPU

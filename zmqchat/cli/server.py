@@ -11,11 +11,11 @@ from pathlib import Path
 
 from .. import __version__
 from .. import protocol as p
-from ..server.core import SUBSCRIBER_BYTES, ServerConfig, ServerCore, subscriber_queue
 from ..endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
 from ..errors import ZmqchatError
-from ..server.store import History
+from ..server.core import SUBSCRIBER_BYTES, ServerConfig, subscriber_queue
 from ..server.loop import HANDSHAKE_RATE, PUB_SNDBUF, Server
+from ..server.store import RETENTION, MemoryStore, SqliteStore, Store
 from .common import apply_env_defaults, run_main, setup_logging
 
 log = logging.getLogger("zmqchat.server")
@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--presence-limit", type=int, default=DEFAULTS.presence_limit,
                       help="rooms with more members than this do not announce joins and leaves (default: %(default)s)")
     hist = parser.add_argument_group("history")
-    hist.add_argument("--history", type=int, default=1000, help="messages kept per room (default: %(default)s)")
+    hist.add_argument("--history", type=int, default=RETENTION,
+                      help="messages kept per room, on disk (default: %(default)s)")
+    hist.add_argument("--history-cache", type=int, default=DEFAULTS.history_cache,
+                      help="newest messages per room also kept in memory, to serve joins and gap fills without "
+                           "reading the disk (default: %(default)s)")
     hist.add_argument("--backlog", type=int, default=DEFAULTS.backlog,
                       help="messages replayed to a client joining a room (default: %(default)s)")
     hist.add_argument("--data-dir", help=f"where the history database lives (default: {default_data_dir()})")
@@ -121,25 +125,25 @@ def serve(args: argparse.Namespace) -> int:
     if not 0.01 <= args.heartbeat_interval <= p.MAX_INTERVAL or args.heartbeat_misses < 1:
         raise ZmqchatError(f"--heartbeat-interval must be 0.01 to {p.MAX_INTERVAL:g} seconds and "
                            "--heartbeat-misses >= 1")
+    if args.history < 1 or args.history_cache < 1:
+        raise ZmqchatError("--history and --history-cache must be 1 or more")
     in_ep, out_ep = endpoints(args.host, args.port, args.in_endpoint, args.out_endpoint)
     path = None if args.no_persist else history_file(Path(args.data_dir) if args.data_dir else default_data_dir(), in_ep)
-    # A file it cannot use (damaged, foreign, newer, locked, a bad path) raises HistoryError: one line, exit 1.
     pub_hwm = args.pub_hwm or subscriber_queue(args.subscriber_bytes, args.max_message_bytes)
-    history = History(args.history, path, repair=args.repair)
+    # Opened by the server's run(): a file it cannot use (damaged, foreign, newer, locked, a bad path) raises
+    # StoreError there, before anything is bound: one line, exit 1.
+    store: Store = MemoryStore(args.history) if path is None else SqliteStore(path, args.history, repair=args.repair)
     config = ServerConfig(motd=args.motd, heartbeat_interval=args.heartbeat_interval,
                           heartbeat_misses=args.heartbeat_misses, backlog=args.backlog, rate=args.rate,
                           burst=args.burst, max_text_bytes=args.max_text_bytes,
                           max_message_bytes=args.max_message_bytes, stats_interval=args.stats_interval,
                           presence_limit=args.presence_limit, work_rate=args.work_rate,
                           address_rate=args.address_rate, max_history_reply=ServerConfig.reply_limit(pub_hwm),
+                          history_cache=args.history_cache,
                           trusted=frozenset(a.strip() for a in args.trusted.split(",") if a.strip()))
-    try:
-        server = Server(ServerCore(config, history), in_ep, out_ep, max_message_bytes=args.max_message_bytes,
-                        curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=pub_hwm,
-                        sndbuf=args.sndbuf, handshake_rate=args.handshake_rate)
-    except BaseException:
-        history.close()  # a bad key file: the history was opened for nothing, close it cleanly
-        raise
+    server = Server(config, store, in_ep, out_ep, max_message_bytes=args.max_message_bytes,
+                    curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=pub_hwm,
+                    sndbuf=args.sndbuf, handshake_rate=args.handshake_rate)
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     if hasattr(signal, "SIGHUP"):
@@ -147,10 +151,13 @@ def serve(args: argparse.Namespace) -> int:
 
     def ready() -> None:
         log.info("zmqchat-server listening: in %s, out %s", server.in_endpoint, server.out_endpoint)
+        assert server.core is not None
+        cache = server.core.sequencer.cache
         if path is None:
             log.info("history: in memory only, last %d messages per room", args.history)
         else:
-            log.info("history: %s (last %d messages per room, %d loaded)", path, args.history, history.size())
+            log.info("history: %s (last %d messages per room, newest %d in memory, %d loaded)", path,
+                     args.history, cache, server.core.sequencer.size())
         log.info("limits: %d publications queued per subscriber (%d bytes of the largest), history replies "
                  "of at most %d messages", pub_hwm, pub_hwm * (args.max_message_bytes + 512), config.max_history_reply)
         if args.backlog > config.max_history_reply:

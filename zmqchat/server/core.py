@@ -10,15 +10,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 from .. import protocol as p
 from .dedupe import ACK, REFUSED, Producer, Producers
-from .store import History, HistoryError
 from .presence import Member, Presence
 from .ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
+from .sequencer import Sequencer
+from .store import Store, StoreError
 
 log = logging.getLogger("zmqchat.server")
 
@@ -81,6 +83,7 @@ class ServerConfig:
     max_text_bytes: int = p.DEFAULT_MAX_TEXT_BYTES
     max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES  # whole message; also the PULL's MAXMSGSIZE
     max_history_reply: int = 1000  # messages in one history reply (reply_limit of the PUB queue)
+    history_cache: int = 1000  # newest messages of each room kept in memory (the store keeps its own number)
     stats_interval: float = 0.0  # seconds between stats log lines (0: never)
     presence_limit: int = 500  # rooms with more members do not announce joins and leaves
     work_rate: float = 30_000.0  # publications per second all requests together may cost (0: unlimited)
@@ -146,10 +149,10 @@ def activity_log(clock: Callable[[], float]) -> LogLimiter:
 class ServerCore:
     """Consumes client frames (``receive``) and timers (``tick``); ``flush`` returns what to publish."""
 
-    def __init__(self, config: ServerConfig, history: History, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, config: ServerConfig, store: Store, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] | None = None) -> None:
         self.config = config
-        self.history = history
+        self.sequencer = Sequencer(store, config.history_cache)  # loads the store: may raise StoreError
         self.clock = clock  # timers: heartbeats, expiry, rate limits (monotonic: a clock step breaks none)
         # timestamps people read; an injected test clock serves as both
         self.wall_clock = wall_clock or (time.time if clock is time.monotonic else clock)
@@ -171,7 +174,9 @@ class ServerCore:
         self._queued: dict[str, int] = {}  # publications queued this tick per session topic
         # the last grant: publications allowed, and what each bucket was charged (settled by the reply)
         self._granted: tuple[int, list[tuple[TokenBucket | WorkBudget, float]]] = (0, [])
-        self.out: list[list[bytes]] = []
+        self.out: list[list[bytes]] = []  # publications of this tick, in order
+        self._beats: list[list[bytes]] = []  # heartbeats of this tick: they wait for no batch
+        self._held: deque[tuple[int, list[list[bytes]]]] = deque()  # (batch, publications waiting for it)
         self.bad_input = LogLimiter(clock)
         self.activity = activity_log(clock)  # joins and leaves: bounded by time, not by how many come
         self.internal_errors = LogLimiter(clock, traceback_once=True)
@@ -182,7 +187,7 @@ class ServerCore:
              "resend_requests", "foreign", "recoveries", "recovered", "timeouts", "auth_failures", "errors",
              "busy", "shed", "refused_handshakes"), 0)
         self.producers = Producers()
-        for session, identity, next_n, room, seq, ts in history.producers(self.wall_clock() - self.producers.window):
+        for session, identity, next_n, room, seq, ts in self.sequencer.producers(self.wall_clock() - self.producers.window):
             self.producers.restore(session, identity, next_n, room, seq, ts)
         self._forget_producers()
         now = clock()
@@ -378,7 +383,7 @@ class ServerCore:
             msg = build()
             cached = self._cache[key] = (msg.KIND, p.encode_body(msg))
         kind, body = cached
-        self.out.append([p.session_topic(member.session), p.VERSION, kind, p.with_rid(body, rid)])
+        self.out.append(p.server_frames(p.session_topic(member.session), kind, p.with_rid(body, rid)))
 
     def tick(self) -> None:
         """Timers: expire silent clients, heartbeat, stats line. Call at least every heartbeat interval."""
@@ -399,8 +404,8 @@ class ServerCore:
             self._next_heartbeat = now + self.config.heartbeat_interval
             # Newest seq of occupied rooms: lets a client notice it lost the tail of a burst.
             # committed numbers only: a heartbeat may go out while a batch waits for the disk
-            seqs = {room: self.history.committed_seq(room) for room in self._heartbeat_rooms()}
-            self._publish(p.ALL_TOPIC, p.ServerHeartbeat(ts=self.wall_clock(), seqs=seqs))
+            seqs = {room: self.sequencer.committed_seq(room) for room in self._heartbeat_rooms()}
+            self._beats.append(p.encode_server(p.ALL_TOPIC, p.ServerHeartbeat(ts=self.wall_clock(), seqs=seqs)))
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_interval
             log.info("stats %s", " ".join(f"{k}={v}" for k, v in self.snapshot().items()))
@@ -426,29 +431,34 @@ class ServerCore:
         return chosen
 
     def flush(self) -> list[list[bytes]]:
-        """Commit history, then hand over everything to publish, in order. While the database refuses
-        writes only heartbeats are published (what is not on disk must not be seen); after
-        COMMIT_GIVE_UP seconds of that, HistoryError ends the server."""
+        """Submit the batch of this tick to the store, then hand over what to publish, in order: heartbeats
+        at once, everything else once the batch it follows is durable (what is not on disk must not be
+        seen). While the store refuses batches only heartbeats go out; after COMMIT_GIVE_UP seconds of
+        that, StoreError ends the server."""
+        beats, self._beats = self._beats, []
         try:
-            self.history.commit()
-        except HistoryError as exc:
+            self.sequencer.submit()
+        except StoreError as exc:
             now = self.clock()
             if self._failing_since is None:
                 self._failing_since = now
-            self.db_errors.warn("%s (holding %d messages, retrying)", exc, len(self.out))
+            held = sum(len(frames) for _batch, frames in self._held) + len(self.out)
+            self.db_errors.warn("%s (holding %d messages, retrying)", exc, held)
             if now - self._failing_since > COMMIT_GIVE_UP:
                 raise
-            # Heartbeats still go out, so clients do not take a slow disk for a lost server.
-            beats = [f for f in self.out if f[0] == p.ALL_TOPIC and f[2] == p.ServerHeartbeat.KIND]
-            self.out = [f for f in self.out if not (f[0] == p.ALL_TOPIC and f[2] == p.ServerHeartbeat.KIND)]
-            self.stats["published"] += len(beats)
-            return beats
-        self._failing_since = None
+        else:
+            self._failing_since = None
+            for room in self._new_rooms:
+                self._fresh[room] = None
+            self._new_rooms.clear()
         self._queued.clear()
-        for room in self._new_rooms:
-            self._fresh[room] = None
-        self._new_rooms.clear()
-        out, self.out = self.out, []
+        if self.out:
+            self._held.append((self.sequencer.waiting_for(), self.out))
+            self.out = []
+        durable = self.sequencer.settle()
+        out = beats
+        while self._held and self._held[0][0] <= durable:
+            out += self._held.popleft()[1]
         self.stats["published"] += len(out)
         return out
 
@@ -468,7 +478,7 @@ class ServerCore:
     def snapshot(self) -> dict[str, int]:
         """Counters for /stats and the periodic stats line."""
         return {"clients": len(self.presence), "rooms": self.presence.room_count(),
-                **self.stats, "history": self.history.size()}
+                **self.stats, "history": self.sequencer.size()}
 
     # -- helpers
 
@@ -489,7 +499,7 @@ class ServerCore:
     def _forget_producers(self) -> None:
         for session in self.producers.forgotten:
             if self.producers.get(session) is None:  # not opened again since
-                self.history.drop_producer(session)
+                self.sequencer.drop_producer(session)
         self.producers.forgotten.clear()
 
     def _unknown_session(self, msg: p.Message, key: str | None) -> None:
@@ -546,18 +556,18 @@ class ServerCore:
         stops where the reply stops, so the client asks for the rest."""
         topic = p.session_topic(member.session)
         limit = min(limit, self.config.max_history_reply)
-        rows = self.history.range(room, after, before, limit, newest=backlog)
+        rows = self.sequencer.range(room, after, before, limit, newest=backlog)
         cut = len(rows) == limit
         if sum(len(body) for _, body in rows) > HISTORY_REPLY_BYTES:
             rows, cut = _within_bytes(rows, HISTORY_REPLY_BYTES, keep_newest=backlog), True
         for _seq, body in rows:
-            self.out.append([topic, p.VERSION, p.HistoryMessage.KIND, body])
-        last = self.history.last_seq(room)
+            self.out.append(p.server_frames(topic, p.HistoryMessage.KIND, body))
+        last = self.sequencer.last_seq(room)
         upto = min(before - 1, last) if before > 0 else last
         if not backlog and rows and cut:
             upto = rows[-1][0]
         # numbers the server skipped after losing the tail of its disk: the client stops waiting for them
-        lost = [] if backlog else [list(r) for r in self.history.lost(room, after, upto)]
+        lost = [] if backlog else [list(r) for r in self.sequencer.lost(room, after, upto)]
         self._reply(member, p.HistoryEnd(room=room, after=after, upto=upto, count=len(rows), newest=last,
                                          before=before, rid=rid, lost=lost))
         # Granted before reading for the most it could cost; settled now for what it did.
@@ -614,9 +624,9 @@ class ServerCore:
         self._reply(member, p.Welcome(session=msg.session, name=msg.name, motd=self.config.motd,
                                       heartbeat_interval=self.config.heartbeat_interval,
                                       max_text_bytes=self.config.max_text_bytes, server_time=self.wall_clock(),
-                                      epoch=self.history.epoch, max_message_bytes=self.config.max_message_bytes,
+                                      epoch=self.sequencer.epoch, max_message_bytes=self.config.max_message_bytes,
                                       rid=rid))
-        same_epoch = msg.epoch == self.history.epoch
+        same_epoch = msg.epoch == self.sequencer.epoch
         wait = 0.0
         for room in rooms:
             last = msg.last_seq.get(room, -1) if same_epoch else -1
@@ -696,17 +706,17 @@ class ServerCore:
         def body(seq: int) -> bytes:
             return p.room_message_body(room, seq, ts, name, text, mid, action)
 
-        seq, encoded = self.history.append(room, ts, mid, body)
+        seq, encoded = self.sequencer.append(room, ts, mid, body)
         self._new_rooms.add(room)
         self._settle(producer, n, (ACK, room, seq), ts)
         self.stats["messages"] += 1
         log.debug("%s <%s> %s", room, name, text)
-        self.out.append([p.room_topic(room), p.VERSION, p.RoomMessage.KIND, encoded])
+        self.out.append(p.server_frames(p.room_topic(room), p.RoomMessage.KIND, encoded))
 
     def _settle(self, producer: Producer, n: int, outcome: tuple, ts: float) -> None:
         producer.advance(n, outcome, ts)
         self.producers.touch(producer)
-        self.history.save_producer(producer.session, producer.identity, producer.next, producer.room,
+        self.sequencer.save_producer(producer.session, producer.identity, producer.next, producer.room,
                                    producer.seq, ts)
 
     def _settle_refused(self, member: Member, producer: Producer, n: int, mid: str, code: str, text: str) -> None:

@@ -1,8 +1,10 @@
 """The server's I/O shell: binds PULL (everything clients send) and PUB (everything it publishes), and
 runs ``ServerCore`` in one poll loop. Sockets are created, used and closed by ``run()``'s thread.
 
-Hot path: drain the PULL without blocking (up to BATCH messages), let the core sequence them, commit the
-batch's history in one transaction, then publish. PUB never blocks; a slow subscriber loses messages at
+The loop owns the store: the core loads it when ``run()`` starts, and ``run()`` closes it on the way out.
+
+Hot path: drain the PULL without blocking (up to BATCH messages), let the core sequence them, submit the
+batch to the store, then publish what is durable. PUB never blocks; a slow subscriber loses messages at
 its high-water mark and recovers them from history by sequence number.
 
 Before the core sees a message the loop bounds what a peer can cost: frames beyond MAX_FRAMES are
@@ -24,8 +26,9 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from .. import keys
-from .core import SUBSCRIBER_BYTES, ServerCore, subscriber_queue
+from .core import SUBSCRIBER_BYTES, ServerConfig, ServerCore, subscriber_queue
 from .ratelimit import RateLimiter
+from .store import Store
 
 log = logging.getLogger("zmqchat.server")
 
@@ -45,18 +48,22 @@ HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAIL
 
 
 class Server:
-    """Runs a ServerCore on real sockets until ``stop()``. CURVE is on when ``curve_secret`` is given."""
+    """Runs a ServerCore over ``store`` on real sockets until ``stop()``. CURVE is on when ``curve_secret``
+    is given. The store is opened (loaded) and closed by ``run()``."""
 
-    def __init__(self, core: ServerCore, in_endpoint: str, out_endpoint: str, *, max_message_bytes: int,
-                 curve_secret: str | Path | None = None, authorized_keys: str | Path | None = None,
-                 pub_hwm: int | None = None, sndbuf: int = PUB_SNDBUF, handshake_rate: float = HANDSHAKE_RATE) -> None:
-        self.core = core
+    def __init__(self, config: ServerConfig, store: Store, in_endpoint: str, out_endpoint: str, *,
+                 max_message_bytes: int, curve_secret: str | Path | None = None,
+                 authorized_keys: str | Path | None = None, pub_hwm: int | None = None, sndbuf: int = PUB_SNDBUF,
+                 handshake_rate: float = HANDSHAKE_RATE) -> None:
+        self.config = config
+        self.store = store
+        self.core: ServerCore | None = None  # made by run(), once the store is loaded
         pub_hwm = pub_hwm or subscriber_queue(SUBSCRIBER_BYTES, max_message_bytes)
         self.pub_hwm = pub_hwm
-        if core.config.max_history_reply > core.config.reply_limit(pub_hwm):
+        if config.max_history_reply > config.reply_limit(pub_hwm):
             log.warning("history replies of %d messages do not fit a PUB queue of %d (at most %d would): "
-                        "readers could lose their tails", core.config.max_history_reply, pub_hwm,
-                        core.config.reply_limit(pub_hwm))
+                        "readers could lose their tails", config.max_history_reply, pub_hwm,
+                        config.reply_limit(pub_hwm))
         self.sndbuf = sndbuf
         self.handshake_rate = handshake_rate
         self.in_endpoint = in_endpoint
@@ -83,6 +90,15 @@ class Server:
         self._reload.set()
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Load the store, bind, serve until ``stop()``, say goodbye, close the store. Raises StoreError
+        (before binding) if the store cannot be used."""
+        try:
+            self.core = ServerCore(self.config, self.store)
+            self._run_sockets(self.core, on_ready)
+        finally:
+            self.store.close()
+
+    def _run_sockets(self, core: ServerCore, on_ready: Callable[[], None] | None) -> None:
         raise_fd_limit()
         ctx = zmq.Context()
         pull = ctx.socket(zmq.PULL)
@@ -96,14 +112,13 @@ class Server:
             if on_ready is not None:
                 on_ready()
             self._loop(pull, pub)
-            for frames in self.core.shutdown():
+            for frames in core.shutdown():
                 pub.send_multipart(frames)
         finally:
             pull.close(linger=0)
             pub.close(linger=CLOSE_LINGER_MS)
             if self._auth is not None:
                 self._auth.stop()
-            self.core.history.close()
             ctx.term()
 
     def _configure(self, ctx: zmq.Context, pull: zmq.Socket, pub: zmq.Socket) -> None:
@@ -120,7 +135,7 @@ class Server:
         if self.curve is None and self.handshake_rate <= 0:
             return
         self._auth = GuardedAuthenticator(ctx, RateLimiter(self.handshake_rate, self.handshake_rate * HANDSHAKE_BURST_SECONDS,
-                                                           exempt=self.core.config.trusted),
+                                                           exempt=self.config.trusted),
                                           log=logging.getLogger("zmqchat.auth"))
         self._auth.start()
         for sock in (pull, pub):

@@ -1,16 +1,22 @@
-"""Room history: per-room sequence numbers, the last N messages of each room, and what the server must
-remember across restarts (reserved and skipped numbers, the dedupe state of each sender). Persistence is
-SQLite from the standard library (WAL, one transaction per batch).
+"""The store: what the server keeps of each room and must remember across restarts (messages by sequence
+number, reserved and skipped numbers, the dedupe state of each sender). ``Store`` is the interface the
+sequencer and the core use; ``SqliteStore`` keeps it in SQLite from the standard library (WAL, one
+transaction per batch), ``MemoryStore`` in memory (tests, ``--no-persist``).
 
-The rule it keeps: **a sequence number is never handed out twice within one epoch, whatever the disk
-lost.** The server appends a batch, calls ``commit()``, and only then publishes, so a message anyone has
-seen is on disk as far as the process can tell. Commits are not fsynced (``synchronous=NORMAL``), so a
+A batch is submitted and becomes durable later (``submit``, then ``durable``): both stores here make it
+durable before ``submit`` returns, a store that writes on a thread or waits for a peer's acknowledgement
+reports it when it happens. Batches become durable in order. Reads go by sequence number in either
+direction (``read``), within what the store keeps of each room (``retention``).
+
+The rule ``SqliteStore`` keeps: **a sequence number is never handed out twice within one epoch, whatever
+the disk lost.** The server submits a batch and publishes it only once it is durable, so a message anyone
+has seen is on disk as far as the process can tell. Commits are not fsynced (``synchronous=NORMAL``), so a
 power cut may still lose the last of them; hence numbers are reserved ahead of use in blocks, each
 reservation written with an fsync, and on open everything between the newest message on disk and the
 reservation is recorded as skipped (``lost()``) instead of being given out again.
 
-And a damaged or foreign file is never loaded as if it were valid: ``History()`` refuses it with one line
-(``HistoryError``), or with ``repair=True`` deletes and counts the damaged rows. No sockets here.
+And a damaged or foreign file is never loaded as if it were valid: ``load()`` refuses it with one line
+(``StoreError``), or with ``repair=True`` deletes and counts the damaged rows. No sockets here.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import time
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import ZmqchatError
 from ..protocol import room_problem
@@ -36,11 +44,12 @@ from ..protocol import room_problem
 log = logging.getLogger("zmqchat.server")
 
 
-class HistoryError(ZmqchatError):
+class StoreError(ZmqchatError):
     """The history database refused a write (locked, full, broken) or cannot be used (damaged, foreign,
     newer); its text says which file and why, in one line."""
 
 
+RETENTION = 1000  # messages kept per room unless told otherwise (--history)
 BUSY_TIMEOUT = 1.0  # seconds
 MAX_SEQ = 2**53 - 1  # largest sequence number: exact as a JSON number everywhere
 BLOCK_MIN = 64  # sequence numbers reserved at once per room, at least (also the first block after a start)
@@ -83,6 +92,57 @@ _seq_of = itemgetter(0)
 _decode_json = json.JSONDecoder().raw_decode
 
 Producer = tuple[str, str, int, str, int, float]  # producer, identity, next, room, seq, ts
+Row = tuple[int, bytes]  # seq, body
+
+
+@dataclass
+class Batch:
+    """What one submit makes durable, all or nothing: messages (room, seq, ts, dedupe key, body) in order,
+    producer states to save (a row) or drop (None), and producers older than ``expire_before`` to delete."""
+
+    number: int  # batches are numbered 1, 2, ... in the order they are submitted
+    messages: list[tuple[str, int, float, str, bytes]] = field(default_factory=list)
+    producers: dict[str, Producer | None] = field(default_factory=dict)
+    expire_before: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.producers) or self.expire_before is not None
+
+
+@dataclass
+class Loaded:
+    """What a store holds when it is opened."""
+
+    epoch: str  # names the store: sequence numbers are only comparable within one epoch
+    tops: dict[str, int]  # room -> highest number ever given out (or lost): the next one is above it
+    recent: dict[str, list[Row]]  # room -> its newest messages, oldest first (as many as load() was asked)
+    producers: list[Producer]  # dedupe state, oldest first
+    retention: int  # messages kept per room: reads never reach below the newest this many
+
+
+class Store(Protocol):
+    """Where the sequencer's batches go, and older messages come from."""
+
+    def load(self, recent: int) -> Loaded:
+        """Open the store (raises StoreError if it cannot be used) and say what it holds, with the newest
+        ``recent`` messages of each room."""
+
+    def submit(self, batch: Batch) -> None:
+        """Take a batch to make durable; raises StoreError when refused (then nothing of it is kept)."""
+
+    def durable(self) -> int:
+        """The number of the newest batch that is durable (0 before the first)."""
+
+    def read(self, room: str, after: int, before: int, limit: int, newest: bool) -> list[Row]:
+        """Messages with ``after < seq < before`` (``before`` 0: no bound), oldest first: the newest ``limit``
+        of them, or with ``newest=False`` the oldest ``limit``."""
+
+    def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
+        """(first, last) ranges with ``after < seq <= upto`` that were skipped (lost by the disk, or
+        deleted by a repair), oldest first."""
+
+    def close(self) -> None:
+        """Make everything submitted durable, release what it holds."""
 
 
 def boot_id() -> str | None:
@@ -172,39 +232,84 @@ class _Damage:
             return f"{rows} {parts[0].split(' ', 1)[1]}"
         return f"{rows}: " + ", ".join(parts)
 
+class MemoryStore:
+    """A store in memory: the newest ``retention`` messages of each room, nothing across restarts (nothing
+    reserved, skipped or remembered of the producers). Every batch is durable once submitted."""
 
-class History:
-    """Sequencer and store. ``path`` None keeps everything in memory only (nothing reserved or skipped).
-    Opening a file raises HistoryError if it cannot be used; ``repair=True`` deletes damaged rows instead."""
+    def __init__(self, retention: int = RETENTION) -> None:
+        self.retention = max(1, retention)
+        self.epoch = secrets.token_hex(8)
+        self._rooms: dict[str, deque[Row]] = {}
+        self._durable = 0
 
-    def __init__(self, limit: int, path: str | Path | None = None,
-                 clock: Callable[[], float] = time.monotonic, repair: bool = False) -> None:
-        self.limit = max(1, limit)
+    def load(self, recent: int) -> Loaded:
+        return Loaded(self.epoch, {room: rows[-1][0] for room, rows in self._rooms.items() if rows},
+                      {room: list(rows)[-recent:] for room, rows in self._rooms.items()}, [], self.retention)
+
+    def submit(self, batch: Batch) -> None:
+        for room, seq, _ts, _key, body in batch.messages:
+            rows = self._rooms.get(room)
+            if rows is None:
+                rows = self._rooms[room] = deque(maxlen=self.retention)
+            rows.append((seq, body))
+        self._durable = batch.number
+
+    def durable(self) -> int:
+        return self._durable
+
+    def read(self, room: str, after: int, before: int, limit: int, newest: bool) -> list[Row]:
+        rows = self._rooms.get(room)
+        if not rows or limit <= 0:
+            return []
+        start = bisect_right(rows, after, key=_seq_of)
+        end = len(rows) if before <= 0 else bisect_left(rows, before, key=_seq_of)
+        if newest:
+            start = max(start, end - limit)
+        else:
+            end = min(end, start + limit)
+        return list(islice(rows, start, end)) if start < end else []
+
+    def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class SqliteStore:
+    """The store in one SQLite file: the newest ``retention`` messages of each room, the reserved and
+    skipped numbers, and the producers. ``load()`` opens the file and raises StoreError if it cannot be
+    used; ``repair=True`` deletes damaged rows instead."""
+
+    def __init__(self, path: str | Path, retention: int = RETENTION, clock: Callable[[], float] = time.monotonic,
+                 repair: bool = False) -> None:
+        self.path = Path(path)
+        self.retention = max(1, retention)
         self.clock = clock  # monotonic seconds: reservation block sizes, and the checkpointer's pauses
-        self.path = Path(path) if path is not None else None
         self.repair = repair
-        self._rooms: dict[str, deque[tuple[int, bytes]]] = {}
-        self._last: dict[str, int] = {}
-        self._committed: dict[str, int] = {}  # room -> newest seq on disk (or skipped)
-        self._pending: list[tuple[str, int, float, str, bytes]] = []
-        self._untrimmed: dict[str, int] = {}
-        self._reserved: dict[str, int] = {}  # room -> reserved up to (on disk, or in _reserve)
-        self._reserve: dict[str, int] = {}  # new reservations, written (synced) by the next commit
+        self._recent = 0  # messages per room load() checks and returns
+        self._loaded_rows: dict[str, list[Row]] = {}
+        self._newest: dict[str, int] = {}  # room -> newest seq on disk (or skipped)
+        self._untrimmed: dict[str, int] = {}  # room -> rows written since its last trim
+        self._reserved: dict[str, int] = {}  # room -> reserved up to, on disk
         self._block: dict[str, tuple[int, float]] = {}  # room -> (size, clock()) of its current reservation
         self._skipped: dict[str, list[tuple[int, int]]] = {}  # room -> skipped (first, last), oldest first
         self._new_skips: list[tuple[str, int, int]] = []  # found by the open, to log once it succeeded
         self._producers: list[Producer] = []  # as loaded at open, oldest first
-        self._producer_ops: dict[str, Producer | None] = {}  # saves (a row) and drops (None) for the next commit
-        self._expire_before: float | None = None  # producers with older ts are deleted by the next commit
+        self._durable = 0
+        self._damaged_reads: set[str] = set()  # rooms a read found a damaged row in (logged once each)
         self._db: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
         self._last_write = 0.0  # monotonic time of the last commit, read by the checkpointer
-        # The epoch names this store: sequence numbers are only comparable within one epoch.
-        self.epoch = secrets.token_hex(8)
-        if self.path is not None:
-            self._open(self.path)
+        self.epoch = secrets.token_hex(8)  # replaced by the file's own at load()
 
     # -- opening: check, migrate, load
+
+    def load(self, recent: int) -> Loaded:
+        if self._db is None:
+            self._recent = max(1, min(recent, self.retention))
+            self._open(self.path)
+        return Loaded(self.epoch, dict(self._newest), self._loaded_rows, list(self._producers), self.retention)
 
     def _open(self, path: Path) -> None:
         try:
@@ -212,7 +317,7 @@ class History:
             # A short busy timeout: a lock held by another program stalls the serving loop at most this long.
             db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
         except (OSError, sqlite3.Error) as exc:
-            raise HistoryError(f"history database {path}: {exc}") from exc
+            raise StoreError(f"history database {path}: {exc}") from exc
         try:
             db.execute("PRAGMA journal_mode=WAL")
             # Durable across a process crash; a power cut may lose the last commits: see docs/history.md
@@ -227,7 +332,7 @@ class History:
             damage = _Damage()
             self._load(db, damage)
             if damage.total() and not self.repair:
-                raise HistoryError(f"history database {path}: {damage.describe()}; start with --repair to skip "
+                raise StoreError(f"history database {path}: {damage.describe()}; start with --repair to skip "
                                    "and count damaged rows")
             db.execute("COMMIT")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -241,7 +346,7 @@ class History:
                 if text in _UNUSABLE:
                     text = (f"{_UNUSABLE[text]} ({text}); move it away to start with an empty history, or rescue "
                             "its rows with the sqlite3 shell's .recover; --repair cannot mend this")
-                raise HistoryError(f"history database {path}: {text}") from exc
+                raise StoreError(f"history database {path}: {text}") from exc
             raise
         if damage.total():
             log.warning("history database %s: repaired: %s deleted", path, damage.describe())
@@ -264,14 +369,14 @@ class History:
         where = f"history database {self.path}"
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise HistoryError(f"{where} was written by a newer zmqchat (schema {version}, this one knows up to "
+            raise StoreError(f"{where} was written by a newer zmqchat (schema {version}, this one knows up to "
                                f"{SCHEMA_VERSION})")
         tables = {name for name, in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if version == 0 and not tables:
             for statement in _BASE:
                 db.execute(statement)
         elif version == 0 and not {"meta", "messages"} <= tables:
-            raise HistoryError(f"{where}: not a zmqchat history (tables: {', '.join(sorted(tables)) or 'none'})")
+            raise StoreError(f"{where}: not a zmqchat history (tables: {', '.join(sorted(tables)) or 'none'})")
         elif version < SCHEMA_VERSION:
             log.info("%s: schema %d, migrating to %d", where, version, SCHEMA_VERSION)
         if version < SCHEMA_VERSION:
@@ -287,7 +392,7 @@ class History:
             found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
             if found != _COLUMNS[table]:
                 shape = f"columns {', '.join(found)}" if found else "missing"
-                raise HistoryError(f"history database {self.path}: not a zmqchat history (table {table} {shape}; "
+                raise StoreError(f"history database {self.path}: not a zmqchat history (table {table} {shape}; "
                                    f"expected {', '.join(_COLUMNS[table])})")
 
     def _load(self, db: sqlite3.Connection, damage: _Damage) -> None:
@@ -304,7 +409,7 @@ class History:
                     db.execute("DELETE FROM messages WHERE room IS ?", (room,))
                 continue
             rows, top, lost = self._load_room(db, room, damage)
-            self._rooms[room] = deque(rows, maxlen=self.limit)
+            self._loaded_rows[room] = rows
             newest[room] = rows[-1][0] if rows else 0
             floor[room] = max(newest[room], top)
             repaired[room] = lost
@@ -334,8 +439,8 @@ class History:
         self._producers = sorted(((producer, identity, nxt, room, seq, float(ts))
                                   for producer, identity, nxt, room, seq, ts in producers), key=itemgetter(5))
         for room, top in floor.items():
-            self._rooms.setdefault(room, deque(maxlen=self.limit))
-            self._last[room] = self._committed[room] = top
+            self._loaded_rows.setdefault(room, [])
+            self._newest[room] = top
             done = max([newest.get(room, 0)] + [last for _first, last in self._skipped.get(room, [])])
             new = ranges_of(seq for seq in repaired.get(room, []) if seq < newest.get(room, 0))
             if top > done:
@@ -356,12 +461,12 @@ class History:
 
     def _load_room(self, db: sqlite3.Connection, room: str,
                    damage: _Damage) -> tuple[list[tuple[int, bytes]], int, list[int]]:
-        """The newest ``limit`` intact messages of ``room`` (oldest first), the highest valid seq of any row
+        """The newest ``recent`` intact messages of ``room`` (oldest first), the highest valid seq of any row
         seen (damaged ones too: never reuse it), and the seqs of the damaged rows deleted."""
         top, lost = 0, []
         while True:
             rows = db.execute("SELECT seq, ts, dedupe_key, body FROM messages WHERE room = ? ORDER BY seq DESC "
-                              "LIMIT ?", (room, self.limit)).fetchall()
+                              "LIMIT ?", (room, self._recent)).fetchall()
             good, bad = [], []
             for seq, ts, key, body in rows:
                 if _is_seq(seq) and _is_ts(ts) and isinstance(key, str) and _body_ok(body, room, seq):
@@ -380,7 +485,7 @@ class History:
             if not deleted:
                 good.reverse()
                 return good, top, lost
-            # and look again, so that ``limit`` intact rows are loaded if there are that many
+            # and look again, so that ``recent`` intact rows are loaded if there are that many
 
     def _checked(self, db: sqlite3.Connection, damage: _Damage, table: str,
                  ok: Callable[..., bool]) -> tuple[list[tuple], list[tuple]]:
@@ -410,83 +515,102 @@ class History:
 
     # -- writing
 
-    def commit(self) -> None:
-        """Make every appended message durable (one transaction, with the reservations and producers queued
-        since the last commit; fsynced when it holds a new reservation), then trim old rows now and then.
-        Raises HistoryError if the database refuses: then everything stays queued for the next commit()."""
+    def submit(self, batch: Batch) -> None:
+        """Write the batch in one transaction, with the reservations it needs (then fsynced), and trim old
+        rows now and then. Raises StoreError if the database refuses: then nothing of it is on disk."""
         if self._db is None:
-            self._pending.clear()
-            return
-        if not (self._pending or self._reserve or self._producer_ops or self._expire_before is not None):
-            return
+            raise StoreError(f"history database {self.path}: not open")
         db = self._db
+        tops: dict[str, int] = {}
         untrimmed = dict(self._untrimmed)  # rows per room since its last trim, applied once committed
-        for room, _seq, _ts, _key, _body in self._pending:
+        reserve: dict[str, int] = {}  # room -> reserved up to, written (and fsynced) with this batch
+        blocks: dict[str, tuple[int, float]] = {}
+        for room, seq, _ts, _key, _body in batch.messages:
+            tops[room] = seq
             untrimmed[room] = untrimmed.get(room, 0) + 1
-        trim = [room for room, n in untrimmed.items() if n >= max(64, self.limit // 8)]
-        synced = bool(self._reserve)
+            if seq > reserve.get(room, self._reserved.get(room, 0)):  # a block from here on
+                now = self.clock()
+                block, since = blocks.get(room) or self._block.get(room, (BLOCK_MIN, None))
+                if since is not None:
+                    block = next_block(block, now - since)
+                blocks[room] = (block, now)
+                reserve[room] = min(seq + block - 1, MAX_SEQ)
+        trim = [room for room, n in untrimmed.items() if n >= max(64, self.retention // 8)]
+        synced = bool(reserve)
         try:
             if synced:  # the WAL is fsynced at this commit, and everything written before it with it
                 db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", self._pending)
+            db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", batch.messages)
             if synced:
-                db.executemany("INSERT OR REPLACE INTO reservations VALUES (?, ?)", self._reserve.items())
-            if self._producer_ops or self._expire_before is not None:
-                self._write_producers(db)
+                db.executemany("INSERT OR REPLACE INTO reservations VALUES (?, ?)", reserve.items())
+            if batch.producers or batch.expire_before is not None:
+                self._write_producers(db, batch)
             for room in trim:
-                self._trim(db, room)
+                self._trim(db, room, max(self._newest.get(room, 0), tops.get(room, 0)))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             # Locked by another program, disk full, I/O error: nothing of the batch is kept on disk, and
-            # the batch stays pending so the next commit() tries it again.
+            # the sequencer hands it over again with the next one.
             with contextlib.suppress(sqlite3.Error):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
-            raise HistoryError(f"history database {self.path}: {exc}") from exc
+            raise StoreError(f"history database {self.path}: {exc}") from exc
         finally:
             if synced:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("PRAGMA synchronous=NORMAL")
         for room in trim:
             del untrimmed[room]
-        for room, seq, _ts, _key, _body in self._pending:
-            self._committed[room] = seq
         self._untrimmed = untrimmed
-        self._pending.clear()
-        self._reserve.clear()
-        self._producer_ops.clear()
-        self._expire_before = None
+        self._newest.update(tops)
+        self._reserved.update(reserve)
+        self._block.update(blocks)
+        self._durable = batch.number
         self._last_write = self.clock()
 
-    def _write_producers(self, db: sqlite3.Connection) -> None:
-        if self._expire_before is not None:  # before the saves: a producer saved meanwhile stays
-            db.execute("DELETE FROM producers WHERE ts < ?", (self._expire_before,))
-        db.executemany("INSERT OR REPLACE INTO producers VALUES (?, ?, ?, ?, ?, ?)",
-                       [row for row in self._producer_ops.values() if row is not None])
-        db.executemany("DELETE FROM producers WHERE producer = ?",
-                       [(producer,) for producer, row in self._producer_ops.items() if row is None])
+    def durable(self) -> int:
+        return self._durable
 
-    def _trim(self, db: sqlite3.Connection, room: str) -> None:
-        """Delete what memory no longer holds: by count, so a room with skipped numbers keeps ``limit`` rows."""
-        store = self._rooms.get(room)
-        if store:
-            db.execute("DELETE FROM messages WHERE room = ? AND seq < ?", (room, store[0][0]))
+    def _write_producers(self, db: sqlite3.Connection, batch: Batch) -> None:
+        if batch.expire_before is not None:  # before the saves: a producer saved meanwhile stays
+            db.execute("DELETE FROM producers WHERE ts < ?", (batch.expire_before,))
+        db.executemany("INSERT OR REPLACE INTO producers VALUES (?, ?, ?, ?, ?, ?)",
+                       [row for row in batch.producers.values() if row is not None])
+        db.executemany("DELETE FROM producers WHERE producer = ?",
+                       [(producer,) for producer, row in batch.producers.items() if row is None])
+
+    def _floor(self, room: str, newest: int) -> int:
+        """The oldest seq kept of ``room``: ``retention`` numbers below ``newest``, not counting skipped ones."""
+        need, high = self.retention, newest
+        for first, last in reversed(self._skipped.get(room, ())):
+            if first > high:
+                continue
+            present = high - min(last, high)  # numbers in (last, high] are messages
+            if present >= need:
+                break
+            need -= present
+            high = first - 1
+        return max(1, high - need + 1)
+
+    def _trim(self, db: sqlite3.Connection, room: str, newest: int) -> None:
+        """Delete the rows past the retention of ``room``."""
+        db.execute("DELETE FROM messages WHERE room = ? AND seq < ?", (room, self._floor(room, newest)))
 
     def close(self) -> None:
-        """Commit what is pending, release the unused reserved numbers (a clean restart skips none), close."""
+        """Release the unused reserved numbers (a clean restart skips none), trim, close. Everything
+        submitted is already durable."""
         if self._db is not None:
             db = self._db
             try:
-                self.commit()
                 db.execute("PRAGMA synchronous=FULL")
                 db.execute("BEGIN")
                 db.executemany("UPDATE reservations SET upto = ? WHERE room = ?",
-                               [(self._committed.get(room, 0), room) for room in self._reserved])
+                               [(self._newest.get(room, 0), room) for room in self._reserved])
                 for room in self._untrimmed:
-                    self._trim(db, room)
+                    self._trim(db, room, self._newest.get(room, 0))
                 db.execute("COMMIT")
-            except (HistoryError, sqlite3.Error) as exc:
+            except sqlite3.Error as exc:
                 log.error("could not save the last messages: %s", exc)
             db.close()
             self._db = None
@@ -494,99 +618,35 @@ class History:
             self._checkpointer.stop()
             self._checkpointer = None
 
-    # -- sequencing
+    # -- reads
 
-    def last_seq(self, room: str) -> int:
-        """The newest sequence number of ``room`` (0 before its first message)."""
-        return self._last.get(room, 0)
-
-    def committed_seq(self, room: str) -> int:
-        """The newest sequence number of ``room`` that is on disk or known lost (all of them without
-        persistence)."""
-        return self._committed.get(room, 0) if self._db is not None else self._last.get(room, 0)
-
-    def append(self, room: str, ts: float, key: str, make_body: Callable[[int], bytes]) -> tuple[int, bytes]:
-        """Give the next sequence number of ``room`` to a message; ``make_body(seq)`` returns its
-        encoded body. Durable only after ``commit()``; ``key`` is stored with it."""
-        seq = self._last.get(room, 0) + 1
-        body = make_body(seq)
-        self._last[room] = seq
-        store = self._rooms.get(room)
-        if store is None:
-            store = self._rooms[room] = deque(maxlen=self.limit)
-        store.append((seq, body))
-        if self._db is not None:
-            self._pending.append((room, seq, ts, key, body))
-            if seq > self._reserved.get(room, 0):
-                self._reserve_from(room, seq)
-        return seq, body
-
-    def _reserve_from(self, room: str, seq: int) -> None:
-        now = self.clock()
-        block, since = self._block.get(room, (BLOCK_MIN, None))
-        if since is not None:
-            block = next_block(block, now - since)
-        self._block[room] = (block, now)
-        self._reserved[room] = self._reserve[room] = min(seq + block - 1, MAX_SEQ)
-
-    # -- producers (dedupe state of each sender), written with the next commit
-
-    def save_producer(self, producer: str, identity: str, next: int, room: str, seq: int, ts: float) -> None:
-        """Queue the state of one producer (``next`` message counter expected, where its last message went
-        (``room`` "" and ``seq`` 0 if none), ``ts`` wall-clock seconds of its last activity); the last save
-        before a commit wins. A no-op in memory."""
-        if self._db is not None:
-            self._producer_ops[producer] = (producer, identity, next, room, seq, float(ts))
-
-    def drop_producer(self, producer: str) -> None:
-        """Queue the deletion of one producer's state. A no-op in memory."""
-        if self._db is not None:
-            self._producer_ops[producer] = None
-
-    def producers(self, since: float) -> list[Producer]:
-        """Producers as loaded at open whose ``ts >= since``, oldest first; older ones are deleted with the
-        next commit. Always [] in memory."""
-        self._producers = [row for row in self._producers if row[5] >= since]
-        if self._db is not None:
-            self._expire_before = since if self._expire_before is None else max(self._expire_before, since)
-        return list(self._producers)
-
-    # -- queries
-
-    def range(self, room: str, after: int = 0, before: int = 0, limit: int = 100,
-              newest: bool = True) -> list[tuple[int, bytes]]:
-        """Messages with ``after < seq < before`` (``before`` 0: no upper bound), in order: the newest
-        ``limit`` of them, or with ``newest=False`` the oldest ``limit`` (to fill a gap from its start).
-        Sequence numbers held need not be contiguous (numbers skipped after a power cut)."""
-        store = self._rooms.get(room)
-        if not store or limit <= 0:
+    def read(self, room: str, after: int, before: int, limit: int, newest: bool) -> list[Row]:
+        if self._db is None or limit <= 0:
             return []
-        start = bisect_right(store, after, key=_seq_of)
-        end = len(store) if before <= 0 else bisect_left(store, before, key=_seq_of)
+        low = max(after, self._floor(room, self._newest.get(room, 0)) - 1)
+        high = MAX_SEQ + 1 if before <= 0 else before
+        order = "DESC" if newest else "ASC"
+        try:
+            rows = self._db.execute(f"SELECT seq, body FROM messages WHERE room = ? AND seq > ? AND seq < ? "
+                                    f"ORDER BY seq {order} LIMIT ?", (room, low, high, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"history database {self.path}: {exc}") from exc
         if newest:
-            start = max(start, end - limit)
-        else:
-            end = min(end, start + limit)
-        if start >= end:
-            return []
-        return list(islice(store, start, end))
+            rows.reverse()
+        good = [(seq, body) for seq, body in rows if _body_ok(body, room, seq)]
+        if len(good) < len(rows) and room not in self._damaged_reads:
+            self._damaged_reads.add(room)
+            log.warning("history database %s: %d damaged rows of %s left out of a read (start with --repair "
+                        "to delete them)", self.path, len(rows) - len(good), _short(room))
+        return good
 
     def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
-        """The (first, last) ranges of ``room`` with ``after < seq <= upto`` that were skipped (lost by the
-        server's disk, or deleted by a repair), oldest first; [] when none, or in memory."""
         out = []
         for first, last in self._skipped.get(room, ()):
             first, last = max(first, after + 1), min(last, upto)
             if first <= last:
                 out.append((first, last))
         return out
-
-    def size(self) -> int:
-        """Messages held, over all rooms."""
-        return sum(len(store) for store in self._rooms.values())
-
-    def rooms(self) -> list[str]:
-        return sorted(self._rooms)
 
 
 class _Checkpointer(threading.Thread):
