@@ -1254,3 +1254,64 @@ def test_the_core_drops_what_a_key_sends_once_the_allowlist_no_longer_binds_it(c
     assert published(core) == [] and core.stats["auth_failures"] == 2
     say(core, "s1", "alice is fine", 1, key="KA")
     assert [m.text for _, m in of_type(published(core), p.RoomMessage)] == ["alice is fine"]
+
+
+class LaterStore(MemoryStore):
+    """Makes batches durable only when told (``release``), like a store that writes on a thread or waits
+    for a standby's acknowledgement."""
+
+    def __init__(self, retention: int = 100) -> None:
+        super().__init__(retention)
+        self.released = 0
+        self.submitted: list[int] = []
+
+    def submit(self, batch) -> None:
+        super().submit(batch)
+        self.submitted.append(batch.number)
+
+    def durable(self) -> int:
+        return min(self.released, super().durable())
+
+    def release(self, number: int) -> None:
+        self.released = number
+
+
+def test_publications_wait_for_their_batch_to_be_durable(clock):
+    store = LaterStore()
+    core = make_core(clock, store, rate=0.0)
+    store.release(10**9)
+    assert of_type(hello(core, "s1", "alice"), p.Welcome)
+    base = store.durable()  # what the hello wrote, if anything
+    store.release(base)
+    say(core, "s1", "one", 1)
+    assert core.flush() == [] and store.submitted[-1] == base + 1  # submitted, not durable: not seen
+    say(core, "s1", "two", 2)
+    assert core.flush() == [] and store.submitted[-1] == base + 2
+    assert core.sequencer.committed_seq("#general") == 0 and core.sequencer.last_seq("#general") == 2
+    clock.advance(2)
+    core.tick()
+    beats = [p.decode_server(f)[1] for f in core.flush()]  # heartbeats go out, with durable numbers only
+    assert [type(b) for b in beats] == [p.ServerHeartbeat] and beats[0].seqs == {"#general": 0}
+    store.release(base + 1)
+    out = [p.decode_server(f)[1] for f in core.flush()]  # batch 1 and what waited for it, in order
+    assert [m.text for m in out if isinstance(m, p.RoomMessage)] == ["one"]
+    assert core.sequencer.committed_seq("#general") == 1
+    store.release(base + 2)
+    out = [p.decode_server(f)[1] for f in core.flush()]
+    assert [m.text for m in out if isinstance(m, p.RoomMessage)] == ["two"]
+    assert core.sequencer.committed_seq("#general") == 2
+
+
+def test_a_reply_about_messages_not_yet_durable_waits_for_them(clock):
+    store = LaterStore()
+    core = make_core(clock, store, rate=0.0)
+    store.release(10**9)
+    hello(core, "s1", "alice")
+    store.release(store.durable())
+    say(core, "s1", "one", 1)
+    assert core.flush() == []
+    send(core, p.HistoryRequest(session="s1", room="#general", limit=10))  # a tick with no message of its own
+    assert core.flush() == []  # its reply shows seq 1: it waits behind seq 1's batch
+    store.release(10**9)
+    kinds = [type(p.decode_server(f)[1]) for f in core.flush()]
+    assert kinds.index(p.RoomMessage) < kinds.index(p.HistoryMessage) < kinds.index(p.HistoryEnd)

@@ -621,23 +621,38 @@ class SqliteStore:
     # -- reads
 
     def read(self, room: str, after: int, before: int, limit: int, newest: bool) -> list[Row]:
+        """Damaged rows are left out (logged once per room), and the read goes on past them to ``limit``."""
         if self._db is None or limit <= 0:
             return []
         low = max(after, self._floor(room, self._newest.get(room, 0)) - 1)
         high = MAX_SEQ + 1 if before <= 0 else before
-        order = "DESC" if newest else "ASC"
-        try:
-            rows = self._db.execute(f"SELECT seq, body FROM messages WHERE room = ? AND seq > ? AND seq < ? "
-                                    f"ORDER BY seq {order} LIMIT ?", (room, low, high, limit)).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"history database {self.path}: {exc}") from exc
-        if newest:
-            rows.reverse()
-        good = [(seq, body) for seq, body in rows if _body_ok(body, room, seq)]
-        if len(good) < len(rows) and room not in self._damaged_reads:
+        query = (f"SELECT seq, body FROM messages WHERE room = ? AND seq > ? AND seq < ? "
+                 f"ORDER BY seq {'DESC' if newest else 'ASC'} LIMIT ?")
+        good: list[Row] = []
+        damaged = 0
+        while len(good) < limit and low < high - 1:
+            want = limit - len(good)
+            try:
+                rows = self._db.execute(query, (room, low, high, want)).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"history database {self.path}: {exc}") from exc
+            for seq, body in rows:
+                if _body_ok(body, room, seq):
+                    good.append((seq, body))
+                else:
+                    damaged += 1
+            if len(rows) < want:
+                break
+            if newest:
+                high = rows[-1][0]
+            else:
+                low = rows[-1][0]
+        if damaged and room not in self._damaged_reads:
             self._damaged_reads.add(room)
             log.warning("history database %s: %d damaged rows of %s left out of a read (start with --repair "
-                        "to delete them)", self.path, len(rows) - len(good), _short(room))
+                        "to delete them)", self.path, damaged, _short(room))
+        if newest:
+            good.reverse()
         return good
 
     def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
