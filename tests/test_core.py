@@ -641,7 +641,7 @@ def test_published_counter(core):
 
 def test_key_bound_name_must_match(core):
     err = error(hello(core, "s1", "mallory", key="KEY-A", bound_name="alice"))
-    assert (err.code, err.message) == (p.ERR_NOT_AUTHORISED, "your key is bound to the name 'alice'")
+    assert (err.code, err.message) == (p.ERR_NOT_AUTHORIZED, "your key is bound to the name 'alice'")
     assert len(core.presence) == 0
     out = hello(core, "s1", "alice", key="KEY-A", bound_name="alice")
     assert type(out[0][1]) is p.Welcome
@@ -892,7 +892,7 @@ def test_revoked_keys_are_told_and_their_sessions_end(clock):
     core.revoke({"KA"})
     out = published(core)
     err = next(m for t, m in out if t == p.session_topic("s2"))
-    assert (err.code, "no longer authorised" in err.message) == (p.ERR_REVOKED, True)
+    assert (err.code, "no longer authorized" in err.message) == (p.ERR_REVOKED, True)
     assert [(m.name, m.event) for _, m in of_type(out, p.PresenceEvent)] == [("bob", "revoked")]
     assert core.presence.get("s2") is None and core.presence.get("s1") is not None
 
@@ -929,7 +929,7 @@ def test_oversized_messages_from_another_key_naming_a_victims_mids_change_nothin
 def test_one_identity_cannot_escape_its_rate_by_cycling_sessions(clock):
     core = make_core(clock, rate=20.0, burst=60.0)
     accepted = 0
-    for k in range(87):  # the attack: a fresh session per burst, under one authorised key
+    for k in range(87):  # the attack: a fresh session per burst, under one authorized key
         session = f"cyc{k}"
         hello(core, session, "alice", key="KEY-A", bound_name="alice")
         for n in range(1, 61):

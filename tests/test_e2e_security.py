@@ -59,10 +59,10 @@ def test_keygen_writes_a_private_secret_and_refuses_to_overwrite(keys, tmp_path)
     again.expect("already exists", stream="err")
 
 
-def test_authorised_clients_chat_under_their_bound_names(chat, keys):
+def test_authorized_clients_chat_under_their_bound_names(chat, keys):
     keydir, allowed = keys
     server = secure_server(chat, keydir, allowed)
-    server.expect("CURVE on, 3 authorised keys", stream="err")
+    server.expect("CURVE on, 3 authorized keys", stream="err")
     alice = chat.client("alice", *client_keys(keydir, "alice"))
     bob = chat.client("bob", *client_keys(keydir, "bob"))
     alice.send("secret plans")
@@ -97,7 +97,7 @@ def test_unknown_key_is_refused(chat, keys):
     keydir, allowed = keys
     server = secure_server(chat, keydir, allowed)
     refused(chat, "stranger", *client_keys(keydir, "stranger"), message="^ERROR: the server refused our key")
-    server.expect("refused a client \\(key not authorised\\)", stream="err")
+    server.expect("refused a client \\(key not authorized\\)", stream="err")
     alice = chat.client("alice", *client_keys(keydir, "alice"))  # everyone else carries on
     alice.send("/stats")
     alice.expect(r"auth_failures=[1-9]")
@@ -160,7 +160,7 @@ def test_impersonation_through_raw_sockets_fails(chat, keys, zmq_ctx):
             err = _wait_for(sub, lambda t, m: isinstance(m, p.ErrorReply), timeout=0.5)
         except pytest.fail.Exception:
             continue
-    assert err.code == p.ERR_NOT_AUTHORISED and "bound to the name 'mallory'" in err.message
+    assert err.code == p.ERR_NOT_AUTHORIZED and "bound to the name 'mallory'" in err.message
     # 2. mallory learns alice's session id from the broadcast and speaks in it: dropped
     alice.send("hello from the real alice")
     real = _wait_for(sub, lambda t, m: isinstance(m, p.RoomMessage) and m.sender == "alice")
@@ -185,7 +185,7 @@ def test_sighup_reload_removes_access_for_new_connections(chat, keys):
     assert bob.wait() == 0
     (allowed / "bob.key").unlink()
     server.signal(signal.SIGHUP)
-    server.expect("reloaded authorised keys: 2", stream="err")
+    server.expect("reloaded authorized keys: 2", stream="err")
     refused(chat, "bob", *client_keys(keydir, "bob"), message="^ERROR: the server refused our key")
     chat.client("alice", *client_keys(keydir, "alice"))
 
@@ -205,7 +205,7 @@ def test_a_key_removed_by_sighup_cannot_speak_on_its_open_connection(chat, keys,
     watcher.expect('"name": "mallory", "event": "join"')
     (allowed / "mallory.key").unlink()
     server.signal(signal.SIGHUP)
-    server.expect("reloaded authorised keys: 2", stream="err")
+    server.expect("reloaded authorized keys: 2", stream="err")
     watcher.expect('"name": "mallory", "event": "revoked"')  # her session ended
     # the same, still-open connection now claims a free name and speaks: dropped, counted
     push.send_multipart(p.encode_client(p.Hello(session="m2", name="eve", rooms=["#general"])))

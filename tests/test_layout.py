@@ -56,3 +56,15 @@ def test_the_pure_modules_read_no_clock_but_an_injected_one():
         if calls:
             offenders[name] = calls
     assert offenders == {}
+
+
+def test_the_server_and_the_client_never_import_each_other():
+    def crossing(side: str, other: str) -> dict[str, list[str]]:
+        found = {}
+        for path in (PACKAGE / side).glob("*.py"):
+            names = sorted(n for n in imported(path) if n.split(".")[0] == other or n.startswith(f"zmqchat.{other}"))
+            if names:
+                found[f"{side}/{path.name}"] = names
+        return found
+
+    assert crossing("server", "client") == {} and crossing("client", "server") == {}

@@ -164,7 +164,7 @@ def test_fatal_name_taken_while_connecting(clock):
     assert not session.connected
 
 
-@pytest.mark.parametrize("code", [p.ERR_BAD_NAME, p.ERR_NOT_AUTHORISED])
+@pytest.mark.parametrize("code", [p.ERR_BAD_NAME, p.ERR_NOT_AUTHORIZED])
 def test_other_fatal_codes_while_connecting(clock, code):
     session = make_session(clock)
     session.start()
@@ -172,7 +172,7 @@ def test_other_fatal_codes_while_connecting(clock, code):
     assert events(session) == [ev.Error(code, "no", fatal=True)]
 
 
-@pytest.mark.parametrize("code", [p.ERR_NAME_TAKEN, p.ERR_BAD_NAME, p.ERR_NOT_AUTHORISED])
+@pytest.mark.parametrize("code", [p.ERR_NAME_TAKEN, p.ERR_BAD_NAME, p.ERR_NOT_AUTHORIZED])
 @pytest.mark.parametrize("state", ["connecting", "connected", "lost"])
 def test_refusals_of_somebody_elses_hello_change_nothing(clock, code, state):
     # Another identity's hello that named our session was refused on our topic: not an answer to us.
@@ -229,8 +229,8 @@ def test_requests_carry_distinct_rids(clock):
 
 def test_revocation_is_fatal_whatever_it_answers(clock):
     session = connected(clock)
-    deliver(session, p.ErrorReply(code=p.ERR_REVOKED, message="your key is no longer authorised"))
-    assert events(session) == [ev.Error(p.ERR_REVOKED, "your key is no longer authorised", fatal=True)]
+    deliver(session, p.ErrorReply(code=p.ERR_REVOKED, message="your key is no longer authorized"))
+    assert events(session) == [ev.Error(p.ERR_REVOKED, "your key is no longer authorized", fatal=True)]
 
 
 def test_errors_once_connected_are_not_fatal(clock):
@@ -981,7 +981,7 @@ def test_an_answered_hello_nonce_never_counts_again(clock):
     used = "already-answered"
     clock.advance(10)
     session.tick()  # lost: hello again, with a fresh nonce
-    for code in (p.ERR_BAD_NAME, p.ERR_NAME_TAKEN, p.ERR_NOT_AUTHORISED):
+    for code in (p.ERR_BAD_NAME, p.ERR_NAME_TAKEN, p.ERR_NOT_AUTHORIZED):
         deliver(session, p.ErrorReply(code=code, message="replayed", rid=used))
     assert [e for e in events(session) if isinstance(e, ev.Error)] == []
 

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from journal import History
 
-from zmqchat.server.presence import Presence
+from zmqchat.server.presence import Roster
 from zmqchat.server.ratelimit import RateLimiter, TokenBucket
 from zmqchat.server.store import MemoryStore
 
@@ -17,8 +17,8 @@ from zmqchat.server.store import MemoryStore
 
 
 @pytest.fixture
-def presence() -> Presence:
-    return Presence(timeout=3.0)
+def presence() -> Roster:
+    return Roster(timeout=3.0)
 
 
 def test_add_get_owner(presence):

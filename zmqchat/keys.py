@@ -63,7 +63,7 @@ def load_allowlist(directory: str | Path) -> dict[str, str]:
     certificate's ``name`` metadata, else the file name without ``.key``."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ZmqchatError(f"authorised keys directory {directory} does not exist")
+        raise ZmqchatError(f"authorized keys directory {directory} does not exist")
     bound: dict[str, str] = {}
     for path in sorted(directory.glob("*.key")):
         public = load_public(path)

@@ -169,7 +169,7 @@ def serve(args: argparse.Namespace) -> int:
         elif server.authorized_keys is None:
             log.warning("security: CURVE encryption on, but any client key may connect (no --authorized-keys)")
         else:
-            log.info("security: CURVE on, %d authorised keys from %s", len(server.bound_names), server.authorized_keys)
+            log.info("security: CURVE on, %d authorized keys from %s", len(server.bound_names), server.authorized_keys)
 
     try:
         server.run(on_ready=ready)

@@ -9,7 +9,7 @@ import zlib
 from .. import events as ev
 
 PRESENCE_WORDS = {"join": "joined", "part": "left", "quit": "left", "timeout": "left (timed out)",
-                  "revoked": "left (key no longer authorised)"}
+                  "revoked": "left (key no longer authorized)"}
 # What someone else's text must not carry to a terminal (or a page): C0 controls but tab and newline, DEL,
 # C1 controls (U+0080-U+009F: CSI, OSC and NEL among them, which terminals obey like ESC [ and ESC ]),
 # the bidi embeddings, overrides, isolates and marks (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F,

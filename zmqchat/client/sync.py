@@ -1,6 +1,6 @@
 """The client's I/O shell: a PUSH to the server's PULL, a SUB from its PUB, and one poll loop.
 
-All rules live in ``zmqchat.session.ClientSession``; this class creates the two sockets, moves frames
+All rules live in ``zmqchat.client.session.ClientSession``; this class creates the two sockets, moves frames
 between them and the session, and offers the Python API that the terminal client and bots share::
 
     with Client("bot", host="127.0.0.1") as chat:   # connects, raises ConnectError if it can't
@@ -123,7 +123,7 @@ class Client:
                 self.close(linger=0)
                 why = self._handshake_problem or (
                     f"no answer from a zmqchat server at {self.in_endpoint} within {timeout:g}s"
-                    + (" (check --server-key and that your key is authorised)" if self._curve else ""))
+                    + (" (check --server-key and that your key is authorized)" if self._curve else ""))
                 raise ConnectError(why)
             found = self._pump(min(remaining, TICK))
             for event in found:
@@ -316,7 +316,7 @@ class Client:
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._handshake_problem = "the server refused our key (it is not in the server's authorised keys)"
+                self._handshake_problem = "the server refused our key (it is not in the server's authorized keys)"
             elif self._handshake_problem:
                 pass
             elif self._curve is None:

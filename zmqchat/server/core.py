@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from .. import protocol as p
 from .dedupe import ACK, REFUSED, Producer, Producers
-from .presence import Member, Presence
+from .presence import Member, Roster
 from .ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
 from .sequencer import Sequencer
 from .store import Store, StoreError
@@ -156,7 +156,7 @@ class ServerCore:
         self.clock = clock  # timers: heartbeats, expiry, rate limits (monotonic: a clock step breaks none)
         # timestamps people read; an injected test clock serves as both
         self.wall_clock = wall_clock or (time.time if clock is time.monotonic else clock)
-        self.presence = Presence(config.heartbeat_interval * config.heartbeat_misses)
+        self.presence = Roster(config.heartbeat_interval * config.heartbeat_misses)
         self.limiter = RateLimiter(config.rate, config.burst)
         self.request_limiter = RateLimiter(config.rate, config.burst)
         self._new_sessions = TokenBucket(NEW_SESSIONS_PER_SEC, NEW_SESSIONS_BURST, clock())
@@ -265,7 +265,7 @@ class ServerCore:
     def _unbound_key(self) -> None:
         # A connection opened before its key was removed (SIGHUP): still encrypted, no longer anyone.
         self.stats["auth_failures"] += 1
-        self.bad_input.warn("dropped a message from a key that is no longer authorised")
+        self.bad_input.warn("dropped a message from a key that is no longer authorized")
 
     def frame_bomb(self) -> None:
         """A message of more frames than any zmqchat message has arrived; its frames were dropped unread."""
@@ -471,8 +471,8 @@ class ServerCore:
         for member in self.presence.members():
             if member.key is not None and member.key not in allowed_keys:
                 self.presence.remove(member.session)
-                self.activity.info("%s removed: key no longer authorised", member.name)
-                self._refuse(member.session, p.ERR_REVOKED, "your key is no longer authorised on this server")
+                self.activity.info("%s removed: key no longer authorized", member.name)
+                self._refuse(member.session, p.ERR_REVOKED, "your key is no longer authorized on this server")
                 self._announce_leave(member, "revoked")
 
     def snapshot(self) -> dict[str, int]:
@@ -598,7 +598,7 @@ class ServerCore:
             self._refuse(msg.session, p.ERR_BAD_NAME, problem, rid=rid)
             return
         if bound_name is not None and msg.name != bound_name:
-            self._refuse(msg.session, p.ERR_NOT_AUTHORISED, f"your key is bound to the name '{bound_name}'", rid=rid)
+            self._refuse(msg.session, p.ERR_NOT_AUTHORIZED, f"your key is bound to the name '{bound_name}'", rid=rid)
             self.bad_input.warn("refused %r: key is bound to %r", msg.name, bound_name)
             return
         owner = self.presence.owner_of(msg.name)

@@ -233,16 +233,16 @@ class Server:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and event["value"] == int(ZAP_TRY_LATER):
                 continue  # refused for rate by our own ZAP handler: counted there
-            why = "key not authorised" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake failed"
+            why = "key not authorized" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake failed"
             self.core.auth_failed(why, event["endpoint"].decode(errors="replace"))
 
     def _reload_keys(self) -> None:
         try:
             self._configure_auth()
         except Exception as exc:  # noqa: BLE001 (a broken key file must not take the server down)
-            log.error("could not reload authorised keys: %s", exc)
+            log.error("could not reload authorized keys: %s", exc)
             return
-        log.info("reloaded authorised keys: %d", len(self.bound_names))
+        log.info("reloaded authorized keys: %d", len(self.bound_names))
 
 
 class GuardedAuthenticator(ThreadAuthenticator):

@@ -22,7 +22,7 @@ class Member:
     unacked: int | None = None  # the hello's first message counter, until the server knows this sender
 
 
-class Presence:
+class Roster:
     """Sessions, names and room membership, with expiry after ``timeout`` seconds of silence."""
 
     def __init__(self, timeout: float) -> None:
