@@ -1315,3 +1315,141 @@ def test_a_reply_about_messages_not_yet_durable_waits_for_them(clock):
     store.release(10**9)
     kinds = [type(p.decode_server(f)[1]) for f in core.flush()]
     assert kinds.index(p.RoomMessage) < kinds.index(p.HistoryMessage) < kinds.index(p.HistoryEnd)
+
+
+# --------------------------------------------------------------------------------------------------
+# pages of older talk, search, topics
+
+
+def test_a_page_is_the_newest_messages_before_a_seq_from_the_store_below_the_cache(clock, tmp_path):
+    core = ServerCore(ServerConfig(rate=0.0, history_cache=10), SqliteStore(tmp_path / "h.sqlite3", 1000), clock=clock)
+    hello(core, "s1", "alice")
+    for n in range(1, 101):
+        say(core, "s1", f"m{n}", n)
+    published(core)
+    send(core, p.PageRequest(session="s1", room="#general", before=60, limit=25, rid="r1"))
+    out = published(core)
+    assert [m.seq for _, m in of_type(out, p.HistoryMessage)] == list(range(35, 60))  # oldest first, off the disk
+    (_, end), = of_type(out, p.PageEnd)
+    assert (end.before, end.count, end.oldest, end.start, end.rid) == (60, 25, 35, False, "r1")
+    send(core, p.PageRequest(session="s1", room="#general", before=10, limit=25, rid="r2"))
+    out = published(core)
+    assert [m.seq for _, m in of_type(out, p.HistoryMessage)] == list(range(1, 10))
+    (_, end), = of_type(out, p.PageEnd)
+    assert (end.count, end.oldest, end.start) == (9, 1, True)  # the room's start
+    send(core, p.PageRequest(session="s1", room="#general", before=0, limit=3, rid="r3"))
+    assert [m.seq for _, m in of_type(published(core), p.HistoryMessage)] == [98, 99, 100]  # 0: from the newest
+    shut(core)
+
+
+def test_a_bad_page_request_gets_a_clear_error(clock):
+    core = make_core(clock)
+    hello(core, "s1", "alice")
+    send(core, p.PageRequest(session="s1", room="general", rid="r1"))
+    assert error(published(core)).code == p.ERR_BAD_ROOM
+    send(core, p.PageRequest(session="s1", room="#general", limit=0, rid="r2"))
+    err = error(published(core))
+    assert (err.code, err.message, err.rid) == (p.ERR_BAD_REQUEST, "page: limit must be >= 1", "r2")
+
+
+def found(core: ServerCore, query: str, **kw) -> p.SearchReply:
+    send(core, p.SearchRequest(session="s1", query=query, rid="q1", **kw))
+    (_, reply), = published(core)
+    assert isinstance(reply, p.SearchReply), reply
+    return reply
+
+
+def test_search_finds_words_newest_first_with_marks_and_filters(clock):
+    core = make_core(clock, rate=0.0)
+    hello(core, "s1", "alice", rooms=("#general", "#dev"))
+    hello(core, "s2", "bob", rooms=("#general", "#dev"))
+    say(core, "s1", "the Deploy failed again", 1)
+    say(core, "s2", "deploy worked", 1, room="#dev")
+    say(core, "s1", "lunch?", 2)
+    say(core, "s2", "redeploying now: déploy", 2)
+    published(core)
+    reply = found(core, "deploy")
+    assert [(r["sender"], r["text"]) for r in reply.results] == [
+        ("bob", "redeploying now: déploy"), ("bob", "deploy worked"), ("alice", "the Deploy failed again")]
+    assert reply.results[0]["marks"] == [[17, 23]]  # "déploy": accents do not matter; "redeploying" is another word
+    assert reply.results[2]["marks"] == [[4, 10]] and reply.more is False
+    assert [r["text"] for r in found(core, "deploy", sender="alice").results] == ["the Deploy failed again"]
+    assert [r["room"] for r in found(core, "deploy", room="#dev").results] == ["#dev"]
+    assert [r["text"] for r in found(core, "redeploy*").results] == ["redeploying now: déploy"]
+    assert [r["text"] for r in found(core, '"failed again"').results] == ["the Deploy failed again"]
+    assert found(core, '"again failed"').results == []
+    reply = found(core, "deploy", limit=1)
+    assert len(reply.results) == 1 and reply.more is True
+    assert core.snapshot()["searches"] == 7
+
+
+@pytest.mark.parametrize(("query", "why"), [
+    ("", "give a word"), ("!!! ***", "give a word"), ("x" * 201, "longer than 200"),
+    (" ".join(f"w{i}" for i in range(17)), "at most 16"), ('"unbalanced', None), ("AND OR NOT", None),
+    ("NEAR(a b)", None), ("col:word", None), ("a + b", None), ("^start", None),
+])
+def test_no_query_is_an_internal_error(clock, query, why):
+    """Whatever a user types is refused with a clear error or searched for; FTS5 syntax never leaks."""
+    core = make_core(clock, rate=0.0)
+    hello(core, "s1", "alice")
+    say(core, "s1", "AND OR NOT near a b col word start", 1)
+    published(core)
+    send(core, p.SearchRequest(session="s1", query=query, rid="q1"))
+    (_, reply), = published(core)
+    if why is None:
+        assert isinstance(reply, p.SearchReply)
+    else:
+        assert isinstance(reply, p.ErrorReply) and reply.code == p.ERR_BAD_REQUEST and why in reply.message
+    assert core.stats["errors"] == 0
+
+
+def test_topics_are_announced_sent_on_join_and_survive_a_restart(clock, tmp_path):
+    path = tmp_path / "h.sqlite3"
+    core = make_core(clock, SqliteStore(path, 100))
+    hello(core, "s1", "alice")
+    send(core, p.TopicRequest(session="s1", room="#general", text="release on Friday", rid="t1"))
+    (topic, msg), = published(core)
+    assert (topic, msg) == (GENERAL, p.Topic(room="#general", text="release on Friday", by="alice", ts=msg.ts))
+    out = hello(core, "s2", "bob")
+    kinds = [type(m) for _, m in out]
+    assert kinds.index(p.Topic) < kinds.index(p.HistoryEnd)  # the topic, then the room's history
+    shut(core)
+    restarted = make_core(clock, SqliteStore(path, 100))
+    topics = [m for _, m in of_type(hello(restarted, "s3", "carol"), p.Topic)]
+    assert [(t.text, t.by) for t in topics] == [("release on Friday", "alice")]
+    send(restarted, p.TopicRequest(session="s3", room="#general", text="", rid="t2"))  # cleared
+    assert [m.text for _, m in of_type(published(restarted), p.Topic)] == [""]
+    assert of_type(hello(restarted, "s4", "dave"), p.Topic) == []  # no topic: nothing sent on join
+    shut(restarted)
+
+
+def test_a_topic_is_bounded_one_line_and_for_members(clock):
+    core = make_core(clock)
+    hello(core, "s1", "alice")
+    send(core, p.TopicRequest(session="s1", room="#dev", text="x", rid="t1"))
+    assert error(published(core)).code == p.ERR_NOT_IN_ROOM
+    send(core, p.TopicRequest(session="s1", room="#general", text="x" * (p.MAX_TOPIC_CHARS + 1), rid="t2"))
+    assert error(published(core)).code == p.ERR_TOO_LONG
+    send(core, p.TopicRequest(session="s1", room="#general", text="two\nlines", rid="t3"))
+    assert error(published(core)).code == p.ERR_BAD_REQUEST
+
+
+def test_a_locked_topic_is_changed_only_by_who_first_set_it(clock):
+    core = make_core(clock, topic_lock=True)
+    hello(core, "s1", "alice")
+    hello(core, "s2", "bob")
+    send(core, p.TopicRequest(session="s1", room="#general", text="mine", rid="t1"))
+    published(core)
+    send(core, p.TopicRequest(session="s2", room="#general", text="bob's now", rid="t2"))
+    err = error(published(core))
+    assert (err.code, err.message) == (p.ERR_FORBIDDEN, "only alice may change the topic of #general on this server")
+    send(core, p.TopicRequest(session="s1", room="#general", text="", rid="t3"))  # the owner clears it...
+    published(core)
+    send(core, p.TopicRequest(session="s2", room="#general", text="bob's now", rid="t4"))  # ...and still owns it
+    assert error(published(core)).code == p.ERR_FORBIDDEN
+    unlocked = make_core(clock)
+    hello(unlocked, "s1", "alice")
+    hello(unlocked, "s2", "bob")
+    send(unlocked, p.TopicRequest(session="s1", room="#general", text="mine", rid="t1"))
+    send(unlocked, p.TopicRequest(session="s2", room="#general", text="bob's now", rid="t2"))
+    assert [m.text for _, m in of_type(published(unlocked), p.Topic)] == ["mine", "bob's now"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "zmqchat"
 PURE = ["protocol.py", "events.py", "errors.py", "server/core.py", "server/sequencer.py", "server/presence.py",
-        "server/ratelimit.py", "server/dedupe.py", "client/session.py", "client/commands.py", "client/display.py"]
+        "server/ratelimit.py", "server/dedupe.py", "server/search.py", "client/session.py", "client/commands.py", "client/display.py"]
 
 
 def imported(path: Path) -> set[str]:

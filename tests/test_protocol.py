@@ -24,6 +24,9 @@ CLIENT_SAMPLES: list[p.Message] = [
     p.WhoRequest(session="s1", room="#dev"),
     p.RoomsRequest(session="s1"),
     p.HistoryRequest(session="s1", room="#dev", after=3, before=9, limit=5),
+    p.PageRequest(session="s1", room="#dev", before=40, limit=50, rid="r1"),
+    p.SearchRequest(session="s1", query='deploy "it failed" fix*', sender="bob", room="#dev", limit=5),
+    p.TopicRequest(session="s1", room="#dev", text="release on Friday ✓"),
     p.StatsRequest(session="s1"),
     p.Ping(session="s1"),
     p.Bye(session="s1"),
@@ -36,6 +39,10 @@ SERVER_SAMPLES: list[p.Message] = [
     p.RoomMessage(room="#general", seq=5, ts=2.5, sender="bob", text="waves", mid="s2.10", action=True),
     p.HistoryMessage(room="#general", seq=3, ts=1.0, sender="bob", text="old", mid="s2.8"),
     p.HistoryEnd(room="#general", after=0, upto=3, count=3),
+    p.PageEnd(room="#general", before=40, count=2, oldest=38, start=True, rid="r1"),
+    p.SearchReply(query="deploy", results=[{"room": "#dev", "seq": 9, "ts": 1.5, "sender": "bob",
+                                            "text": "deploy failed", "marks": [[0, 6]]}], more=True, rid="r2"),
+    p.Topic(room="#general", text="release ✓", by="bob", ts=4.0),
     p.PresenceEvent(room="#general", name="bob", event="join", ts=3.0),
     p.Ack(mid="s1.1", room="#general", seq=4),
     p.WhoReply(rooms={"#general": ["alice", "bob"]}),
@@ -539,3 +546,23 @@ def test_the_servers_fast_room_message_body_is_the_encoders_byte_for_byte(room, 
     fast = p.room_message_body(room, seq, ts, sender, text, mid, action)
     assert fast == p.encode_body(p.RoomMessage(room=room, seq=seq, ts=ts, sender=sender, text=text, mid=mid,
                                                action=action))
+
+
+@pytest.mark.parametrize("result", [
+    "not an object",
+    {"room": "#dev", "seq": 9, "ts": 1.5, "sender": "bob", "text": "x"},  # no marks
+    {"room": "#dev", "seq": -1, "ts": 1.5, "sender": "bob", "text": "x", "marks": []},
+    {"room": "#dev", "seq": 9, "ts": 1.5, "sender": 7, "text": "x", "marks": []},
+    {"room": "#dev", "seq": 9, "ts": 1.5, "sender": "bob", "text": "x", "marks": [[0, 2]]},  # past the text
+    {"room": "#dev", "seq": 9, "ts": 1.5, "sender": "bob", "text": "xy", "marks": [[1, 1]]},  # empty mark
+    {"room": "#dev", "seq": 9, "ts": 1.5, "sender": "bob", "text": "xy", "marks": [[True, 2]]},
+])
+def test_a_malformed_search_result_is_refused(result):
+    with pytest.raises(p.ProtocolError, match="result"):
+        p.decode_server(server_frames(b"found", {"query": "q", "results": [result]}))
+
+
+def test_too_many_search_results_are_refused():
+    one = {"room": "#dev", "seq": 9, "ts": 1.5, "sender": "bob", "text": "x", "marks": []}
+    with pytest.raises(p.ProtocolError, match="too many"):
+        p.decode_server(server_frames(b"found", {"query": "q", "results": [one] * (p.MAX_SEARCH_RESULTS + 1)}))

@@ -559,7 +559,7 @@ def test_a_fresh_file_is_created_at_the_current_version(tmp_path):
     assert SCHEMA_VERSION == len(MIGRATIONS)
     path = make_store(tmp_path / "h.sqlite3")
     assert sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-    assert set(schema_of(path)) == {"meta", "messages", "reservations", "skipped", "producers",
+    assert set(schema_of(path)) == {"meta", "messages", "reservations", "skipped", "producers", "topics",
                                     "sqlite_autoindex_meta_1"}
 
 

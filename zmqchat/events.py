@@ -61,6 +61,51 @@ class Presence(Event):
 
 
 @dataclass(frozen=True)
+class Page(Event):
+    """A page of older talk of ``room``, asked for by scrolling back: ``messages`` oldest first, every one
+    with ``seq < before``. ``start``: nothing older is held (the room's start, or the oldest kept)."""
+
+    type: ClassVar[str] = "page"
+    room: str
+    before: int
+    messages: tuple = ()  # of Message, each with history=True
+    start: bool = False
+
+
+@dataclass(frozen=True)
+class Found:
+    """One search result: ``marks`` are (start, end) code-point offsets of the matches in ``text``."""
+
+    room: str
+    seq: int
+    ts: float
+    sender: str
+    text: str
+    marks: tuple = ()
+
+
+@dataclass(frozen=True)
+class SearchResults(Event):
+    """The answer to a search, newest first; ``more``: there were more than these."""
+
+    type: ClassVar[str] = "search"
+    query: str
+    results: tuple = ()  # of Found
+    more: bool = False
+
+
+@dataclass(frozen=True)
+class Topic(Event):
+    """The topic of ``room``, as set by ``by`` (``text`` "": cleared); on joining a room, and when set."""
+
+    type: ClassVar[str] = "topic"
+    room: str
+    text: str
+    by: str
+    ts: float
+
+
+@dataclass(frozen=True)
 class Who(Event):
     type: ClassVar[str] = "who"
     rooms: dict = field(default_factory=dict)

@@ -47,6 +47,9 @@ DEFAULT_MAX_TEXT_BYTES = 16 * 1024  # UTF-8 bytes of one chat message's text
 MIN_MAX_MESSAGE_BYTES = 1024
 MAX_LIST_ITEMS = 256  # rooms taken from one hello
 MAX_RID_CHARS = 64  # request ids
+MAX_TOPIC_CHARS = 300  # a room's topic, in code points
+MAX_QUERY_CHARS = 200  # a search query, in code points
+MAX_SEARCH_RESULTS = 100  # results of one search reply
 MAX_SAFE_INT = 2**53 - 1  # no integer on the wire exceeds this: a JavaScript client reads each one exactly
 MAX_INTERVAL = 3600.0  # seconds: the largest heartbeat interval or retry delay anyone may announce
 
@@ -247,6 +250,48 @@ class HistoryRequest(Message):
 
 @_client
 @dataclass(frozen=True)
+class PageRequest(Message):
+    """Ask for a page of older talk: the newest ``limit`` messages of ``room`` with ``seq < before``
+    (``before`` 0: from the newest), read from the server's store (see PageEnd)."""
+
+    KIND: ClassVar[bytes] = b"page"
+    session: str
+    room: str
+    before: int = 0
+    limit: int = 50
+    rid: str = ""
+
+
+@_client
+@dataclass(frozen=True)
+class SearchRequest(Message):
+    """Search the stored messages for ``query`` (words, all of them; ``"a phrase"``; ``word*`` for a
+    prefix), optionally only ``sender``'s and only in ``room``; at most ``limit`` results, newest first."""
+
+    KIND: ClassVar[bytes] = b"search"
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"limit": (1, MAX_SEARCH_RESULTS)}
+    session: str
+    query: str
+    sender: str = ""
+    room: str = ""
+    limit: int = 20
+    rid: str = ""
+
+
+@_client
+@dataclass(frozen=True)
+class TopicRequest(Message):
+    """Set the topic of ``room`` (a room one is in); ``text`` "" clears it."""
+
+    KIND: ClassVar[bytes] = b"topic"
+    session: str
+    room: str
+    text: str
+    rid: str = ""
+
+
+@_client
+@dataclass(frozen=True)
 class StatsRequest(Message):
     KIND: ClassVar[bytes] = b"stats"
     session: str
@@ -329,6 +374,49 @@ class HistoryEnd(Message):
     before: int = 0  # the request's ``before``: 0 for a backlog or /history, > 0 for a gap fill
     rid: str = ""  # the request's rid ("" for the replies a hello or join asks for)
     lost: list = field(default_factory=list)  # [first, last] ranges in (after, upto] the server lost
+
+
+@_server
+@dataclass(frozen=True)
+class PageEnd(Message):
+    """Closes a page reply: ``count`` messages with ``seq < before`` came before it on the session topic
+    (as ``hist``), oldest first; ``oldest`` is the first one's seq (0 if none). ``start``: nothing older
+    is held, this page reaches the room's start (or the oldest message the server keeps)."""
+
+    KIND: ClassVar[bytes] = b"page_end"
+    room: str
+    before: int
+    count: int
+    oldest: int = 0
+    start: bool = False
+    rid: str = ""
+
+
+@_server
+@dataclass(frozen=True)
+class SearchReply(Message):
+    """Answers a search: ``results`` newest first, each an object ``{room, seq, ts, sender, text,
+    marks}`` where ``marks`` lists ``[start, end]`` code-point offsets of the matches in ``text``.
+    ``more``: there were more results than were sent."""
+
+    KIND: ClassVar[bytes] = b"found"
+    query: str
+    results: list = field(default_factory=list)
+    more: bool = False
+    rid: str = ""
+
+
+@_server
+@dataclass(frozen=True)
+class Topic(Message):
+    """The topic of ``room``: published on the room topic when someone sets it (``text`` "" when cleared),
+    and sent on the session topic to whoever enters the room while it has one."""
+
+    KIND: ClassVar[bytes] = b"topic"
+    room: str
+    text: str
+    by: str
+    ts: float
 
 
 @_server
@@ -433,6 +521,8 @@ ERR_BAD_REQUEST = "bad_request"
 ERR_REVOKED = "revoked"  # unsolicited: the session's key was removed from the allowlist (always fatal)
 ERR_RESEND = "resend"  # a message counter jumped: resend from ``resend_from``
 ERR_BUSY = "busy"  # the server's work budget is spent: ask again after ``retry_after`` (not the sender's fault)
+ERR_UNAVAILABLE = "unavailable"  # the server cannot do this now (its store or search index failed)
+ERR_FORBIDDEN = "forbidden"  # not allowed to anyone but its owner (a locked topic)
 
 # --------------------------------------------------------------------------------------------------
 # encode / decode
@@ -527,6 +617,8 @@ def _build(cls: type[Message], raw: bytes) -> Message:
             _check_int_map(kind, name, value)
         elif name == "lost":
             _check_ranges(kind, value)
+        elif name == "results":
+            _check_results(kind, value)
         kwargs[name] = value
     rid = kwargs.get("rid")
     if rid and not RID_RE.fullmatch(rid):
@@ -555,6 +647,28 @@ def _check_ranges(kind: str, value: list) -> None:
         if not (type(pair) is list and len(pair) == 2 and _is_count(pair[0]) and _is_count(pair[1])
                 and 1 <= pair[0] <= pair[1]):
             raise ProtocolError(f"{kind}: field 'lost' must be a list of [first, last] pairs")
+
+
+_RESULT_FIELDS = (("room", str), ("seq", int), ("ts", float), ("sender", str), ("text", str), ("marks", list))
+
+
+def _check_results(kind: str, value: list) -> None:
+    if len(value) > MAX_SEARCH_RESULTS:
+        raise ProtocolError(f"{kind}: field 'results' has too many entries")
+    for result in value:
+        if type(result) is not dict:
+            raise ProtocolError(f"{kind}: each result must be an object")
+        for name, typ in _RESULT_FIELDS:
+            item = result.get(name)
+            if not (type(item) is typ or (typ is float and type(item) is int)):
+                raise ProtocolError(f"{kind}: result field {name!r} must be {typ.__name__}")
+        if not (_is_count(result["seq"]) and math.isfinite(result["ts"])):
+            raise ProtocolError(f"{kind}: result seq or ts out of range")
+        length = len(result["text"])
+        for mark in result["marks"]:
+            if not (type(mark) is list and len(mark) == 2 and type(mark[0]) is int and type(mark[1]) is int
+                    and 0 <= mark[0] < mark[1] <= length):
+                raise ProtocolError(f"{kind}: result marks must be [start, end] offsets within its text")
 
 
 def _check_text(cls: type[Message], name: str, value: str) -> None:

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds between heartbeats, both ways (default: %(default)s)")
     chat.add_argument("--heartbeat-misses", type=int, default=DEFAULTS.heartbeat_misses,
                       help="missed client heartbeats before it is timed out (default: %(default)s)")
+    chat.add_argument("--topic-lock", action="store_true", default=DEFAULTS.topic_lock,
+                      help="only who first set a room's topic (by name, or by key under CURVE) may change it")
     chat.add_argument("--presence-limit", type=int, default=DEFAULTS.presence_limit,
                       help="rooms with more members than this do not announce joins and leaves (default: %(default)s)")
     hist = parser.add_argument_group("history")
@@ -139,7 +141,7 @@ def serve(args: argparse.Namespace) -> int:
                           max_message_bytes=args.max_message_bytes, stats_interval=args.stats_interval,
                           presence_limit=args.presence_limit, work_rate=args.work_rate,
                           address_rate=args.address_rate, max_history_reply=ServerConfig.reply_limit(pub_hwm),
-                          history_cache=args.history_cache,
+                          history_cache=args.history_cache, topic_lock=args.topic_lock,
                           trusted=frozenset(a.strip() for a in args.trusted.split(",") if a.strip()))
     server = Server(config, store, in_ep, out_ep, max_message_bytes=args.max_message_bytes,
                     curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=pub_hwm,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import ZmqchatError
+from ..events import Topic
+from ..protocol import MAX_QUERY_CHARS, MAX_TOPIC_CHARS, normalise_room
 
 
 class ChatClient(Protocol):
@@ -27,6 +29,9 @@ class ChatClient(Protocol):
     def rooms(self) -> None: ...
     def stats(self) -> None: ...
     def history(self, count: int = 20, room: str | None = None) -> None: ...
+    def search(self, query: str, sender: str = "", room: str = "", limit: int = 20) -> str: ...
+    def set_topic(self, text: str, room: str | None = None) -> None: ...
+    def topic(self, room: str | None = None) -> Topic | None: ...
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,48 @@ def _history(client: ChatClient, rest: str) -> Result:
     return None
 
 
+SEARCH_USAGE = "usage: /search WORDS [from:NAME] [in:#room]  (\"a phrase\", word* for a prefix)"
+
+
+def parse_search(rest: str) -> tuple[str, str, str] | None:
+    """(query, sender, room) of ``/search`` arguments, or None when there is no word to look for."""
+    words, sender, room = [], "", ""
+    for part in rest.split():
+        if part.startswith("from:") and len(part) > 5:
+            sender = part[5:].removeprefix("@")
+        elif part.startswith("in:") and len(part) > 3:
+            room = normalise_room(part[3:])
+        else:
+            words.append(part)
+    query = " ".join(words)
+    return (query, sender, room) if query.strip() else None
+
+
+def _search(client: ChatClient, rest: str) -> Result:
+    parsed = parse_search(rest)
+    if parsed is None:
+        return Reply(SEARCH_USAGE)
+    if len(parsed[0]) > MAX_QUERY_CHARS:
+        return Error(f"a search is at most {MAX_QUERY_CHARS} characters")
+    client.search(*parsed)
+    return None
+
+
+def _topic(client: ChatClient, rest: str) -> Result:
+    if not rest:
+        topic = client.topic()
+        if topic is None:
+            return Reply(f"-- {client.room} has no topic; /topic TEXT sets one")
+        return Reply(f"-- topic of {topic.room}: {topic.text} (set by {topic.by})")
+    text = "" if rest == "--clear" else rest
+    if len(text) > MAX_TOPIC_CHARS:
+        return Error(f"a topic is at most {MAX_TOPIC_CHARS} characters")
+    if not client.room:
+        return Error("you are in no room: /join #room first")
+    client.set_topic(text)
+    return None
+
+
 def _simple(action: Callable[[ChatClient], object]) -> Callable[[ChatClient, str], Result]:
     def run(client: ChatClient, rest: str) -> Result:
         action(client)
@@ -114,6 +161,8 @@ COMMANDS: tuple[Command, ...] = (
             lambda c, rest: c.who(rest.split()[0] if rest else "")),
     Command("/me", "/me ACTION", "say an action, e.g. /me waves", _me),
     Command("/history", "/history [N]", "show the last N messages of this room again (default 20)", _history),
+    Command("/search", "/search WORDS", "search stored messages (from:NAME, in:#room narrow it)", _search),
+    Command("/topic", "/topic [TEXT]", "show or set this room's topic (--clear clears it)", _topic),
     Command("/stats", "/stats", "server counters", _simple(lambda c: c.stats())),
     Command("/help", "/help", "this list", lambda c, rest: Help(HELP)),
     Command("/quit", "/quit or exit", "leave (Ctrl-D and Ctrl-C too)", lambda c, rest: QUIT),

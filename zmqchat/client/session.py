@@ -97,6 +97,10 @@ class ClientSession:
         # rid -> [request, when first sent, when to ask again (None: not told busy)]: the user's requests
         self._asked: OrderedDict[str, list] = OrderedDict()
         self.foreign_replies = 0  # errors and welcomes that answered somebody else's request
+        # room -> the /history and page requests in flight, in the order asked: [rid, rows] ([rid, None] for a
+        # /history). Replies come in that order, so a replayed row belongs to the first one.
+        self._browsing: dict[str, deque[list]] = {}
+        self.topics: dict[str, ev.Topic] = {}  # room -> its topic, as the server last told us
         for room in rooms or [self.current_room]:
             self.rooms[room] = RoomSync()
         # One handler per server message kind; a test checks that every kind is here or in IGNORED.
@@ -107,6 +111,7 @@ class ClientSession:
             p.RoomsReply: self._on_RoomsReply, p.StatsReply: self._on_StatsReply,
             p.ErrorReply: self._on_ErrorReply, p.Goodbye: self._on_Goodbye,
             p.ServerHeartbeat: self._on_ServerHeartbeat, p.Shutdown: self._on_Shutdown,
+            p.PageEnd: self._on_PageEnd, p.SearchReply: self._on_SearchReply, p.Topic: self._on_Topic,
         }  # type: ignore[dict-item]
 
     # -- lifecycle
@@ -256,8 +261,36 @@ class ClientSession:
         sync = self.rooms.get(room)
         if sync is not None:
             sync.show_old = True
-        self._ask(p.HistoryRequest(session=self.session_id, room=room, after=0, before=0, limit=count,
-                                   rid=self._rid()))
+        rid = self._rid()
+        self._browse(room, rid, None)
+        self._ask(p.HistoryRequest(session=self.session_id, room=room, after=0, before=0, limit=count, rid=rid))
+
+    def page(self, room: str | None = None, before: int = 0, limit: int = 50) -> str:
+        """Ask for the newest ``limit`` messages of ``room`` older than ``before`` (0: from the newest);
+        they come as one ``ev.Page``. Returns the request id."""
+        room = room or self.current_room
+        rid = self._rid()
+        self._browse(room, rid, [])
+        self._ask(p.PageRequest(session=self.session_id, room=room, before=before, limit=limit, rid=rid))
+        return rid
+
+    def search(self, query: str, sender: str = "", room: str = "", limit: int = 20) -> str:
+        """Search the server's stored messages; the answer comes as ``ev.SearchResults``."""
+        rid = self._rid()
+        self._ask(p.SearchRequest(session=self.session_id, query=query, sender=sender, room=room, limit=limit,
+                                  rid=rid))
+        return rid
+
+    def set_topic(self, text: str, room: str | None = None) -> None:
+        """Set (``text`` "": clear) the topic of ``room``; the server announces it as ``ev.Topic``."""
+        self._ask(p.TopicRequest(session=self.session_id, room=room or self.current_room, text=text,
+                                 rid=self._rid()))
+
+    def _browse(self, room: str, rid: str, rows: list | None) -> None:
+        queue = self._browsing.setdefault(room, deque())
+        queue.append([rid, rows])
+        while len(queue) > ASKED_MAX:
+            queue.popleft()
 
     def bye(self) -> None:
         self.state = "closing"
@@ -323,10 +356,50 @@ class ClientSession:
             self._flush(msg.room, sync)
 
     def _on_HistoryMessage(self, msg: p.HistoryMessage) -> None:
+        queue = self._browsing.get(msg.room)
+        if queue and queue[0][1] is not None:  # a row of the page asked for first
+            sync = self.rooms.get(msg.room)
+            if sync is None or msg.seq <= sync.last:
+                queue[0][1].append(msg)
+                return
         self._on_RoomMessage(msg, history=True)
+
+    def _done_browsing(self, room: str, rid: str) -> list | None:
+        """The rows collected for request ``rid`` of ``room``, now answered (None if it was not a page)."""
+        queue = self._browsing.get(room)
+        for entry in list(queue or ()):
+            if entry[0] == rid:
+                queue.remove(entry)  # type: ignore[union-attr]
+                if not queue:
+                    del self._browsing[room]
+                return entry[1]
+        return None
+
+    def _on_PageEnd(self, msg: p.PageEnd) -> None:
+        self._asked.pop(msg.rid, None)
+        rows = self._done_browsing(msg.room, msg.rid) or []
+        self.events.append(ev.Page(msg.room, msg.before, tuple(self._event(row, True) for row in rows
+                                                              if msg.before <= 0 or row.seq < msg.before),
+                                   msg.start))
+
+    def _on_SearchReply(self, msg: p.SearchReply) -> None:
+        if self._asked.pop(msg.rid, None) is None:
+            return  # not ours (another session's topic) or answered already
+        self.events.append(ev.SearchResults(msg.query, tuple(
+            ev.Found(r["room"], r["seq"], float(r["ts"]), r["sender"], r["text"],
+                     tuple((start, end) for start, end in r["marks"])) for r in msg.results), msg.more))
+
+    def _on_Topic(self, msg: p.Topic) -> None:
+        topic = ev.Topic(msg.room, msg.text, msg.by, msg.ts)
+        if self.topics.get(msg.room) == topic:
+            return  # told again on a rejoin
+        self.topics[msg.room] = topic
+        self.events.append(topic)
 
     def _on_HistoryEnd(self, msg: p.HistoryEnd) -> None:
         self._asked.pop(msg.rid, None)
+        if msg.rid:
+            self._done_browsing(msg.room, msg.rid)
         sync = self.rooms.get(msg.room)
         if sync is None:
             return

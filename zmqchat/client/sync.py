@@ -218,6 +218,28 @@ class Client:
         self.session.history(count, p.normalise_room(room) if room else None)
         self._flush()
 
+    def page(self, room: str | None = None, before: int = 0, limit: int = 50) -> str:
+        """Older talk of ``room`` (seq < ``before``, 0: from the newest); the answer is an ``ev.Page``."""
+        rid = self.session.page(p.normalise_room(room) if room else None, before, limit)
+        self._flush()
+        return rid
+
+    def search(self, query: str, sender: str = "", room: str = "", limit: int = 20) -> str:
+        """Search the server's stored messages; the answer is an ``ev.SearchResults``."""
+        rid = self.session.search(query, sender, p.normalise_room(room) if room else "", limit)
+        self._flush()
+        return rid
+
+    def set_topic(self, text: str, room: str | None = None) -> None:
+        """Set (``text`` "": clear) a room's topic; the server announces it as ``ev.Topic``."""
+        self.session.set_topic(text, p.normalise_room(room) if room else None)
+        self._flush()
+
+    def topic(self, room: str | None = None) -> ev.Topic | None:
+        """The topic of ``room`` (default: the current one) as last announced, or None."""
+        found = self.session.topics.get(room or self.room)
+        return found if found is not None and found.text else None
+
     @property
     def unacknowledged(self) -> int:
         """Messages sent whose echo has not come back yet."""

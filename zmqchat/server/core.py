@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .. import protocol as p
+from . import search
 from .dedupe import ACK, REFUSED, Producer, Producers
 from .presence import Member, Roster
 from .ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
@@ -84,6 +85,7 @@ class ServerConfig:
     max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES  # whole message; also the PULL's MAXMSGSIZE
     max_history_reply: int = 1000  # messages in one history reply (reply_limit of the PUB queue)
     history_cache: int = 1000  # newest messages of each room kept in memory (the store keeps its own number)
+    topic_lock: bool = False  # only who first set a room's topic (by name, or key under CURVE) may change it
     stats_interval: float = 0.0  # seconds between stats log lines (0: never)
     presence_limit: int = 500  # rooms with more members do not announce joins and leaves
     work_rate: float = 30_000.0  # publications per second all requests together may cost (0: unlimited)
@@ -103,7 +105,11 @@ REQUEST_COSTS: dict[type[p.Message], Callable[[p.Message], float]] = {
     p.Join: lambda m: 1.0 if m.last_seq < 0 else 6.0,  # a catch-up replays up to 1000, like such a history
     p.WhoRequest: lambda m: 1.0, p.RoomsRequest: lambda m: 1.0,
     p.StatsRequest: lambda m: 1.0, p.HistoryRequest: lambda m: 1.0 + min(m.limit, 1000) / 200,
+    p.PageRequest: lambda m: 1.0 + min(m.limit, 1000) / 200, p.SearchRequest: lambda m: 3.0,
+    p.TopicRequest: lambda m: 1.0,
 }
+SEARCH_WORK = 20  # work-budget units (publications) one search is charged: it reads the index, not memory
+SEARCH_REPLY_BYTES = 48 * 1024  # text of the results in one search reply, at most
 
 
 class LogLimiter:
@@ -185,7 +191,7 @@ class ServerCore:
         self.stats = dict.fromkeys(
             ("received", "published", "messages", "rejected", "refused", "throttled", "duplicates",
              "resend_requests", "foreign", "recoveries", "recovered", "timeouts", "auth_failures", "errors",
-             "busy", "shed", "refused_handshakes"), 0)
+             "busy", "shed", "refused_handshakes", "searches"), 0)
         self.producers = Producers()
         for session, identity, next_n, room, seq, ts in self.sequencer.producers(self.wall_clock() - self.producers.window):
             self.producers.restore(session, identity, next_n, room, seq, ts)
@@ -206,6 +212,7 @@ class ServerCore:
             p.Hello: self.handle_hello, p.Say: self.handle_say, p.Join: self.handle_join,
             p.Part: self.handle_part, p.WhoRequest: self.handle_who, p.RoomsRequest: self.handle_rooms,
             p.HistoryRequest: self.handle_history, p.StatsRequest: self.handle_stats,
+            p.PageRequest: self.handle_page, p.SearchRequest: self.handle_search, p.TopicRequest: self.handle_topic,
             p.Ping: self.handle_ping, p.Bye: self.handle_bye,
         }
 
@@ -537,6 +544,10 @@ class ServerCore:
             self.activity.info("%s joined %s", member.name, room)
             self._announce(room, member.name, "join")
         if replay:
+            topic = self.sequencer.topic(room)
+            if topic is not None:
+                _room, text, by, ts, _owner = topic
+                self._reply(member, p.Topic(room=room, text=text, by=by, ts=ts))
             self._replay(member, room, last_seq, rid)
 
     def _replay_cost(self, last_seq: int) -> int:
@@ -798,6 +809,99 @@ class ServerCore:
         if msg.before > 0:
             # PUB cannot report its drops; what clients fetch to fill their gaps is the measurable part.
             self.stats["recovered"] += sent
+
+    def handle_page(self, msg: p.PageRequest, member: Member) -> None:
+        """Older talk for scrolling back: the newest ``limit`` messages before ``before``, from the store."""
+        problem = p.room_problem(msg.room)
+        if problem:
+            self._refuse(member.session, p.ERR_BAD_ROOM, problem, rid=msg.rid)
+            return
+        if msg.limit < 1:
+            self._refuse(member.session, p.ERR_BAD_REQUEST, "page: limit must be >= 1", rid=msg.rid)
+            return
+        limit = min(msg.limit, self.config.max_history_reply)
+        if not self._afford(member, 1 + limit, BROWSE, msg.rid):
+            return
+        try:
+            rows = self.sequencer.range(msg.room, 0, msg.before, limit, newest=True)
+        except StoreError as exc:
+            self._granted = (0, [])
+            self.db_errors.warn("%s (a page read)", exc)
+            self._refuse(member.session, p.ERR_UNAVAILABLE, "page: the history cannot be read now", rid=msg.rid)
+            return
+        start = len(rows) < limit
+        if sum(len(body) for _, body in rows) > HISTORY_REPLY_BYTES:
+            rows, start = _within_bytes(rows, HISTORY_REPLY_BYTES, keep_newest=True), False
+        topic = p.session_topic(member.session)
+        for _seq, body in rows:
+            self.out.append(p.server_frames(topic, p.HistoryMessage.KIND, body))
+        self._reply(member, p.PageEnd(room=msg.room, before=msg.before, count=len(rows),
+                                      oldest=rows[0][0] if rows else 0, start=start, rid=msg.rid))
+        (allowed, charged), self._granted = self._granted, (0, [])
+        used = 1 + len(rows)
+        _settle(charged, used)
+        self._queued[member.session] = max(0, self._queued.get(member.session, 0) - max(0, allowed - used))
+
+    def handle_search(self, msg: p.SearchRequest, member: Member) -> None:
+        try:
+            terms = search.parse(msg.query)
+        except search.QueryError as exc:
+            self._refuse(member.session, p.ERR_BAD_REQUEST, str(exc), rid=msg.rid)
+            return
+        if msg.room and p.room_problem(msg.room):
+            self._refuse(member.session, p.ERR_BAD_ROOM, p.room_problem(msg.room) or "", rid=msg.rid)
+            return
+        if msg.sender and p.name_problem(msg.sender):
+            self._refuse(member.session, p.ERR_BAD_REQUEST, f"search: from: {p.name_problem(msg.sender)}", rid=msg.rid)
+            return
+        if not self._afford(member, SEARCH_WORK, BROWSE, msg.rid):
+            return
+        self._granted = (0, [])  # one reply, charged in full: the cost is the index read
+        try:
+            found = self.sequencer.search(terms, msg.sender, msg.room, msg.limit + 1)
+        except StoreError as exc:
+            self.db_errors.warn("%s (a search)", exc)
+            self._refuse(member.session, p.ERR_UNAVAILABLE, "search: the index cannot be read now", rid=msg.rid)
+            return
+        results, size = [], 0
+        more = len(found) > msg.limit
+        for room, seq, ts, sender, text in found[:msg.limit]:
+            size += len(text.encode()) + 128
+            if size > SEARCH_REPLY_BYTES and results:
+                more = True
+                break
+            results.append({"room": room, "seq": seq, "ts": ts, "sender": sender, "text": text,
+                            "marks": search.marks(terms, text)})
+        self.stats["searches"] += 1
+        self._reply(member, p.SearchReply(query=msg.query, results=results, more=more, rid=msg.rid))
+
+    def handle_topic(self, msg: p.TopicRequest, member: Member) -> None:
+        problem = p.room_problem(msg.room)
+        if problem:
+            self._refuse(member.session, p.ERR_BAD_ROOM, problem, rid=msg.rid)
+            return
+        if msg.room not in member.rooms:
+            self._refuse(member.session, p.ERR_NOT_IN_ROOM, f"join {msg.room} to set its topic", rid=msg.rid)
+            return
+        if len(msg.text) > p.MAX_TOPIC_CHARS:
+            self._refuse(member.session, p.ERR_TOO_LONG, f"a topic is at most {p.MAX_TOPIC_CHARS} characters",
+                         rid=msg.rid)
+            return
+        if any(ch in msg.text for ch in "\r\n"):
+            self._refuse(member.session, p.ERR_BAD_REQUEST, "a topic is one line", rid=msg.rid)
+            return
+        current = self.sequencer.topic(msg.room, cleared=True)
+        owner = member.key or member.name
+        if current is not None and current[4]:
+            if self.config.topic_lock and current[4] != owner:
+                self._refuse(member.session, p.ERR_FORBIDDEN, f"only {current[2]} may change the topic of "
+                             f"{msg.room} on this server", rid=msg.rid)
+                return
+            owner = current[4]  # the first who set it stays its owner
+        ts = self.wall_clock()
+        self.sequencer.set_topic(msg.room, msg.text, member.name, ts, owner)
+        self.activity.info("%s set the topic of %s", member.name, msg.room)
+        self._publish(p.room_topic(msg.room), p.Topic(room=msg.room, text=msg.text, by=member.name, ts=ts))
 
     def handle_stats(self, msg: p.StatsRequest, member: Member) -> None:
         if self._afford(member, 1, BROWSE, msg.rid):

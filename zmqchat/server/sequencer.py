@@ -18,7 +18,8 @@ from collections.abc import Callable
 from itertools import islice
 from operator import itemgetter
 
-from .store import Batch, Producer, Row, Store
+from .search import Term
+from .store import Batch, Found, Producer, Row, Store, TopicRow
 
 _seq_of = itemgetter(0)
 
@@ -40,6 +41,7 @@ class Sequencer:
         self._batch = Batch(1)  # the open batch
         self._unsettled: deque[tuple[int, dict[str, int]]] = deque()  # (batch, room -> its newest seq)
         self._batch_tops: dict[str, int] = {}  # room -> newest seq in the open batch
+        self._topics: dict[str, TopicRow] = dict(loaded.topics)
 
     # -- writing
 
@@ -74,6 +76,16 @@ class Sequencer:
         old = self._batch.expire_before
         self._batch.expire_before = since if old is None else max(old, since)
         return list(self._producers)
+
+    def set_topic(self, room: str, text: str, by: str, ts: float, owner: str) -> None:
+        """Set (``text`` "": clear) the topic of ``room``, stored with the open batch."""
+        self._topics[room] = self._batch.topics[room] = (room, text, by, ts, owner)
+
+    def topic(self, room: str, cleared: bool = False) -> TopicRow | None:
+        """The topic of ``room`` (room, text, by, ts, owner), or None when it has none (``cleared``: also
+        a cleared one, which still names its owner)."""
+        row = self._topics.get(room)
+        return row if row is not None and (row[1] or cleared) else None
 
     def submit(self) -> None:
         """Hand the open batch to the store, if it holds anything. Raises StoreError if the store refused
@@ -137,6 +149,10 @@ class Sequencer:
             end = min(end, start + limit - len(rows))
             rows += list(islice(recent, start, end)) if start < end else []
         return rows
+
+    def search(self, terms: list[Term], sender: str = "", room: str = "", limit: int = 20) -> list[Found]:
+        """Stored messages holding every term, newest first (the store's index; it may lag a batch)."""
+        return self.store.search(terms, sender, room, limit)
 
     def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
         """The (first, last) ranges of ``room`` with ``after < seq <= upto`` the store skipped (lost by the

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import math
+import queue
 import secrets
 import sqlite3
 import threading
@@ -36,10 +37,11 @@ from dataclasses import dataclass, field
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from ..errors import ZmqchatError
-from ..protocol import room_problem
+from ..protocol import MAX_TOPIC_CHARS, name_problem, room_problem
+from . import search as q
 
 log = logging.getLogger("zmqchat.server")
 
@@ -74,16 +76,21 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE producers (producer TEXT PRIMARY KEY, identity TEXT NOT NULL, next INTEGER NOT NULL,
            room TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL) WITHOUT ROWID""",
     ],
+    [  # 2: room topics
+        """CREATE TABLE topics (room TEXT PRIMARY KEY, text TEXT NOT NULL, by TEXT NOT NULL, ts REAL NOT NULL,
+           owner TEXT NOT NULL) WITHOUT ROWID""",
+    ],
 ]
-SCHEMA_VERSION = 1  # PRAGMA user_version this code writes; len(MIGRATIONS)
+SCHEMA_VERSION = 2  # PRAGMA user_version this code writes; len(MIGRATIONS)
 _COLUMNS = {  # what every table must look like once migrated
     "meta": ("key", "value"),
     "messages": ("room", "seq", "ts", "dedupe_key", "body"),
     "reservations": ("room", "upto"),
     "skipped": ("room", "first", "last"),
     "producers": ("producer", "identity", "next", "room", "seq", "ts"),
+    "topics": ("room", "text", "by", "ts", "owner"),
 }
-_KEYS = {"reservations": ("room",), "skipped": ("room", "first"), "producers": ("producer",)}
+_KEYS = {"reservations": ("room",), "skipped": ("room", "first"), "producers": ("producer",), "topics": ("room",)}
 _UNUSABLE = {  # sqlite3.DatabaseError text -> what it means here
     "file is not a database": "not a SQLite database",
     "database disk image is malformed": "the SQLite file is damaged (truncated, or pages overwritten)",
@@ -93,6 +100,8 @@ _decode_json = json.JSONDecoder().raw_decode
 
 Producer = tuple[str, str, int, str, int, float]  # producer, identity, next, room, seq, ts
 Row = tuple[int, bytes]  # seq, body
+TopicRow = tuple[str, str, str, float, str]  # room, text ("" cleared), set by (name), ts, owner (identity)
+Found = tuple[str, int, float, str, str]  # room, seq, ts, sender, text
 
 
 @dataclass
@@ -104,9 +113,10 @@ class Batch:
     messages: list[tuple[str, int, float, str, bytes]] = field(default_factory=list)
     producers: dict[str, Producer | None] = field(default_factory=dict)
     expire_before: float | None = None
+    topics: dict[str, TopicRow] = field(default_factory=dict)  # room -> its topic as set in this batch
 
     def __bool__(self) -> bool:
-        return bool(self.messages or self.producers) or self.expire_before is not None
+        return bool(self.messages or self.producers or self.topics) or self.expire_before is not None
 
 
 @dataclass
@@ -118,6 +128,7 @@ class Loaded:
     recent: dict[str, list[Row]]  # room -> its newest messages, oldest first (as many as load() was asked)
     producers: list[Producer]  # dedupe state, oldest first
     retention: int  # messages kept per room: reads never reach below the newest this many
+    topics: dict[str, TopicRow] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -140,6 +151,10 @@ class Store(Protocol):
     def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
         """(first, last) ranges with ``after < seq <= upto`` that were skipped (lost by the disk, or
         deleted by a repair), oldest first."""
+
+    def search(self, terms: list[q.Term], sender: str, room: str, limit: int) -> list[Found]:
+        """Messages holding every term (of ``sender`` and in ``room`` when not ""), newest first, at most
+        ``limit``. May miss the last batch or so (the index can lag); raises StoreError."""
 
     def close(self) -> None:
         """Make everything submitted durable, release what it holds."""
@@ -191,6 +206,11 @@ def _producer_ok(producer: object, identity: object, nxt: object, room: object, 
             and ((room == "" and seq == 0 and type(seq) is int) or (_is_room(room) and _is_seq(seq))))
 
 
+def _topic_ok(room: object, text: object, by: object, ts: object, owner: object) -> bool:
+    return (_is_room(room) and isinstance(text, str) and len(text) <= MAX_TOPIC_CHARS and isinstance(by, str)
+            and (by == "" or name_problem(by) is None) and _is_ts(ts) and isinstance(owner, str))
+
+
 def _body_ok(body: object, room: str, seq: int) -> bool:
     """A stored body is the JSON object the server published: UTF-8, with this room and seq."""
     if type(body) is not bytes:
@@ -239,19 +259,24 @@ class MemoryStore:
     def __init__(self, retention: int = RETENTION) -> None:
         self.retention = max(1, retention)
         self.epoch = secrets.token_hex(8)
-        self._rooms: dict[str, deque[Row]] = {}
+        self._rooms: dict[str, deque[tuple[int, bytes, int]]] = {}  # seq, body, order of arrival over all rooms
+        self._topics: dict[str, TopicRow] = {}
         self._durable = 0
+        self._arrivals = 0
 
     def load(self, recent: int) -> Loaded:
         return Loaded(self.epoch, {room: rows[-1][0] for room, rows in self._rooms.items() if rows},
-                      {room: list(rows)[-recent:] for room, rows in self._rooms.items()}, [], self.retention)
+                      {room: [(seq, body) for seq, body, _n in list(rows)[-recent:]] for room, rows in self._rooms.items()},
+                      [], self.retention, dict(self._topics))
 
     def submit(self, batch: Batch) -> None:
+        self._topics.update(batch.topics)
         for room, seq, _ts, _key, body in batch.messages:
             rows = self._rooms.get(room)
             if rows is None:
                 rows = self._rooms[room] = deque(maxlen=self.retention)
-            rows.append((seq, body))
+            self._arrivals += 1
+            rows.append((seq, body, self._arrivals))
         self._durable = batch.number
 
     def durable(self) -> int:
@@ -267,10 +292,21 @@ class MemoryStore:
             start = max(start, end - limit)
         else:
             end = min(end, start + limit)
-        return list(islice(rows, start, end)) if start < end else []
+        return [(seq, body) for seq, body, _n in islice(rows, start, end)] if start < end else []
 
     def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
         return []
+
+    def search(self, terms: list[q.Term], sender: str, room: str, limit: int) -> list[Found]:
+        """By brute force over every message held: enough for tests and a --no-persist server."""
+        found: list[tuple[int, Found]] = []
+        for name in ([room] if room else self._rooms):
+            for seq, body, arrival in self._rooms.get(name, ()):
+                msg = json.loads(body)
+                if (not sender or msg["sender"] == sender) and q.matches(terms, msg["text"]):
+                    found.append((arrival, (name, seq, msg["ts"], msg["sender"], msg["text"])))
+        found.sort(key=itemgetter(0), reverse=True)  # newest first, as the index's insertion order
+        return [item[1] for item in found[:limit]]
 
     def close(self) -> None:
         pass
@@ -296,7 +332,10 @@ class SqliteStore:
         self._skipped: dict[str, list[tuple[int, int]]] = {}  # room -> skipped (first, last), oldest first
         self._new_skips: list[tuple[str, int, int]] = []  # found by the open, to log once it succeeded
         self._producers: list[Producer] = []  # as loaded at open, oldest first
+        self._topics: dict[str, TopicRow] = {}
         self._durable = 0
+        self._indexer: _Indexer | None = None
+        self._index: sqlite3.Connection | None = None  # the loop's connection to the search index, for queries
         self._damaged_reads: set[str] = set()  # rooms a read found a damaged row in (logged once each)
         self._db: sqlite3.Connection | None = None
         self._checkpointer: _Checkpointer | None = None
@@ -309,7 +348,13 @@ class SqliteStore:
         if self._db is None:
             self._recent = max(1, min(recent, self.retention))
             self._open(self.path)
-        return Loaded(self.epoch, dict(self._newest), self._loaded_rows, list(self._producers), self.retention)
+        return Loaded(self.epoch, dict(self._newest), self._loaded_rows, list(self._producers), self.retention,
+                      dict(self._topics))
+
+    @property
+    def index_path(self) -> Path:
+        """The search index: its own file beside the history, so indexing never holds the history's lock."""
+        return self.path.with_name(self.path.stem + ".search" + self.path.suffix)
 
     def _open(self, path: Path) -> None:
         try:
@@ -356,6 +401,9 @@ class SqliteStore:
         self._db = db
         self._checkpointer = _Checkpointer(path, lambda: self.clock() - self._last_write)
         self._checkpointer.start()
+        self._indexer = _Indexer(path, self.index_path, self.epoch, self.retention, dict(self._newest),
+                                 {room: list(ranges) for room, ranges in self._skipped.items()})
+        self._indexer.start()
 
     def _quick_check(self, db: sqlite3.Connection) -> None:
         """Damage below the rows (pages, b-trees) is not what --repair mends: say so, then try to load anyway."""
@@ -435,6 +483,8 @@ class SqliteStore:
             floor[room] = max(floor.get(room, 0), last)
         if boot is not None:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('boot', ?)", (boot,))
+        topics, _ = self._checked(db, damage, "topics", _topic_ok)
+        self._topics = {row[0]: (row[0], row[1], row[2], float(row[3]), row[4]) for row in topics}
         producers, _ = self._checked(db, damage, "producers", _producer_ok)
         self._producers = sorted(((producer, identity, nxt, room, seq, float(ts))
                                   for producer, identity, nxt, room, seq, ts in producers), key=itemgetter(5))
@@ -546,6 +596,8 @@ class SqliteStore:
                 db.executemany("INSERT OR REPLACE INTO reservations VALUES (?, ?)", reserve.items())
             if batch.producers or batch.expire_before is not None:
                 self._write_producers(db, batch)
+            if batch.topics:
+                db.executemany("INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?, ?)", batch.topics.values())
             for room in trim:
                 self._trim(db, room, max(self._newest.get(room, 0), tops.get(room, 0)))
             db.execute("COMMIT")
@@ -568,6 +620,8 @@ class SqliteStore:
         self._block.update(blocks)
         self._durable = batch.number
         self._last_write = self.clock()
+        if self._indexer is not None and batch.messages:
+            self._indexer.add(batch.messages, {room: self._floor(room, self._newest[room]) for room in trim})
 
     def durable(self) -> int:
         return self._durable
@@ -617,6 +671,12 @@ class SqliteStore:
         if self._checkpointer is not None:
             self._checkpointer.stop()
             self._checkpointer = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        if self._indexer is not None:
+            self._indexer.stop()
+            self._indexer = None
 
     # -- reads
 
@@ -654,6 +714,33 @@ class SqliteStore:
         if newest:
             good.reverse()
         return good
+
+    def search(self, terms: list[q.Term], sender: str, room: str, limit: int) -> list[Found]:
+        if self._indexer is None:
+            return []
+        if self._indexer.failed:
+            raise StoreError(f"search index {self.index_path}: {self._indexer.failed}")
+        expression = q.fts_expression(terms)
+        expression = f"{{text}} : ({expression})"
+        for column, value in (("sender", sender), ("room", room)):
+            words = q.WORD.findall(value)
+            if words:  # narrows the candidates in the index; the exact match is checked below
+                expression += f' AND {{{column}}} : "' + " ".join(q.fold(w) for w in words).replace('"', '""') + '"'
+        try:
+            if self._index is None:
+                self._index = sqlite3.connect(str(self.index_path), isolation_level=None, check_same_thread=False,
+                                              timeout=BUSY_TIMEOUT)
+            rows = self._index.execute(
+                "SELECT e.room, e.seq, e.ts, w.sender, w.text FROM words w JOIN entries e ON e.id = w.rowid "
+                "WHERE words MATCH ? AND (? = '' OR w.sender = ?) AND (? = '' OR e.room = ?) "
+                "ORDER BY w.rowid DESC LIMIT ?", (expression, sender, sender, room, room, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"search index {self.index_path}: {exc}") from exc
+        return [(r, s, float(ts), who, text) for r, s, ts, who, text in rows]
+
+    def wait_indexed(self, timeout: float) -> bool:
+        """Whether the index caught up with every batch submitted so far within ``timeout`` seconds."""
+        return self._indexer is None or self._indexer.wait(timeout)
 
     def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
         out = []
@@ -707,3 +794,171 @@ class _Checkpointer(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(5)
+
+
+class _Indexer(threading.Thread):
+    """Keeps the search index (SQLite FTS5, its own file) in step with the history, on its own thread and
+    connections, so indexing never holds the history's write lock or the serving loop.
+
+    The index is derived data: at start it indexes whatever the history holds beyond what the index has
+    (all of it for a file from before the index existed, or after the index file was lost), and an index
+    of another epoch is rebuilt. Then it indexes each batch after its commit (``add``), and trims rooms
+    with the history."""
+
+    SCHEMA: ClassVar[list[str]] = [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ("CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, room TEXT NOT NULL, seq INTEGER NOT NULL, "
+         "ts REAL NOT NULL, UNIQUE (room, seq))"),
+        ("CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(text, sender, room, "
+         "tokenize = 'unicode61 remove_diacritics 2')"),
+    ]
+    CHUNK = 2000  # rows per transaction while catching up
+
+    def __init__(self, history: Path, path: Path, epoch: str, retention: int, newest: dict[str, int],
+                 skipped: dict[str, list[tuple[int, int]]]) -> None:
+        super().__init__(name="zmqchat-index", daemon=True)
+        self.history, self.path, self.epoch, self.retention = history, path, epoch, retention
+        self._newest = newest  # room -> newest seq at open: what the catch-up covers
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._added = 1  # work given (the catch-up at start is the first), and done
+        self._done = 0
+        self._cond = threading.Condition()
+        self.failed = ""  # why the index cannot be used, once it cannot
+
+    def add(self, messages: list[tuple[str, int, float, str, bytes]], trims: dict[str, int]) -> None:
+        """Index these committed messages, and drop what ``trims`` (room -> oldest seq kept) no longer keeps."""
+        with self._cond:
+            self._added += 1
+        self._queue.put((messages, trims))
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._added
+            while self._done < target and not self.failed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return not self.failed
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self.join(10)
+
+    def run(self) -> None:
+        try:
+            db = self._open()
+        except sqlite3.Error as exc:
+            self._fail(exc)
+            return
+        try:
+            self._catch_up(db)
+            self._mark_done(1)
+            while True:
+                item = self._queue.get()
+                items = [item]
+                while item is not None:  # take everything queued: one transaction for all of it
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    items.append(item)
+                work = [i for i in items if i is not None]
+                if work:
+                    self._index(db, work)
+                self._mark_done(len(work))
+                if items[-1] is None:
+                    return
+        except sqlite3.Error as exc:
+            self._fail(exc)
+        finally:
+            db.close()
+
+    def _mark_done(self, count: int) -> None:
+        with self._cond:
+            self._done += count
+            self._cond.notify_all()
+
+    def _fail(self, exc: BaseException) -> None:
+        log.error("search index %s: %s (search answers with an error until a restart rebuilds it)", self.path, exc)
+        with self._cond:
+            self.failed = str(exc)
+            self._cond.notify_all()
+
+    def _open(self) -> sqlite3.Connection:
+        """The index, ready for this history's epoch; a damaged or foreign file is only an index: built again."""
+        for attempt in (1, 2):
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # derived data: a lost tail is indexed again at start
+                for statement in self.SCHEMA:
+                    db.execute(statement)
+                row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+                if row is None or row[0] != self.epoch:
+                    if row is not None:
+                        log.info("search index %s: of another history, rebuilding", self.path)
+                    db.execute("BEGIN")
+                    db.execute("DELETE FROM entries")
+                    db.execute("DELETE FROM words")
+                    db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
+                    db.execute("COMMIT")
+                return db
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                if attempt == 2:
+                    raise
+                log.warning("search index %s: %s; building it again", self.path, exc)
+                for suffix in ("", "-wal", "-shm"):
+                    Path(str(self.path) + suffix).unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def _catch_up(self, db: sqlite3.Connection) -> None:
+        source = sqlite3.connect(str(self.history), isolation_level=None, check_same_thread=False, timeout=10)
+        try:
+            done = 0
+            for room in self._newest:
+                upto = db.execute("SELECT MAX(seq) FROM entries WHERE room = ?", (room,)).fetchone()[0] or 0
+                while True:
+                    rows = source.execute("SELECT seq, ts, body FROM messages WHERE room = ? AND seq > ? "
+                                          "ORDER BY seq LIMIT ?", (room, upto, self.CHUNK)).fetchall()
+                    if not rows:
+                        break
+                    self._index(db, [([(room, seq, ts, "", body) for seq, ts, body in rows], {})])
+                    upto = rows[-1][0]
+                    done += len(rows)
+            if done:
+                log.info("search index %s: indexed %d stored messages", self.path, done)
+        finally:
+            source.close()
+
+    def _index(self, db: sqlite3.Connection, work: list) -> None:
+        entries, words = [], []
+        trims: dict[str, int] = {}
+        for messages, trim in work:
+            trims.update(trim)
+            for room, seq, ts, _key, body in messages:
+                try:
+                    msg = json.loads(body)
+                    text, sender = msg["text"], msg["sender"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a damaged row: the history's own checks report it
+                entries.append((room, seq, ts))
+                words.append((text, sender, room))
+        db.execute("BEGIN")
+        try:
+            for (room, seq, ts), (text, sender, _room) in zip(entries, words):
+                cur = db.execute("INSERT OR IGNORE INTO entries (room, seq, ts) VALUES (?, ?, ?)", (room, seq, ts))
+                if cur.rowcount:
+                    db.execute("INSERT INTO words (rowid, text, sender, room) VALUES (?, ?, ?, ?)",
+                               (cur.lastrowid, text, sender, room))
+            for room, floor in trims.items():
+                db.execute("DELETE FROM words WHERE rowid IN (SELECT id FROM entries WHERE room = ? AND seq < ?)",
+                           (room, floor))
+                db.execute("DELETE FROM entries WHERE room = ? AND seq < ?", (room, floor))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise

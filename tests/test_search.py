@@ -1,0 +1,177 @@
+"""Search: the query language (pure), the FTS5 index beside the history (its own file and thread), and the
+in-memory store agreeing with it. Real SQLite files; waits are bounded (``wait_indexed``), never sleeps."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmqchat import protocol as p
+from zmqchat.server import search as q
+from zmqchat.server.sequencer import Sequencer
+from zmqchat.server.store import Batch, MemoryStore, SqliteStore
+
+
+def body(room: str, seq: int, text: str, sender: str = "alice") -> bytes:
+    return p.room_message_body(room, seq, 1.0, sender, text, f"s.{seq}", False)
+
+
+def fill(store, texts: list[str], room: str = "#a", sender: str = "alice") -> Sequencer:
+    seq = Sequencer(store, 100)
+    for text in texts:
+        seq.append(room, 1.0, "k", lambda n, text=text: body(room, n, text, sender))
+    seq.submit()
+    return seq
+
+
+def texts_of(found) -> list[str]:
+    return [text for _room, _seq, _ts, _sender, text in found]
+
+
+# --------------------------------------------------------------------------------------------------
+# the query language
+
+
+def test_words_phrases_and_prefixes():
+    assert q.parse('Deploy "it FAILED" fix*') == [q.Term(("deploy",)), q.Term(("it", "failed")),
+                                                  q.Term(("fix",), prefix=True)]
+    assert q.fts_expression(q.parse('a "b c" d*')) == '"a" AND "b c" AND "d"*'
+
+
+def test_every_quote_a_user_types_stays_inside_a_string():
+    expression = q.fts_expression([q.Term(('x"y',))])  # folded words have no quotes, but the escape holds
+    assert expression == '"x""y"'
+
+
+@pytest.mark.parametrize(("query", "why"), [("", "give a word"), ("*** ...", "give a word"),
+                                             ("x" * 201, "longer than"), ("a " * 17, "at most 16")])
+def test_a_query_with_nothing_to_search_is_refused(query, why):
+    with pytest.raises(q.QueryError, match=why):
+        q.parse(query)
+
+
+def test_marks_are_code_point_offsets_of_whole_words():
+    terms = q.parse("café rocket*")
+    text = "🚀 Cafe, rockets; not a cafeteria"
+    assert [text[a:b] for a, b in q.marks(terms, text)] == ["Cafe", "rockets"]
+    assert q.marks(q.parse('"new york"'), "new  York and new jersey") == [[0, 9]]
+
+
+# --------------------------------------------------------------------------------------------------
+# the index
+
+
+def test_the_index_finds_newest_first_and_narrows_by_sender_and_room(tmp_path):
+    store = SqliteStore(tmp_path / "h.sqlite3", 100)
+    seq = fill(store, ["deploy failed", "lunch", "deploy again"])
+    seq.append("#dev-ops", 1.0, "k", lambda n: body("#dev-ops", n, "deploy from ops", "bob"))
+    seq.submit()
+    assert store.wait_indexed(10)
+    terms = q.parse("deploy")
+    assert texts_of(store.search(terms, "", "", 10)) == ["deploy from ops", "deploy again", "deploy failed"]
+    assert texts_of(store.search(terms, "bob", "", 10)) == ["deploy from ops"]
+    assert texts_of(store.search(terms, "", "#a", 10)) == ["deploy again", "deploy failed"]
+    assert texts_of(store.search(terms, "", "#dev", 10)) == []  # "#dev" is not "#dev-ops"
+    assert texts_of(store.search(terms, "", "", 1)) == ["deploy from ops"]
+    store.close()
+    assert (tmp_path / "h.search.sqlite3").exists()
+
+
+def test_the_index_survives_a_restart_and_catches_up_with_what_it_missed(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    store = SqliteStore(path, 100)
+    fill(store, ["first words"])
+    assert store.wait_indexed(10)
+    store.close()
+    index = tmp_path / "h.search.sqlite3"
+    db = sqlite3.connect(index)  # as if the process died before indexing its last batch
+    db.execute("DELETE FROM words")
+    db.execute("DELETE FROM entries")
+    db.commit()
+    db.close()
+    again = SqliteStore(path, 100)
+    Sequencer(again, 100)  # opens it
+    assert again.wait_indexed(10)
+    assert texts_of(again.search(q.parse("words"), "", "", 10)) == ["first words"]
+    again.close()
+
+
+def test_a_history_from_before_the_index_is_indexed_at_start(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    store = SqliteStore(path, 100)
+    fill(store, [f"old message {n}" for n in range(5)])
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"h.search.sqlite3{suffix}").unlink(missing_ok=True)
+    again = SqliteStore(path, 100)
+    Sequencer(again, 100)
+    assert again.wait_indexed(10)
+    assert texts_of(again.search(q.parse("old"), "", "", 10)) == [f"old message {n}" for n in range(4, -1, -1)]
+    again.close()
+
+
+def test_a_damaged_index_file_is_built_again(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    store = SqliteStore(path, 100)
+    fill(store, ["kept in history"])
+    store.close()
+    (tmp_path / "h.search.sqlite3").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"h.search.sqlite3{suffix}").unlink(missing_ok=True)
+    again = SqliteStore(path, 100)
+    Sequencer(again, 100)
+    assert again.wait_indexed(10)
+    assert texts_of(again.search(q.parse("history"), "", "", 10)) == ["kept in history"]
+    again.close()
+
+
+def test_the_index_is_trimmed_with_the_history(tmp_path):
+    store = SqliteStore(tmp_path / "h.sqlite3", retention=10)
+    fill(store, [f"note {n}" for n in range(1, 201)])
+    assert store.wait_indexed(10)
+    found = store.search(q.parse("note"), "", "", 100)
+    assert [seq for _room, seq, *_ in found] == list(range(200, 190, -1))
+    store.close()
+
+
+def test_an_index_of_another_history_is_rebuilt(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    store = SqliteStore(path, 100)
+    fill(store, ["from the first history"])
+    assert store.wait_indexed(10)
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"h.sqlite3{suffix}").unlink(missing_ok=True)  # a new history, the old index left behind
+    again = SqliteStore(path, 100)
+    fill(again, ["from the second"])
+    assert again.wait_indexed(10)
+    assert texts_of(again.search(q.parse("from"), "", "", 10)) == ["from the second"]
+    again.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# the in-memory store agrees with the index
+
+WORDS = ["deploy", "Déploy", "failed", "straße", "strasse", "İstanbul", "istanbul", "x²", "日本", "a_b", "café",
+         "cafe", "rocket", "rockets", "new", "york"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.lists(st.sampled_from(WORDS), min_size=1, max_size=6).map(" ".join), min_size=1,
+                      max_size=12),
+       query=st.lists(st.sampled_from([*WORDS, "rock*", '"new york"', "caf*"]), min_size=1, max_size=3))
+def test_memory_search_finds_what_the_index_finds(tmp_path_factory, texts, query):
+    try:
+        terms = q.parse(" ".join(query))
+    except q.QueryError:
+        return
+    memory = MemoryStore(100)
+    memory.submit(Batch(1, [("#a", n, 1.0, "k", body("#a", n, text)) for n, text in enumerate(texts, 1)]))
+    disk = SqliteStore(tmp_path_factory.mktemp("s") / "h.sqlite3", 100)
+    fill(disk, texts)
+    assert disk.wait_indexed(10)
+    assert texts_of(memory.search(terms, "", "", 100)) == texts_of(disk.search(terms, "", "", 100))
+    disk.close()
