@@ -997,3 +997,50 @@ def test_every_server_message_kind_has_a_handler_or_is_ignored_on_purpose(clock)
 
     handled = set(make_session(clock)._handlers)
     assert handled | IGNORED == set(p.server_kinds()) and not handled & IGNORED
+
+
+def test_pages_of_older_talk_come_as_one_event_and_do_not_disturb_the_room(clock):
+    net = Net(clock, ServerCore(ServerConfig(rate=0.0), MemoryStore(1000), clock=clock))
+    alice = net.add("alice", "sa")
+    for i in range(1, 61):
+        alice.say(f"m{i}")
+    net.pump()
+    bob = net.add("bob", "sb")  # joins: the backlog (the newest 20) as old talk
+    bob.events.clear()
+    bob.page(before=41, limit=15)
+    bob.history(3)  # a /history asked meanwhile keeps its own rows
+    net.pump()
+    pages = [e for e in bob.events if isinstance(e, ev.Page)]
+    assert len(pages) == 1 and pages[0].before == 41 and not pages[0].start
+    assert [m.seq for m in pages[0].messages] == list(range(26, 41)) and all(m.history for m in pages[0].messages)
+    assert [(e.seq, e.history) for e in bob.events if isinstance(e, ev.Message)] == [(58, True), (59, True),
+                                                                                     (60, True)]
+    bob.events.clear()
+    bob.page(before=26, limit=50)
+    net.pump()
+    (page,) = [e for e in bob.events if isinstance(e, ev.Page)]
+    assert [m.seq for m in page.messages] == list(range(1, 26)) and page.start
+    alice.say("live after paging")
+    net.pump()
+    assert messages(bob)[-1] == (61, "live after paging")  # the room goes on as before
+
+
+def test_search_results_and_topics_reach_the_session(clock):
+    net = Net(clock, ServerCore(ServerConfig(rate=0.0), MemoryStore(100), clock=clock))
+    alice = net.add("alice", "sa")
+    bob = net.add("bob", "sb")
+    alice.say("the deploy failed")
+    alice.set_topic("release Friday")
+    net.pump()
+    bob.search("deploy")
+    net.pump()
+    (results,) = [e for e in bob.events if isinstance(e, ev.SearchResults)]
+    assert results.query == "deploy" and not results.more
+    assert [(f.room, f.seq, f.sender, f.text, f.marks) for f in results.results] == [
+        ("#general", 1, "alice", "the deploy failed", ((4, 10),))]
+    assert not [e for e in alice.events if isinstance(e, ev.SearchResults)]  # only the asker's
+    topic = ev.Topic("#general", "release Friday", "alice", clock.now)
+    assert topic in bob.events and bob.topics["#general"] == topic
+    carol = net.add("carol", "sc")
+    assert carol.topics["#general"] == topic  # told on joining
+    assert [e for e in carol.events if isinstance(e, ev.Topic)] == [topic]

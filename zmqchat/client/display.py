@@ -59,6 +59,22 @@ def message_line(event: ev.Message) -> str:
     return f"[{clock_time(event.ts)}] {event.room} {old}{who} {text}"
 
 
+def found_line(found: ev.Found, mark: tuple[str, str] = ("", "")) -> str:
+    """``[12:01:07] #dev <bob> the deploy failed`` with each match between ``mark``'s two strings."""
+    text, out, at = found.text, [], 0
+    for start, end in found.marks:
+        out += [clean(text[at:start]), mark[0], clean(text[start:end]), mark[1]]
+        at = end
+    out.append(clean(text[at:]))
+    return f"[{clock_time(found.ts)}] {found.room} <{clean(found.sender)}> {''.join(out)}".replace("\n", " ")
+
+
+def topic_line(event: ev.Topic) -> str:
+    if not event.text:
+        return f"-- {event.room}: topic cleared by {clean(event.by)}"
+    return f"-- topic of {event.room}: {clean(event.text)} (set by {clean(event.by)})"
+
+
 def event_line(event: ev.Event) -> str | None:
     """One readable line (or a few) for any event; None for events that need no text."""
     if isinstance(event, ev.Message):
@@ -84,5 +100,16 @@ def event_line(event: ev.Event) -> str | None:
         return f"ERROR: {clean(event.message)}"
     if isinstance(event, ev.ServerShutdown):
         return f"-- server: {clean(event.message)}"
+    if isinstance(event, ev.Topic):
+        return topic_line(event)
+    if isinstance(event, ev.SearchResults):
+        head = f"-- {len(event.results)} result{'s' if len(event.results) != 1 else ''} for {clean(event.query)}"
+        head += " (newest first; more not shown)" if event.more else (" (newest first)" if event.results else "")
+        return "\n".join([head, *(found_line(found, ("*", "*")) for found in event.results)])
+    if isinstance(event, ev.Page):
+        if not event.messages:
+            return f"-- {event.room}: nothing older" + (" (the start of the room)" if event.start else "")
+        lines = [message_line(message) for message in event.messages]
+        return "\n".join(lines + ([f"-- {event.room}: the start of the room"] if event.start else []))
     return None
 
