@@ -11,14 +11,17 @@ from conftest import Proc, script
 FIELDS = {  # the documented fields of each event type (docs/client.md)
     "connected": {"name", "motd", "reconnected"},
     "connection_lost": set(),
-    "message": {"room", "seq", "ts", "sender", "text", "action", "history", "own"},
+    "message": {"room", "seq", "ts", "sender", "text", "action", "history", "own", "mid"},
     "presence": {"room", "name", "event", "ts"},
     "who": {"rooms"},
     "rooms": {"rooms"},
     "stats": {"stats"},
     "notice": {"text"},
-    "error": {"code", "message", "fatal"},
+    "error": {"code", "message", "fatal", "mid"},
     "shutdown": {"message"},
+    "topic": {"room", "text", "by", "ts"},
+    "search": {"query", "results", "more"},
+    "page": {"room", "before", "messages", "start"},
 }
 
 
@@ -65,15 +68,25 @@ def test_json_output_parses_and_covers_every_event_kind(chat):
     alice.expect('"reconnected": true')
     alice.send("after restart")
     alice.expect('"text": "after restart"')
+    alice.send("/search before alice")  # 3 of the 3 request tokens (--burst 3), then one more for the topic
+    alice.expect('"type": "search"')
+    alice.send("/topic the plan for today")
+    alice.expect('"type": "topic"', timeout=20)
     alice.close_stdin()
     assert alice.wait() == 0
 
     events = parsed(alice)
     kinds = {e["type"] for e in events}
-    assert set(FIELDS) - kinds == {"error"}  # no CLI action makes the server send a non-fatal error
+    # no CLI action makes the server send a non-fatal error; pages are asked for by scrolling back (full UI)
+    assert set(FIELDS) - kinds == {"error", "page"}
     for event in events:
         assert set(event) == FIELDS[event["type"]] | {"type"}, event
 
+    (topic,) = of_type(events, "topic")
+    assert (topic["room"], topic["text"], topic["by"]) == ("#general", "the plan for today", "alice")
+    (found,) = of_type(events, "search")
+    assert [r["text"] for r in found["results"]] == ["before alice"] and found["results"][0]["marks"] == [[0, 6],
+                                                                                                          [7, 12]]
     first, again = of_type(events, "connected")
     assert first["name"] == "alice" and not first["reconnected"] and first["motd"]
     assert again["reconnected"]

@@ -237,7 +237,8 @@ def test_errors_once_connected_are_not_fatal(clock):
     session = connected(clock)
     mid = session.say("hi", room="#dev")
     deliver(session, p.ErrorReply(code=p.ERR_NOT_IN_ROOM, message="you are not in #dev; /join it first", mid=mid))
-    assert events(session) == [ev.Error(p.ERR_NOT_IN_ROOM, "you are not in #dev; /join it first", fatal=False)]
+    assert events(session) == [ev.Error(p.ERR_NOT_IN_ROOM, "you are not in #dev; /join it first", fatal=False,
+                                        mid=mid)]
     assert session.pending == {}  # refused for good: not resent forever
 
 

@@ -47,6 +47,7 @@ class Message(Event):
     action: bool = False
     history: bool = False
     own: bool = False
+    mid: str = ""  # the sender's message id: ours is what say() returned
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Error(Event):
     code: str
     message: str
     fatal: bool = False
+    mid: str = ""  # the message refused for good, when it was one of ours (what say() returned)
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,14 @@ class ClientSession:
             self.pending[mid].sent_at = float("-inf")  # tick() sends it when allowed
         return mid
 
+    def message_state(self, mid: str) -> str:
+        """What became of our message ``mid``: "sending" (sent or about to be, not yet echoed), "waiting"
+        (held back after the server throttled us, to keep the order), or "" (echoed, refused, or unknown)."""
+        pend = self.pending.get(mid)
+        if pend is None:
+            return ""
+        return "waiting" if self._stop_and_wait or pend.not_before > self.clock() else "sending"
+
     def join(self, room: str) -> None:
         """Subscribe to ``room`` (before asking, so nothing published after the join is missed)."""
         self.current_room = room
@@ -468,7 +476,7 @@ class ClientSession:
 
     def _event(self, msg: p.RoomMessage, history: bool) -> ev.Message:
         return ev.Message(room=msg.room, seq=msg.seq, ts=msg.ts, sender=msg.sender, text=msg.text,
-                          action=msg.action, history=history, own=msg.sender == self.name)
+                          action=msg.action, history=history, own=msg.sender == self.name, mid=msg.mid)
 
     def _on_Ack(self, msg: p.Ack) -> None:
         self._acked(msg.mid)
@@ -521,15 +529,14 @@ class ClientSession:
                 self._hello()
             return
         asked = self._asked.get(msg.rid) if msg.rid else None
-        if msg.code == p.ERR_BUSY and asked is not None:
+        if msg.code in (p.ERR_BUSY, p.ERR_RATE_LIMITED) and asked is not None:
+            # put off (the server's work budget) or over our own request rate: asked again when allowed
             if self.clock() - asked[1] < BUSY_GIVE_UP:  # quietly, until it has taken too long
                 asked[2] = self.clock() + msg.retry_after
                 return
             del self._asked[msg.rid]
-            self.events.append(ev.Error(msg.code, "the server is too busy to answer; try again later"))
-            return
-        if msg.code == p.ERR_RATE_LIMITED and asked is not None:
-            del self._asked[msg.rid]  # the user's request was over the sender's own rate: dropped quietly
+            self.events.append(ev.Error(msg.code, "the server is too busy to answer; try again later"
+                                        if msg.code == p.ERR_BUSY else "asked too often; try again later"))
             return
         if msg.code in (p.ERR_RATE_LIMITED, p.ERR_BUSY) and not msg.mid:
             # A request (join, history, a hello's replay) was throttled or put off: ask again once allowed,
@@ -554,7 +561,7 @@ class ClientSession:
         if msg.rid:
             self._asked.pop(msg.rid, None)
         fatal = msg.code in FATAL_CODES and self.state != "connected"  # and ``ours``, checked above
-        self.events.append(ev.Error(msg.code, msg.message, fatal=fatal))
+        self.events.append(ev.Error(msg.code, msg.message, fatal=fatal, mid=msg.mid))
 
     def _resend_from(self, counter: int) -> None:
         """The server never got message ``counter``: send it and the later ones again, in order (one at a

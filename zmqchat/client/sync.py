@@ -87,24 +87,9 @@ class Client:
         """Create the sockets, subscribe, and send the first hello; returns at once."""
         if self._push is not None:
             return
-        ctx = self._context
-        self._sub = ctx.socket(zmq.SUB)
-        self._push = ctx.socket(zmq.PUSH)
-        # IMMEDIATE: never queue for a server that is not there; the session resends what matters.
-        self._push.setsockopt(zmq.IMMEDIATE, 1)
-        self._push.setsockopt(zmq.SNDHWM, PUSH_HWM)
-        self._sub.setsockopt(zmq.RCVHWM, self.rcvhwm)  # bounded: what overflows is recovered from history
-        for sock in (self._push, self._sub):
-            sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            if self._curve is not None:
-                sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = self._curve
-        # A failed handshake is silent; the monitor turns it into a clear error for connect().
-        self._monitor = self._sub.get_monitor_socket(HANDSHAKE_FAILURES)
+        self._push, self._sub, self._monitor = open_sockets(self._context, self.in_endpoint, self.out_endpoint,
+                                                            self.rcvhwm, self._curve)
         self._poller.register(self._monitor, zmq.POLLIN)
-        self._sub.connect(self.out_endpoint)
-        self._push.connect(self.in_endpoint)
         self._poller.register(self._sub, zmq.POLLIN)
         self.session.start()
         self._flush()
@@ -121,10 +106,7 @@ class Client:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (self._handshake_problem and timeout - remaining > HANDSHAKE_GRACE):
                 self.close(linger=0)
-                why = self._handshake_problem or (
-                    f"no answer from a zmqchat server at {self.in_endpoint} within {timeout:g}s"
-                    + (" (check --server-key and that your key is authorized)" if self._curve else ""))
-                raise ConnectError(why)
+                raise ConnectError(self._handshake_problem or no_answer(self.in_endpoint, timeout, self._curve is not None))
             found = self._pump(min(remaining, TICK))
             for event in found:
                 if isinstance(event, ev.Error) and event.fatal:
@@ -337,16 +319,48 @@ class Client:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._handshake_problem = "the server refused our key (it is not in the server's authorized keys)"
-            elif self._handshake_problem:
-                pass
-            elif self._curve is None:
-                self._handshake_problem = ("the handshake with the server failed: it requires CURVE "
-                                           "(use --curve-secret and --server-key)")
-            else:
-                self._handshake_problem = ("the CURVE handshake with the server failed: wrong --server-key, "
-                                           "or the server is not using CURVE")
+            self._handshake_problem = handshake_problem(event["event"], self._curve is not None,
+                                                        self._handshake_problem)
+
+
+def open_sockets(ctx: zmq.Context, in_endpoint: str, out_endpoint: str, rcvhwm: int,
+                 curve: tuple[bytes, bytes, bytes] | None) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket]:
+    """A client's PUSH (to the server's PULL) and SUB (from its PUB), connected, and the SUB's handshake
+    monitor; the same for the poll-loop and the asyncio client (``ctx`` decides which kind of socket)."""
+    sub = ctx.socket(zmq.SUB)
+    push = ctx.socket(zmq.PUSH)
+    # IMMEDIATE: never queue for a server that is not there; the session resends what matters.
+    push.setsockopt(zmq.IMMEDIATE, 1)
+    push.setsockopt(zmq.SNDHWM, PUSH_HWM)
+    sub.setsockopt(zmq.RCVHWM, rcvhwm)  # bounded: what overflows is recovered from history
+    for sock in (push, sub):
+        sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if curve is not None:
+            sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = curve
+    # A failed handshake is silent; the monitor turns it into a clear error for connect().
+    monitor = sub.get_monitor_socket(HANDSHAKE_FAILURES)
+    sub.connect(out_endpoint)
+    push.connect(in_endpoint)
+    return push, sub, monitor
+
+
+def no_answer(in_endpoint: str, timeout: float, curve: bool) -> str:
+    """Why connect() gave up when nothing answered."""
+    return (f"no answer from a zmqchat server at {in_endpoint} within {timeout:g}s"
+            + (" (check --server-key and that your key is authorized)" if curve else ""))
+
+
+def handshake_problem(event: int, curve: bool, known: str) -> str:
+    """What a failed handshake (a monitor event) tells the user; ``known``: what an earlier one told."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return "the server refused our key (it is not in the server's authorized keys)"
+    if known:
+        return known
+    if not curve:
+        return "the handshake with the server failed: it requires CURVE (use --curve-secret and --server-key)"
+    return "the CURVE handshake with the server failed: wrong --server-key, or the server is not using CURVE"
 
 
 def _load_curve(secret: str | Path | None, server_key: str | Path | None) -> tuple[bytes, bytes, bytes] | None:
