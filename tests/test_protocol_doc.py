@@ -1,9 +1,10 @@
 """docs/protocol.md's worked examples, rebuilt from the real encoder, byte for byte.
 
 Section 15 of the doc is a run of fenced blocks. This module builds the same blocks from messages (and,
-for the errors, from what a real ``ServerCore`` answers), renders them the way the doc writes frames, and
-compares the doc's text with them exactly, lengths included. When the wire changes, a test here fails and
-its diff is the new block to paste into the doc.
+for the errors, the stats reply, pages, searches and topics, from what a real ``ServerCore`` over a
+``MemoryStore`` answers), renders them the way the doc writes frames, and compares the doc's text with them
+exactly, lengths included. When the wire changes, a test here fails and its diff is the new block to paste
+into the doc.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from zmqchat import protocol as p
 from zmqchat.server.core import DEFAULT_MOTD, ServerConfig, ServerCore
-from zmqchat.server.store import MemoryStore
+from zmqchat.server.store import MemoryStore, StoreError
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -196,6 +197,67 @@ def stats_reply() -> list[bytes]:
     return reply
 
 
+# pages, searches and topics: alice (SID) and bob (OTHER) in #general, after these four messages
+TALK = ((SID, "the build failed on staging"), (OTHER, "Build FAILED again, see staging-2"),
+        (SID, "caf\u00e9 at noon?"), (OTHER, "Caf\u00e9 is closed, try the deli"))
+
+
+class BrokenIndex(MemoryStore):
+    """A store whose search index cannot be read (what a SqliteStore says once its index failed)."""
+
+    def search(self, terms, sender, room, limit):
+        raise StoreError("search index: disk I/O error")
+
+
+def chat_core(store: MemoryStore | None = None, **config) -> ServerCore:
+    """A core (over ``store``, a fresh MemoryStore by default) in which alice and bob have said TALK."""
+    core = ServerCore(ServerConfig(**config), store or MemoryStore(100), clock=lambda: T0)
+    for session, name in ((SID, "alice"), (OTHER, "bob")):
+        core.receive(client(p.Hello(session=session, name=name, rooms=["#general"])))
+    counters: dict[str, int] = {}
+    for session, text in TALK:
+        counters[session] = counters.get(session, 0) + 1
+        core.receive(client(p.Say(session=session, room="#general", text=text, mid=f"{session}.{counters[session]}")))
+    core.flush()
+    return core
+
+
+def exchange(core: ServerCore, *requests: p.Message) -> list[list[bytes]]:
+    """Each request, then what ``core`` publishes for it on SID's session topic and on #general's topic."""
+    out = []
+    for msg in requests:
+        frames = client(msg)
+        core.receive(frames)
+        out += [frames, *(f for f in core.flush() if f[0] in (SESS, GENERAL))]
+    return out
+
+
+def refused(msg: p.Message, core: ServerCore | None = None) -> list[bytes]:
+    """The error ``msg`` gets from ``core`` (by default a fresh ``chat_core``)."""
+    (error,) = answers(core or chat_core(), msg)
+    return error
+
+
+def topic_locked() -> list[bytes]:
+    """With --topic-lock, alice changing the topic that bob set first."""
+    core = chat_core(topic_lock=True)
+    core.receive(client(p.TopicRequest(session=OTHER, room="#general", text="bob's room")))
+    core.flush()
+    return refused(p.TopicRequest(session=SID, room="#general", text="mine now", rid="r22"), core)
+
+
+def page(before: int, limit: int, rid: str) -> p.PageRequest:
+    return p.PageRequest(session=SID, room="#general", before=before, limit=limit, rid=rid)
+
+
+def find(query: str, rid: str, **fields) -> p.SearchRequest:
+    return p.SearchRequest(session=SID, query=query, rid=rid, **fields)
+
+
+def topic(text: str, rid: str, room: str = "#general") -> p.TopicRequest:
+    return p.TopicRequest(session=SID, room=room, text=text, rid=rid)
+
+
 # --------------------------------------------------------------------------------------------------
 # the examples, in the order of section 15
 
@@ -265,12 +327,30 @@ def examples() -> dict[str, tuple[Callable[[list[list[bytes]]], list[str]], list
             server(SESS, p.Goodbye(session=SID, rid="r7")),
             server(p.ALL_TOPIC, p.Shutdown(message="server shutting down")),
         ]),
+        "page": (other_lines, exchange(chat_core(), page(4, 2, "r8"), page(2, 2, "r9"))),
+        "search": (other_lines, exchange(chat_core(), find('"build failed" stag*', "r10"),
+                                         find("CAFE", "r11", limit=1))),
+        "topic": (other_lines, exchange(chat_core(), topic("release day: ship 2.0", "r12"),
+                                        p.Join(session=SID, room="#general", last_seq=4, rid="r13"),
+                                        topic("", "r14"))),
+        "page, search and topic errors": (bodies, [
+            refused(page(0, 0, "r15")),
+            refused(find('"" * -', "r16")),
+            refused(find("x" * (p.MAX_QUERY_CHARS + 1), "r17")),
+            refused(find("deli", "r18", sender="@bob")),
+            refused(topic("hi", "r19", room="#dev")),
+            refused(topic("x" * (p.MAX_TOPIC_CHARS + 1), "r20")),
+            refused(topic("two\nlines", "r21")),
+            topic_locked(),
+            refused(find("deli", "r23"), chat_core(BrokenIndex(100))),
+        ]),
         "zmtp": (zmtp_lines, [client(p.Ping(session=SID))]),
     }
 
 
 BLOCK_NAMES = ["first hello", "welcome", "hello again", "msg", "live msg", "hist", "backlog hist_end",
-               "catch-up hist_end", "gap fill", "rate_limited", "errors", "other messages", "zmtp"]
+               "catch-up hist_end", "gap fill", "rate_limited", "errors", "other messages", "page", "search",
+               "topic", "page, search and topic errors", "zmtp"]
 HEX_LINES = [f"Frame 0 in hex: `{hex_of(SESS)}`.", f"Frame 0 in hex: `{hex_of(GENERAL)}`.",
              f"Frame 0 of `hb` and `shutdown` (`all:` and NUL) in hex: `{hex_of(p.ALL_TOPIC)}`."]
 
