@@ -1453,3 +1453,27 @@ def test_a_locked_topic_is_changed_only_by_who_first_set_it(clock):
     send(unlocked, p.TopicRequest(session="s1", room="#general", text="mine", rid="t1"))
     send(unlocked, p.TopicRequest(session="s2", room="#general", text="bob's now", rid="t2"))
     assert [m.text for _, m in of_type(published(unlocked), p.Topic)] == ["mine", "bob's now"]
+
+
+def test_a_locked_topic_names_its_owner_not_its_last_setter(clock, tmp_path):
+    path = tmp_path / "h.sqlite3"
+    open_core = make_core(clock, SqliteStore(path, 100))  # unlocked: anyone may set it
+    hello(open_core, "s1", "alice")
+    hello(open_core, "s2", "bob")
+    send(open_core, p.TopicRequest(session="s2", room="#general", text="bob was first", rid="t1"))
+    send(open_core, p.TopicRequest(session="s1", room="#general", text="alice changed it", rid="t2"))
+    published(open_core)
+    shut(open_core)
+    locked = make_core(clock, SqliteStore(path, 100), topic_lock=True)
+    hello(locked, "s3", "alice")
+    send(locked, p.TopicRequest(session="s3", room="#general", text="again", rid="t3"))
+    assert error(published(locked)).message == "only bob may change the topic of #general on this server"
+    shut(locked)
+
+
+def test_a_search_limit_out_of_range_gets_a_clear_error(clock):
+    core = make_core(clock)
+    hello(core, "s1", "alice")
+    send(core, p.SearchRequest(session="s1", query="x", limit=0, rid="q1"))
+    err = error(published(core))
+    assert (err.code, err.message, err.rid) == (p.ERR_BAD_REQUEST, "search: limit must be 1 to 100", "q1")

@@ -175,3 +175,21 @@ def test_memory_search_finds_what_the_index_finds(tmp_path_factory, texts, query
     assert disk.wait_indexed(10)
     assert texts_of(memory.search(terms, "", "", 100)) == texts_of(disk.search(terms, "", "", 100))
     disk.close()
+
+
+def test_a_rebuilt_index_keeps_results_newest_first_across_rooms(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    store = SqliteStore(path, 100)
+    seq = Sequencer(store, 100)
+    for n, room in enumerate(["#a", "#b", "#a", "#c", "#b"]):  # interleaved rooms, in time order
+        seq.append(room, 100.0 + n, "k", lambda s, room=room, n=n: p.room_message_body(
+            room, s, 100.0 + n, "alice", f"word {n}", f"x.{n}", False))
+    seq.submit()
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"h.search.sqlite3{suffix}").unlink(missing_ok=True)
+    again = SqliteStore(path, 100)
+    Sequencer(again, 100)
+    assert again.wait_indexed(10)
+    assert texts_of(again.search(q.parse("word"), "", "", 10)) == [f"word {n}" for n in range(4, -1, -1)]
+    again.close()

@@ -1045,3 +1045,27 @@ def test_search_results_and_topics_reach_the_session(clock):
     carol = net.add("carol", "sc")
     assert carol.topics["#general"] == topic  # told on joining
     assert [e for e in carol.events if isinstance(e, ev.Topic)] == [topic]
+
+
+def test_a_refused_page_does_not_swallow_the_next_one(clock):
+    net = Net(clock, ServerCore(ServerConfig(rate=0.0), MemoryStore(1000), clock=clock))
+    alice = net.add("alice", "sa")
+    for i in range(1, 11):
+        alice.say(f"m{i}")
+    net.pump()
+    alice.page(limit=0)  # refused: bad_request
+    net.pump()
+    alice.events.clear()
+    alice.page(before=6, limit=3)
+    net.pump()
+    (page,) = [e for e in alice.events if isinstance(e, ev.Page)]
+    assert [m.seq for m in page.messages] == [3, 4, 5]
+
+
+def test_setting_a_topic_is_answered_by_its_publication(clock):
+    net = Net(clock, ServerCore(ServerConfig(rate=0.0), MemoryStore(100), clock=clock))
+    alice = net.add("alice", "sa")
+    alice.set_topic("plans")
+    assert any(isinstance(asked[0], p.TopicRequest) for asked in alice._asked.values())
+    net.pump()
+    assert not any(isinstance(asked[0], p.TopicRequest) for asked in alice._asked.values())

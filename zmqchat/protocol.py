@@ -269,7 +269,6 @@ class SearchRequest(Message):
     prefix), optionally only ``sender``'s and only in ``room``; at most ``limit`` results, newest first."""
 
     KIND: ClassVar[bytes] = b"search"
-    RANGES: ClassVar[dict[str, tuple[float, float]]] = {"limit": (1, MAX_SEARCH_RESULTS)}
     session: str
     query: str
     sender: str = ""

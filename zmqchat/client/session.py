@@ -372,15 +372,17 @@ class ClientSession:
                 return
         self._on_RoomMessage(msg, history=True)
 
-    def _done_browsing(self, room: str, rid: str) -> list | None:
-        """The rows collected for request ``rid`` of ``room``, now answered (None if it was not a page)."""
-        queue = self._browsing.get(room)
-        for entry in list(queue or ()):
-            if entry[0] == rid:
-                queue.remove(entry)  # type: ignore[union-attr]
-                if not queue:
-                    del self._browsing[room]
-                return entry[1]
+    def _done_browsing(self, room: str | None, rid: str) -> list | None:
+        """The rows collected for request ``rid`` of ``room`` (None: whichever room it was for), now
+        answered or refused (None if it was not a page)."""
+        for name in [room] if room is not None else list(self._browsing):
+            queue = self._browsing.get(name)  # type: ignore[arg-type]
+            for entry in list(queue or ()):
+                if entry[0] == rid:
+                    queue.remove(entry)  # type: ignore[union-attr]
+                    if not queue:
+                        del self._browsing[name]  # type: ignore[arg-type]
+                    return entry[1]
         return None
 
     def _on_PageEnd(self, msg: p.PageEnd) -> None:
@@ -398,6 +400,10 @@ class ClientSession:
                      tuple((start, end) for start, end in r["marks"])) for r in msg.results), msg.more))
 
     def _on_Topic(self, msg: p.Topic) -> None:
+        if msg.by == self.name:  # ours, set: a topic publication carries no rid, so the room says which
+            for rid, asked in list(self._asked.items()):
+                if isinstance(asked[0], p.TopicRequest) and asked[0].room == msg.room:
+                    del self._asked[rid]
         topic = ev.Topic(msg.room, msg.text, msg.by, msg.ts)
         if self.topics.get(msg.room) == topic:
             return  # told again on a rejoin
@@ -535,6 +541,7 @@ class ClientSession:
                 asked[2] = self.clock() + msg.retry_after
                 return
             del self._asked[msg.rid]
+            self._done_browsing(None, msg.rid)
             self.events.append(ev.Error(msg.code, "the server is too busy to answer; try again later"
                                         if msg.code == p.ERR_BUSY else "asked too often; try again later"))
             return
@@ -560,6 +567,7 @@ class ClientSession:
             self._acked(msg.mid)
         if msg.rid:
             self._asked.pop(msg.rid, None)
+            self._done_browsing(None, msg.rid)  # a refused page or /history: its replies will not come
         fatal = msg.code in FATAL_CODES and self.state != "connected"  # and ``ours``, checked above
         self.events.append(ev.Error(msg.code, msg.message, fatal=fatal, mid=msg.mid))
 

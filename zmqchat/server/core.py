@@ -8,6 +8,7 @@ the injected ``clock`` so the rules are tested without sleeping.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 from collections import deque
@@ -825,7 +826,9 @@ class ServerCore:
         try:
             rows = self.sequencer.range(msg.room, 0, msg.before, limit, newest=True)
         except StoreError as exc:
-            self._granted = (0, [])
+            (allowed, charged), self._granted = self._granted, (0, [])
+            _settle(charged, 1)  # what it did: one error reply
+            self._queued[member.session] = max(0, self._queued.get(member.session, 0) - max(0, allowed - 1))
             self.db_errors.warn("%s (a page read)", exc)
             self._refuse(member.session, p.ERR_UNAVAILABLE, "page: the history cannot be read now", rid=msg.rid)
             return
@@ -843,6 +846,10 @@ class ServerCore:
         self._queued[member.session] = max(0, self._queued.get(member.session, 0) - max(0, allowed - used))
 
     def handle_search(self, msg: p.SearchRequest, member: Member) -> None:
+        if not 1 <= msg.limit <= p.MAX_SEARCH_RESULTS:
+            self._refuse(member.session, p.ERR_BAD_REQUEST, f"search: limit must be 1 to {p.MAX_SEARCH_RESULTS}",
+                         rid=msg.rid)
+            return
         try:
             terms = search.parse(msg.query)
         except search.QueryError as exc:
@@ -866,7 +873,7 @@ class ServerCore:
         results, size = [], 0
         more = len(found) > msg.limit
         for room, seq, ts, sender, text in found[:msg.limit]:
-            size += len(text.encode()) + 128
+            size += len(json.dumps(text, ensure_ascii=False).encode()) + 128  # as it is written on the wire
             if size > SEARCH_REPLY_BYTES and results:
                 more = True
                 break
@@ -894,7 +901,9 @@ class ServerCore:
         owner = member.key or member.name
         if current is not None and current[4]:
             if self.config.topic_lock and current[4] != owner:
-                self._refuse(member.session, p.ERR_FORBIDDEN, f"only {current[2]} may change the topic of "
+                # the owner is a name, or under CURVE a key: name it only when it is a name
+                who = "the member who first set it" if member.key else current[4]
+                self._refuse(member.session, p.ERR_FORBIDDEN, f"only {who} may change the topic of "
                              f"{msg.room} on this server", rid=msg.rid)
                 return
             owner = current[4]  # the first who set it stays its owner

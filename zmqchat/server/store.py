@@ -22,6 +22,7 @@ And a damaged or foreign file is never loaded as if it were valid: ``load()`` re
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import logging
 import math
@@ -915,19 +916,35 @@ class _Indexer(threading.Thread):
         raise AssertionError("unreachable")
 
     def _catch_up(self, db: sqlite3.Connection) -> None:
+        """Index what the history holds beyond the index, every room's rows merged in time order (results
+        are newest first by insertion into the index, so a rebuild must insert as the live path does)."""
         source = sqlite3.connect(str(self.history), isolation_level=None, check_same_thread=False, timeout=10)
+        chunk = max(50, self.CHUNK * 10 // max(1, len(self._newest)))  # rows held per room while merging
+
+        def rows_of(room: str, upto: int):
+            while True:
+                rows = source.execute("SELECT seq, ts, body FROM messages WHERE room = ? AND seq > ? "
+                                      "ORDER BY seq LIMIT ?", (room, upto, chunk)).fetchall()
+                for seq, ts, body in rows:
+                    yield ts, room, seq, body
+                if len(rows) < chunk:
+                    return
+                upto = rows[-1][0]
+
         try:
-            done = 0
+            streams = []
             for room in self._newest:
                 upto = db.execute("SELECT MAX(seq) FROM entries WHERE room = ?", (room,)).fetchone()[0] or 0
-                while True:
-                    rows = source.execute("SELECT seq, ts, body FROM messages WHERE room = ? AND seq > ? "
-                                          "ORDER BY seq LIMIT ?", (room, upto, self.CHUNK)).fetchall()
-                    if not rows:
-                        break
-                    self._index(db, [([(room, seq, ts, "", body) for seq, ts, body in rows], {})])
-                    upto = rows[-1][0]
-                    done += len(rows)
+                streams.append(rows_of(room, upto))
+            done, batch = 0, []
+            for ts, room, seq, body in heapq.merge(*streams, key=lambda row: (row[0], row[1], row[2])):
+                batch.append((room, seq, ts, "", body))
+                if len(batch) >= self.CHUNK:
+                    self._index(db, [(batch, {})])
+                    done, batch = done + len(batch), []
+            if batch:
+                self._index(db, [(batch, {})])
+                done += len(batch)
             if done:
                 log.info("search index %s: indexed %d stored messages", self.path, done)
         finally:
