@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "zmqchat"
 PURE = ["protocol.py", "events.py", "errors.py", "server/core.py", "server/sequencer.py", "server/presence.py",
-        "server/ratelimit.py", "server/dedupe.py", "server/search.py", "client/session.py", "client/commands.py", "client/display.py"]
+        "server/ratelimit.py", "server/dedupe.py", "server/search.py", "server/storage.py", "client/session.py", "client/commands.py", "client/display.py"]
 
 
 def imported(path: Path) -> set[str]:
@@ -68,3 +68,11 @@ def test_the_server_and_the_client_never_import_each_other():
         return found
 
     assert crossing("server", "client") == {} and crossing("client", "server") == {}
+
+
+def test_the_server_rules_reach_storage_only_through_the_interface():
+    rules = ["server/core.py", "server/sequencer.py", "server/presence.py", "server/ratelimit.py",
+             "server/dedupe.py", "server/search.py", "server/storage.py"]
+    offenders = {name: sorted(n for n in imported(PACKAGE / name) if n in ("store", "server.store", "loop"))
+                 for name in rules}
+    assert {k: v for k, v in offenders.items() if v} == {}

@@ -22,7 +22,7 @@ from .dedupe import ACK, REFUSED, Producer, Producers
 from .presence import Member, Roster
 from .ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
 from .sequencer import Sequencer
-from .store import Store, StoreError
+from .storage import Store, StoreError
 
 log = logging.getLogger("zmqchat.server")
 

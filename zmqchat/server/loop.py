@@ -28,7 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from .. import keys
 from .core import SUBSCRIBER_BYTES, ServerConfig, ServerCore, subscriber_queue
 from .ratelimit import RateLimiter
-from .store import Store
+from .storage import Store
 
 log = logging.getLogger("zmqchat.server")
 

@@ -19,7 +19,7 @@ from itertools import islice
 from operator import itemgetter
 
 from .search import Term
-from .store import Batch, Found, Producer, Row, Store, TopicRow
+from .storage import Batch, Found, Producer, Row, Store, TopicRow
 
 _seq_of = itemgetter(0)
 
