@@ -193,3 +193,17 @@ def test_a_rebuilt_index_keeps_results_newest_first_across_rooms(tmp_path):
     assert again.wait_indexed(10)
     assert texts_of(again.search(q.parse("word"), "", "", 10)) == [f"word {n}" for n in range(4, -1, -1)]
     again.close()
+
+
+def test_without_the_index_search_says_it_is_off(tmp_path):
+    from zmqchat.server.core import ServerConfig, ServerCore
+
+    store = SqliteStore(tmp_path / "h.sqlite3", 100, search=False)
+    core = ServerCore(ServerConfig(), store, clock=lambda: 1.0)
+    core.receive(p.encode_client(p.Hello(session="s1", name="alice", rooms=["#general"])))
+    core.flush()
+    core.receive(p.encode_client(p.SearchRequest(session="s1", query="x", rid="q1")))
+    (_topic, reply), = [p.decode_server(f) for f in core.flush()]
+    assert (reply.code, reply.message) == (p.ERR_UNAVAILABLE, "search is off on this server")
+    store.close()
+    assert not (tmp_path / "h.search.sqlite3").exists()

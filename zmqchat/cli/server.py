@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="messages replayed to a client joining a room (default: %(default)s)")
     hist.add_argument("--data-dir", help=f"where the history database lives (default: {default_data_dir()})")
     hist.add_argument("--no-persist", action="store_true", help="keep history in memory only")
+    hist.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
+                      help="keep a search index of the history for /search, on its own thread and file "
+                           "(default: on; off saves its CPU per message)")
     hist.add_argument("--repair", action="store_true", help="delete damaged rows of the history database "
                       "(counted in a warning) instead of refusing to start; see docs/history.md")
     limits = parser.add_argument_group("limits")
@@ -134,7 +137,8 @@ def serve(args: argparse.Namespace) -> int:
     pub_hwm = args.pub_hwm or subscriber_queue(args.subscriber_bytes, args.max_message_bytes)
     # Opened by the server's run(): a file it cannot use (damaged, foreign, newer, locked, a bad path) raises
     # StoreError there, before anything is bound: one line, exit 1.
-    store: Store = MemoryStore(args.history) if path is None else SqliteStore(path, args.history, repair=args.repair)
+    store: Store = (MemoryStore(args.history) if path is None
+                    else SqliteStore(path, args.history, repair=args.repair, search=args.search))
     config = ServerConfig(motd=args.motd, heartbeat_interval=args.heartbeat_interval,
                           heartbeat_misses=args.heartbeat_misses, backlog=args.backlog, rate=args.rate,
                           burst=args.burst, max_text_bytes=args.max_text_bytes,

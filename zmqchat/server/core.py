@@ -22,7 +22,7 @@ from .dedupe import ACK, REFUSED, Producer, Producers
 from .presence import Member, Roster
 from .ratelimit import BROWSE, DELIVERY, RateLimiter, TokenBucket, WorkBudget
 from .sequencer import Sequencer
-from .storage import Store, StoreError
+from .storage import SearchOff, Store, StoreError
 
 log = logging.getLogger("zmqchat.server")
 
@@ -718,7 +718,7 @@ class ServerCore:
         def body(seq: int) -> bytes:
             return p.room_message_body(room, seq, ts, name, text, mid, action)
 
-        seq, encoded = self.sequencer.append(room, ts, mid, body)
+        seq, encoded = self.sequencer.append(room, ts, mid, body, (name, text))
         self._new_rooms.add(room)
         self._settle(producer, n, (ACK, room, seq), ts)
         self.stats["messages"] += 1
@@ -866,6 +866,9 @@ class ServerCore:
         self._granted = (0, [])  # one reply, charged in full: the cost is the index read
         try:
             found = self.sequencer.search(terms, msg.sender, msg.room, msg.limit + 1)
+        except SearchOff:
+            self._refuse(member.session, p.ERR_UNAVAILABLE, "search is off on this server", rid=msg.rid)
+            return
         except StoreError as exc:
             self.db_errors.warn("%s (a search)", exc)
             self._refuse(member.session, p.ERR_UNAVAILABLE, "search: the index cannot be read now", rid=msg.rid)

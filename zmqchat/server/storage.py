@@ -18,6 +18,10 @@ class StoreError(ZmqchatError):
     newer); its text says which file and why, in one line."""
 
 
+class SearchOff(StoreError):
+    """The store keeps no search index (the server runs with --no-search)."""
+
+
 Producer = tuple[str, str, int, str, int, float]  # producer, identity, next, room, seq, ts
 Row = tuple[int, bytes]  # seq, body
 TopicRow = tuple[str, str, str, float, str]  # room, text ("" cleared), set by (name), ts, owner (identity)
@@ -34,6 +38,8 @@ class Batch:
     producers: dict[str, Producer | None] = field(default_factory=dict)
     expire_before: float | None = None
     topics: dict[str, TopicRow] = field(default_factory=dict)  # room -> its topic as set in this batch
+    # what a search index takes of the messages, so it need not decode them: (room, seq, ts, sender, text)
+    words: list[tuple[str, int, float, str, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.messages or self.producers or self.topics) or self.expire_before is not None

@@ -48,6 +48,7 @@ from .storage import (  # noqa: F401 (the interface, importable from here too)
     Loaded,
     Producer,
     Row,
+    SearchOff,
     Store,
     StoreError,
     TopicRow,
@@ -146,6 +147,15 @@ def _is_ts(value: object) -> bool:
 def _producer_ok(producer: object, identity: object, nxt: object, room: object, seq: object, ts: object) -> bool:
     return (isinstance(producer, str) and producer != "" and isinstance(identity, str) and _is_seq(nxt, 0) and _is_ts(ts)
             and ((room == "" and seq == 0 and type(seq) is int) or (_is_room(room) and _is_seq(seq))))
+
+
+def _words_of(body: bytes) -> tuple[str, str | None]:
+    """(sender, text) of a stored body, or ("", None) for one that is not a message (damaged)."""
+    try:
+        msg = json.loads(body)
+        return str(msg["sender"]), str(msg["text"])
+    except (ValueError, KeyError, TypeError):
+        return "", None
 
 
 def _topic_ok(room: object, text: object, by: object, ts: object, owner: object) -> bool:
@@ -260,8 +270,9 @@ class SqliteStore:
     used; ``repair=True`` deletes damaged rows instead."""
 
     def __init__(self, path: str | Path, retention: int = RETENTION, clock: Callable[[], float] = time.monotonic,
-                 repair: bool = False) -> None:
+                 repair: bool = False, search: bool = True) -> None:
         self.path = Path(path)
+        self.search_on = search  # keep the search index (its thread costs CPU per message: docs/benchmarks.md)
         self.retention = max(1, retention)
         self.clock = clock  # monotonic seconds: reservation block sizes, and the checkpointer's pauses
         self.repair = repair
@@ -343,9 +354,10 @@ class SqliteStore:
         self._db = db
         self._checkpointer = _Checkpointer(path, lambda: self.clock() - self._last_write)
         self._checkpointer.start()
-        self._indexer = _Indexer(path, self.index_path, self.epoch, self.retention, dict(self._newest),
-                                 {room: list(ranges) for room, ranges in self._skipped.items()})
-        self._indexer.start()
+        if self.search_on:
+            self._indexer = _Indexer(path, self.index_path, self.epoch, self.retention, dict(self._newest),
+                                     {room: list(ranges) for room, ranges in self._skipped.items()})
+            self._indexer.start()
 
     def _quick_check(self, db: sqlite3.Connection) -> None:
         """Damage below the rows (pages, b-trees) is not what --repair mends: say so, then try to load anyway."""
@@ -563,7 +575,9 @@ class SqliteStore:
         self._durable = batch.number
         self._last_write = self.clock()
         if self._indexer is not None and batch.messages:
-            self._indexer.add(batch.messages, {room: self._floor(room, self._newest[room]) for room in trim})
+            self._indexer.add(batch.words or [(room, seq, ts, *_words_of(body)) for room, seq, ts, _key, body
+                                              in batch.messages],
+                              {room: self._floor(room, self._newest[room]) for room in trim})
 
     def durable(self) -> int:
         return self._durable
@@ -659,7 +673,7 @@ class SqliteStore:
 
     def search(self, terms: list[q.Term], sender: str, room: str, limit: int) -> list[Found]:
         if self._indexer is None:
-            return []
+            raise SearchOff(f"search index {self.index_path}: off (--no-search)")
         if self._indexer.failed:
             raise StoreError(f"search index {self.index_path}: {self._indexer.failed}")
         expression = q.fts_expression(terms)
@@ -673,9 +687,9 @@ class SqliteStore:
                 self._index = sqlite3.connect(str(self.index_path), isolation_level=None, check_same_thread=False,
                                               timeout=BUSY_TIMEOUT)
             rows = self._index.execute(
-                "SELECT e.room, e.seq, e.ts, w.sender, w.text FROM words w JOIN entries e ON e.id = w.rowid "
-                "WHERE words MATCH ? AND (? = '' OR w.sender = ?) AND (? = '' OR e.room = ?) "
-                "ORDER BY w.rowid DESC LIMIT ?", (expression, sender, sender, room, room, limit)).fetchall()
+                "SELECT room, seq, ts, sender, text FROM words "
+                "WHERE words MATCH ? AND (? = '' OR sender = ?) AND (? = '' OR room = ?) "
+                "ORDER BY rowid DESC LIMIT ?", (expression, sender, sender, room, room, limit)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"search index {self.index_path}: {exc}") from exc
         return [(r, s, float(ts), who, text) for r, s, ts, who, text in rows]
@@ -747,14 +761,18 @@ class _Indexer(threading.Thread):
     of another epoch is rebuilt. Then it indexes each batch after its commit (``add``), and trims rooms
     with the history."""
 
+    VERSION = "2"  # of the index's own layout: another one is dropped and built again
     SCHEMA: ClassVar[list[str]] = [
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        ("CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, room TEXT NOT NULL, seq INTEGER NOT NULL, "
-         "ts REAL NOT NULL, UNIQUE (room, seq))"),
-        ("CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(text, sender, room, "
+        # room, seq -> the words' rowid: only for trimming a room (one b-tree insert per message)
+        ("CREATE TABLE IF NOT EXISTS entries (room TEXT NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL, "
+         "PRIMARY KEY (room, seq)) WITHOUT ROWID"),
+        ("CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(text, sender, room, seq UNINDEXED, ts UNINDEXED, "
          "tokenize = 'unicode61 remove_diacritics 2')"),
     ]
     CHUNK = 2000  # rows per transaction while catching up
+    GATHER = 2000  # rows gathered into one transaction while live ...
+    GATHER_SECONDS = 0.25  # ... or for this long after the first: how far the index may lag
 
     def __init__(self, history: Path, path: Path, epoch: str, retention: int, newest: dict[str, int],
                  skipped: dict[str, list[tuple[int, int]]]) -> None:
@@ -766,22 +784,31 @@ class _Indexer(threading.Thread):
         self._done = 0
         self._cond = threading.Condition()
         self.failed = ""  # why the index cannot be used, once it cannot
+        self._upto: dict[str, int] = {}  # room -> newest seq indexed (written by this thread only)
+        self._hurry = False
+        self._next_id: int | None = None  # the next entry id (rowid of the words), read from the file at first use
 
-    def add(self, messages: list[tuple[str, int, float, str, bytes]], trims: dict[str, int]) -> None:
-        """Index these committed messages, and drop what ``trims`` (room -> oldest seq kept) no longer keeps."""
+    def add(self, words: list[tuple[str, int, float, str, str]], trims: dict[str, int]) -> None:
+        """Index these committed messages (room, seq, ts, sender, text), and drop what ``trims`` (room ->
+        oldest seq kept) no longer keeps."""
         with self._cond:
             self._added += 1
-        self._queue.put((messages, trims))
+        self._queue.put((words, trims))
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        self._hurry = True  # someone waits: index what is queued now
+        self._queue.put(([], {}))  # wakes a gathering thread at once
         with self._cond:
+            self._added += 1
             target = self._added
             while self._done < target and not self.failed:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    self._hurry = False
                     return False
                 self._cond.wait(left)
+        self._hurry = False
         return not self.failed
 
     def stop(self) -> None:
@@ -799,13 +826,17 @@ class _Indexer(threading.Thread):
             self._mark_done(1)
             while True:
                 item = self._queue.get()
-                items = [item]
-                while item is not None:  # take everything queued: one transaction for all of it
+                items, rows = [item], len(item[0]) if item is not None else 0
+                # Gather up to GATHER rows or GATHER_SECONDS: FTS5 costs half as much per row in
+                # transactions of 2,000 as of 100, and this thread's CPU is taken from the relay's.
+                deadline = time.monotonic() + self.GATHER_SECONDS
+                while item is not None and rows < self.GATHER and not self._hurry:
                     try:
-                        item = self._queue.get_nowait()
+                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                     except queue.Empty:
                         break
                     items.append(item)
+                    rows += len(item[0]) if item is not None else 0
                 work = [i for i in items if i is not None]
                 if work:
                     self._index(db, work)
@@ -835,16 +866,22 @@ class _Indexer(threading.Thread):
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")  # derived data: a lost tail is indexed again at start
-                for statement in self.SCHEMA:
+                db.execute(self.SCHEMA[0])
+                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+                if meta.get("version", self.VERSION) != self.VERSION:
+                    log.info("search index %s: of another layout, rebuilding", self.path)
+                    db.execute("DROP TABLE IF EXISTS entries")
+                    db.execute("DROP TABLE IF EXISTS words")
+                for statement in self.SCHEMA[1:]:
                     db.execute(statement)
-                row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
-                if row is None or row[0] != self.epoch:
-                    if row is not None:
+                if meta.get("epoch") != self.epoch or meta.get("version") != self.VERSION:
+                    if meta.get("epoch") not in (None, self.epoch):
                         log.info("search index %s: of another history, rebuilding", self.path)
                     db.execute("BEGIN")
                     db.execute("DELETE FROM entries")
                     db.execute("DELETE FROM words")
-                    db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
+                    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                   [("epoch", self.epoch), ("version", self.VERSION)])
                     db.execute("COMMIT")
                 return db
             except sqlite3.DatabaseError as exc:
@@ -876,10 +913,11 @@ class _Indexer(threading.Thread):
             streams = []
             for room in self._newest:
                 upto = db.execute("SELECT MAX(seq) FROM entries WHERE room = ?", (room,)).fetchone()[0] or 0
+                self._upto[room] = upto
                 streams.append(rows_of(room, upto))
             done, batch = 0, []
             for ts, room, seq, body in heapq.merge(*streams, key=lambda row: (row[0], row[1], row[2])):
-                batch.append((room, seq, ts, "", body))
+                batch.append((room, seq, ts, *_words_of(body)))
                 if len(batch) >= self.CHUNK:
                     self._index(db, [(batch, {})])
                     done, batch = done + len(batch), []
@@ -892,25 +930,25 @@ class _Indexer(threading.Thread):
             source.close()
 
     def _index(self, db: sqlite3.Connection, work: list) -> None:
+        """One transaction for all of ``work``: its rows inserted (each once: the catch-up and the live
+        batches may overlap), then its trims."""
+        if self._next_id is None:
+            self._next_id = (db.execute("SELECT MAX(rowid) FROM words").fetchone()[0] or 0) + 1
         entries, words = [], []
         trims: dict[str, int] = {}
-        for messages, trim in work:
+        for rows, trim in work:
             trims.update(trim)
-            for room, seq, ts, _key, body in messages:
-                try:
-                    msg = json.loads(body)
-                    text, sender = msg["text"], msg["sender"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a damaged row: the history's own checks report it
-                entries.append((room, seq, ts))
-                words.append((text, sender, room))
+            for room, seq, ts, sender, text in rows:
+                if seq <= self._upto.get(room, 0) or text is None:
+                    continue  # indexed already, or a damaged row (the history's own checks report it)
+                self._upto[room] = seq
+                entries.append((room, seq, self._next_id))
+                words.append((self._next_id, text, sender, room, seq, ts))
+                self._next_id += 1
         db.execute("BEGIN")
         try:
-            for (room, seq, ts), (text, sender, _room) in zip(entries, words):
-                cur = db.execute("INSERT OR IGNORE INTO entries (room, seq, ts) VALUES (?, ?, ?)", (room, seq, ts))
-                if cur.rowcount:
-                    db.execute("INSERT INTO words (rowid, text, sender, room) VALUES (?, ?, ?, ?)",
-                               (cur.lastrowid, text, sender, room))
+            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", entries)
+            db.executemany("INSERT INTO words (rowid, text, sender, room, seq, ts) VALUES (?, ?, ?, ?, ?, ?)", words)
             for room, floor in trims.items():
                 db.execute("DELETE FROM words WHERE rowid IN (SELECT id FROM entries WHERE room = ? AND seq < ?)",
                            (room, floor))
@@ -919,4 +957,5 @@ class _Indexer(threading.Thread):
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
+            self._next_id = None  # as the file has it, at the next try
             raise
