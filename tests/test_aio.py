@@ -389,7 +389,10 @@ def test_topic_page_and_search(server, names):
             assert rid
             page = await first(bot, lambda e: isinstance(e, ev.Page))
             assert [m.text for m in page.messages] == ["pears", "plums"]
-            await bot.search("pears", room=names.room)
-            found = await first(bot, lambda e: isinstance(e, ev.SearchResults))
+            for _ in range(50):  # the index may lag the newest batch by a few ms: ask until it has caught up
+                await bot.search("pears", room=names.room)
+                found = await first(bot, lambda e: isinstance(e, ev.SearchResults))
+                if found.results:
+                    break
             assert [(f.room, f.text) for f in found.results] == [(names.room, "pears")]
     run(scenario())

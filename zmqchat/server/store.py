@@ -772,7 +772,7 @@ class _Indexer(threading.Thread):
     ]
     CHUNK = 2000  # rows per transaction while catching up
     GATHER = 2000  # rows gathered into one transaction while live ...
-    GATHER_SECONDS = 0.25  # ... or for this long after the first: how far the index may lag
+    GATHER_SECONDS = 0.05  # ... or for this long after the first: about how far the index lags
 
     def __init__(self, history: Path, path: Path, epoch: str, retention: int, newest: dict[str, int],
                  skipped: dict[str, list[tuple[int, int]]]) -> None:
