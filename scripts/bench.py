@@ -521,6 +521,8 @@ def run_phase(pool: Pool, relay: Relay, *, phase: str, n_subs: int, n_pubs: int,
            "send_rate": count / max(1e-9, (t_send_end - t_start) / 1e9),
            "per_sub_rate": sum(rates) / len(rates), "min_sub_rate": min(rates), "total_rate": sum(rates),
            "relay_cpu_s": cpu1 - cpu0, "relay_cpu_pct": 100 * (cpu1 - cpu0) / max(wall, 1e-9),
+           # the primary figure: the relay's own CPU time for each message it took in and fanned out
+           "relay_cpu_us_per_msg": 1e6 * (cpu1 - cpu0) / max(1, count),
            "replies": {k: v for pb in pubs.values() for k, v in pb.get("replies", {}).items()}}
     if rate > 0:
         lats = array("q")
@@ -671,7 +673,10 @@ def summarise(args, results, systems) -> dict:
                           "throughput_per_sub": median([r["per_sub_rate"] for r in tp]),
                           "send_rate": median([r["send_rate"] for r in tp]),
                           "throughput_lost": sum(r["lost"] for r in tp),
-                          "throughput_relay_cpu_pct": median([r["relay_cpu_pct"] for r in tp])})
+                          "throughput_relay_cpu_pct": median([r["relay_cpu_pct"] for r in tp]),
+                          "cpu_us_per_msg": median([r["relay_cpu_us_per_msg"] for r in tp]),
+                          "cpu_us_per_msg_range": [min(r["relay_cpu_us_per_msg"] for r in tp),
+                                                   max(r["relay_cpu_us_per_msg"] for r in tp)]})
         if lat:
             for key in ("p50_ms", "p99_ms", "max_ms", "mean_ms"):
                 entry[key] = median([r.get(key, float("nan")) for r in lat])
@@ -685,6 +690,8 @@ def summarise(args, results, systems) -> dict:
         z, x = out["zmqchat"], out["proxy"]
         if "throughput_total" in z and x.get("throughput_total"):
             out["throughput_ratio"] = z["throughput_total"] / x["throughput_total"]
+        if z.get("cpu_us_per_msg") and x.get("cpu_us_per_msg"):
+            out["cpu_ratio"] = z["cpu_us_per_msg"] / x["cpu_us_per_msg"]
         if "p99_ms" in z and x.get("p99_ms"):
             out["p99_ratio"] = z["p99_ms"] / x["p99_ms"]
             out["p50_ratio"] = z["p50_ms"] / x["p50_ms"]
@@ -701,6 +708,7 @@ def print_table(summary: dict, args) -> None:
     print(f"config: {c['size']}-byte text, persist={'on' if c['persist'] else 'off'}, "
           f"curve={'on' if c['curve'] else 'off'}, {c['pubs']} publisher(s), repeat {c['repeat']}")
     rows = [
+        ("relay CPU us per relayed message (primary)", "cpu_us_per_msg", "{:.1f}"),
         (f"delivered msg/s, total ({c['subs']} subs)", "throughput_total", "{:,.0f}"),
         ("delivered msg/s, per subscriber", "throughput_per_sub", "{:,.0f}"),
         ("publisher send msg/s", "send_rate", "{:,.0f}"),
@@ -728,9 +736,18 @@ def print_table(summary: dict, args) -> None:
         if len(systems) == 2 and vals[0] and vals[1]:
             line += f"{vals[0] / vals[1]:>10.2f}"
         print(line)
-    for key in ("throughput_ratio", "p99_ratio"):
+    for s in systems:
+        spread = summary[s].get("cpu_us_per_msg_range")
+        if spread:
+            print(f"{s}: CPU us per relayed message, min-max over {c['repeat']} runs: {spread[0]:.1f}-{spread[1]:.1f}")
+    for key in ("cpu_ratio", "throughput_ratio", "p99_ratio"):
         if key in summary:
             print(f"{key}: {summary[key]:.2f}")
+    proxy = summary.get("proxy", {})
+    if proxy.get("throughput_relay_cpu_pct") is not None and proxy["throughput_relay_cpu_pct"] < 90:
+        print(f"note: zmq.proxy ran at {proxy['throughput_relay_cpu_pct']:.0f}% CPU at full speed: it was not the "
+              "bottleneck (the publisher or the subscribers were), so the throughput ratio understates it; compare "
+              "CPU per relayed message instead")
     print(f"elapsed: {summary['elapsed_s']} s")
     if summary.get("profile"):
         print(f"profile: {summary['profile']} (python -m pstats {summary['profile']})")
