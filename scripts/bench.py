@@ -183,19 +183,21 @@ def _run_sub(ctx, wid: int, job: dict, results: mp.Queue):
                 if i < 0:
                     others += 1  # presence events etc. on the room topic
                     continue
-                mark = body[i + 8]
-                if mark == MARK_DATA:
-                    n += 1
-                    t_last = t
-                    if n == 1:
-                        t_first = t
-                    if latency:
-                        lats.append(t - int(body[i + 20:i + 39]))
-                    if n >= expected:
-                        break
-                elif mark == MARK_WARM and not warm:
-                    warm = True
-                    results.put(("warm", wid))
+                while i >= 0:  # a zmqchat "msgs" publication carries many messages: count each
+                    mark = body[i + 8]
+                    if mark == MARK_DATA:
+                        n += 1
+                        t_last = t
+                        if n == 1:
+                            t_first = t
+                        if latency:
+                            lats.append(t - int(body[i + 20:i + 39]))
+                    elif mark == MARK_WARM and not warm:
+                        warm = True
+                        results.put(("warm", wid))
+                    i = body.find(TEXT_KEY, i + 40)
+                if n >= expected:
+                    break
     finally:
         sock.close(linger=0)
     return ("subdone", wid, {"n": n, "t_first": t_first, "t_last": t_last, "others": others,
@@ -367,6 +369,8 @@ class Relay:
                 data = tmp / "data"
                 data.mkdir(exist_ok=True)
                 argv += ["--data-dir", str(data)]
+                if not args.search:
+                    argv += ["--no-search"]
             else:
                 argv += ["--no-persist"]
             if curve:
@@ -559,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="subscribers in the latency phase (default: %(default)s)")
     ap.add_argument("--latency-seconds", type=float, default=5.0,
                     help="length of the paced latency phase (default: %(default)s)")
+    ap.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
+                    help="with persistence: the server's search index on, as by default (default: on)")
     ap.add_argument("--persist", action=argparse.BooleanOptionalAction, default=True,
                     help="zmqchat history on disk (SQLite) or in memory (default: on)")
     ap.add_argument("--curve", action=argparse.BooleanOptionalAction, default=False,
@@ -663,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
 def summarise(args, results, systems) -> dict:
     out: dict = {"config": {"subs": args.subs, "pubs": args.pubs, "count": args.count, "size": args.size,
                             "rate": args.rate, "latency_subs": args.latency_subs,
-                            "latency_seconds": args.latency_seconds, "persist": args.persist, "curve": args.curve,
+                            "latency_seconds": args.latency_seconds, "persist": args.persist, "search": args.search,
+                            "curve": args.curve,
                             "repeat": args.repeat}}
     for system in systems:
         tp, lat = results[system]["throughput"], results[system]["latency"]
@@ -706,6 +713,7 @@ def print_table(summary: dict, args) -> None:
           f"zmqchat from {m['zmqchat']}")
     c = summary["config"]
     print(f"config: {c['size']}-byte text, persist={'on' if c['persist'] else 'off'}, "
+          f"search={'on' if c.get('search', True) else 'off'}, "
           f"curve={'on' if c['curve'] else 'off'}, {c['pubs']} publisher(s), repeat {c['repeat']}")
     rows = [
         ("relay CPU us per relayed message (primary)", "cpu_us_per_msg", "{:.1f}"),

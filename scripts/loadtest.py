@@ -155,13 +155,14 @@ def _worker(wid: int, first: int, n: int, job: dict, results: mp.Queue, ctrl: mp
                     break
                 t = mono_ns()
                 kind = frames[2] if len(frames) == 4 else b"?"
-                if kind == b"msg":
+                if kind == b"msg" or kind == b"msgs":  # msgs: a room's messages of one server batch
                     body = frames[3]
                     j = body.find(BCAST)
-                    if j >= 0:
+                    while j >= 0:
                         k_str, ts_str = body[j + len(BCAST):].split(b" ", 2)[:2]
                         bcast.setdefault(int(k_str), array("q")).append(t - int(ts_str))
-                    counts["msg"] += 1
+                        j = body.find(BCAST, j + 1)
+                    counts["msg"] += body.count(b'"seq":') if kind == b"msgs" else 1
                 elif kind == b"welcome":
                     if i in pending_hello:
                         del pending_hello[i]

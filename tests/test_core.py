@@ -35,7 +35,13 @@ def send(core: ServerCore, msg: p.Message, key: str | None = None, bound_name: s
 
 
 def published(core: ServerCore) -> list[tuple[bytes, p.Message]]:
-    return [p.decode_server(frames) for frames in core.flush()]
+    """What the flush published, with each ``msgs`` publication spread into its room messages (the tests
+    of coalescing look at the publications themselves)."""
+    out = []
+    for frames in core.flush():
+        topic, msg = p.decode_server(frames)
+        out += [(topic, m) for m in msg.messages] if isinstance(msg, p.RoomMessages) else [(topic, msg)]
+    return out
 
 
 def of_type(out, cls) -> list[tuple[bytes, p.Message]]:
@@ -194,7 +200,9 @@ def test_say_is_sequenced_per_room(core, clock):
     say(core, "s1", "two", "s1.3")
     send(core, p.Say(session="s1", room="#general", text="waves", mid="s1.4", action=True))
     out = published(core)
-    assert [topic for topic, _ in out] == [GENERAL, DEV, GENERAL, GENERAL]
+    # in order within each room (the messages of a room in one batch are one publication: section 7)
+    assert [topic for topic, _ in out] == [GENERAL, GENERAL, GENERAL, DEV]
+    out = [out[0], out[3], out[1], out[2]]
     assert [msg for _, msg in out] == [
         p.RoomMessage(room="#general", seq=1, ts=1002.0, sender="alice", text="one", mid="s1.1"),
         p.RoomMessage(room="#dev", seq=1, ts=1002.0, sender="alice", text="in dev", mid="s1.2"),
@@ -446,7 +454,7 @@ GARBAGE = [
     [],
     [b""],
     [p.VERSION, b"msg"],
-    [b"zmqchat/2", b"hb", b'{"session": "s1"}'],
+    [b"zmqchat/9", b"hb", b'{"session": "s1"}'],
     [p.VERSION, b"nope", b"{}"],
     [p.VERSION, b"msg", b"\xff\xfe"],
     [p.VERSION, b"msg", b"{not json"],
@@ -1477,3 +1485,43 @@ def test_a_search_limit_out_of_range_gets_a_clear_error(clock):
     send(core, p.SearchRequest(session="s1", query="x", limit=0, rid="q1"))
     err = error(published(core))
     assert (err.code, err.message, err.rid) == (p.ERR_BAD_REQUEST, "search: limit must be 1 to 100", "q1")
+
+
+
+def test_a_rooms_messages_of_one_batch_go_out_as_one_publication(clock):
+    core = make_core(clock, rate=0.0)
+    hello(core, "s1", "alice", rooms=("#general", "#dev"))
+    for n in range(1, 6):
+        say(core, "s1", f"g{n}", n)
+    say(core, "s1", "in dev", 6, room="#dev")
+    frames = core.flush()
+    decoded = [p.decode_server(f) for f in frames]
+    assert [(topic, type(m)) for topic, m in decoded] == [(GENERAL, p.RoomMessages), (DEV, p.RoomMessage)]
+    assert [m.seq for m in decoded[0][1].messages] == [1, 2, 3, 4, 5]
+    say(core, "s1", "alone", 7)
+    (frames,) = core.flush()
+    assert frames[2] == p.RoomMessage.KIND  # at low load a batch is one message: published as it was
+
+
+def test_a_run_of_messages_never_overtakes_other_publications_of_its_room(clock):
+    core = make_core(clock, rate=0.0)
+    hello(core, "s1", "alice")
+    say(core, "s1", "one", 1)
+    say(core, "s1", "two", 2)
+    send(core, p.Hello(session="s2", name="bob", rooms=["#general"]))  # bob's join is announced to the room
+    say(core, "s1", "three", 3)
+    room = [(type(m).__name__, getattr(m, "seq", None)) for topic, m in
+            (p.decode_server(f) for f in core.flush()) if topic == GENERAL]
+    assert room == [("RoomMessages", None), ("PresenceEvent", None), ("RoomMessage", 3)]
+
+
+def test_a_publication_of_many_messages_stays_within_the_message_size(clock):
+    core = make_core(clock, rate=0.0, max_text_bytes=8000)
+    hello(core, "s1", "alice")
+    for n in range(1, 41):
+        say(core, "s1", "x" * 7000, n)
+    frames = core.flush()
+    assert len(frames) > 1 and all(len(f[3]) <= core.config.max_message_bytes for f in frames)
+    decoded = [p.decode_server(f)[1] for f in frames]
+    seqs = [m.seq for msg in decoded for m in (msg.messages if isinstance(msg, p.RoomMessages) else [msg])]
+    assert seqs == list(range(1, 41))

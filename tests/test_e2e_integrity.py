@@ -29,8 +29,9 @@ def _recv(sub: zmq.Socket, predicate, timeout: float = WAIT):
                 topic, msg = p.decode_server(sub.recv_multipart())
             except p.ProtocolError:
                 continue
-            if predicate(topic, msg):
-                return msg
+            for one in msg.messages if isinstance(msg, p.RoomMessages) else [msg]:
+                if predicate(topic, one):
+                    return one
     pytest.fail("expected message never came")
 
 

@@ -133,7 +133,10 @@ def test_garbage_never_stops_the_server(chat, zmq_ctx):
 
 
 def test_slow_subscriber_recovers_gap_from_history(chat):
-    chat.server("--rate", "0", "--pub-hwm", "1000", "--history", "50000", *PATIENT)
+    # a burst's messages of one batch go out together (msgs), as long as one message may be: small ones
+    # here, so that the burst is more publications than the PUB queue and the kernel's buffers hold
+    chat.server("--rate", "0", "--pub-hwm", "1000", "--max-message-bytes", "2048", "--max-text-bytes", "1024",
+                "--history", "50000", *PATIENT)
     endpoint = {"port": chat.port, "connect_timeout": WAIT}
     with Client("slow", rcvhwm=10, **endpoint) as slow, Client("fast", **endpoint) as fast:
         fast.drain(WAIT)

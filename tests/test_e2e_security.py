@@ -141,8 +141,9 @@ def _wait_for(sub, predicate, timeout=WAIT):
     while time.monotonic() < deadline:
         if poller.poll(100):
             topic, msg = p.decode_server(sub.recv_multipart())
-            if predicate(topic, msg):
-                return msg
+            for one in msg.messages if isinstance(msg, p.RoomMessages) else [msg]:
+                if predicate(topic, one):
+                    return one
     pytest.fail("expected message never came")
 
 

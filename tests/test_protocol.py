@@ -38,6 +38,9 @@ SERVER_SAMPLES: list[p.Message] = [
     p.RoomMessage(room="#general", seq=4, ts=1.5, sender="bob", text="yo \u00e9", mid="s2.9"),
     p.RoomMessage(room="#general", seq=5, ts=2.5, sender="bob", text="waves", mid="s2.10", action=True),
     p.HistoryMessage(room="#general", seq=3, ts=1.0, sender="bob", text="old", mid="s2.8"),
+    p.RoomMessages(messages=[p.RoomMessage(room="#general", seq=6, ts=3.5, sender="bob", text="a", mid="s2.11"),
+                             p.RoomMessage(room="#general", seq=7, ts=3.5, sender="bob", text="b ✓", mid="s2.12",
+                                           action=True)]),
     p.HistoryEnd(room="#general", after=0, upto=3, count=3),
     p.PageEnd(room="#general", before=40, count=2, oldest=38, start=True, rid="r1"),
     p.SearchReply(query="deploy", results=[{"room": "#dev", "seq": 9, "ts": 1.5, "sender": "bob",
@@ -161,9 +164,9 @@ def test_bad_version(version):
         p.decode_server([TOPIC, version, b"hb", b'{"ts": 1}'])
 
 
-@pytest.mark.parametrize("version", [b"zmqchat/2", b"zmqchat/1.1", b"zmqchat/"])
+@pytest.mark.parametrize("version", [b"zmqchat/3", b"zmqchat/2.1", b"zmqchat/", b"zmqchat/1"])
 def test_future_version_is_named_unsupported(version):
-    with pytest.raises(p.ProtocolError, match=r"unsupported protocol version .*this is zmqchat/1"):
+    with pytest.raises(p.ProtocolError, match=r"unsupported protocol version .*this is zmqchat/2"):
         p.decode_client([version, b"hb", b'{"session": "s1"}'])
     with pytest.raises(p.ProtocolError, match=r"unsupported protocol version b'zmqchat/"):
         p.decode_server([TOPIC, version, b"hb", b'{"ts": 1}'])
@@ -566,3 +569,21 @@ def test_too_many_search_results_are_refused():
     one = {"room": "#dev", "seq": 9, "ts": 1.5, "sender": "bob", "text": "x", "marks": []}
     with pytest.raises(p.ProtocolError, match="too many"):
         p.decode_server(server_frames(b"found", {"query": "q", "results": [one] * (p.MAX_SEARCH_RESULTS + 1)}))
+
+
+
+@pytest.mark.parametrize(("messages", "why"), [
+    ("not a list", "must be list"),
+    (["x"], "each message must be an object"),
+    ([{"room": "#a", "seq": 1}], "missing field"),
+    ([{"room": "#a", "seq": -1, "ts": 1.0, "sender": "b", "text": "t", "mid": "m"}], "out of range"),
+])
+def test_a_malformed_msgs_publication_is_refused(messages, why):
+    with pytest.raises(p.ProtocolError, match=why):
+        p.decode_server(server_frames(b"msgs", {"messages": messages}))
+
+
+def test_msgs_body_is_the_message_bodies_in_a_list():
+    bodies = [p.room_message_body("#a", n, 1.0, "bob", f"t{n}", f"s.{n}", False) for n in (1, 2)]
+    body = p.room_messages_body(bodies)
+    assert json.loads(body) == {"messages": [json.loads(b) for b in bodies]}

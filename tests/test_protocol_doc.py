@@ -284,6 +284,9 @@ def examples() -> dict[str, tuple[Callable[[list[list[bytes]]], list[str]], list
                                              epoch=EPOCH, rid=NONCE2, unacked=1))]),
         "msg": (whole, [client(say(1, TEXT))]),
         "live msg": (whole, [server(GENERAL, live_message())]),
+        "live msgs": (whole, [server(GENERAL, p.RoomMessages(messages=[
+            live_message(), p.RoomMessage(room="#general", seq=43, ts=T0 + 0.25, sender="bob", text="hi",
+                                          mid="7e1d0c9b8a6f5e42.9")]))]),
         "hist": (whole, [server(SESS, p.HistoryMessage(**live_message().body()))]),
         "backlog hist_end": (whole, [hist_end(after=0, upto=42, count=20, newest=42)]),
         "catch-up hist_end": (bodies, [hist_end(after=41, upto=42, count=1, newest=42)]),
@@ -348,7 +351,7 @@ def examples() -> dict[str, tuple[Callable[[list[list[bytes]]], list[str]], list
     }
 
 
-BLOCK_NAMES = ["first hello", "welcome", "hello again", "msg", "live msg", "hist", "backlog hist_end",
+BLOCK_NAMES = ["first hello", "welcome", "hello again", "msg", "live msg", "live msgs", "hist", "backlog hist_end",
                "catch-up hist_end", "gap fill", "rate_limited", "errors", "other messages", "page", "search",
                "topic", "page, search and topic errors", "zmtp"]
 HEX_LINES = [f"Frame 0 in hex: `{hex_of(SESS)}`.", f"Frame 0 in hex: `{hex_of(GENERAL)}`.",

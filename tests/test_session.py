@@ -752,6 +752,7 @@ class Net:
 
 def live_seq(frames: list[bytes]) -> int | None:
     if frames[2] != p.RoomMessage.KIND:
+        assert frames[2] != p.RoomMessages.KIND, "a test that drops single messages must publish them singly"
         return None
     return p.decode_server(frames)[1].seq
 
@@ -779,9 +780,9 @@ def test_lost_live_messages_recovered_through_the_core(clock):
     alice = net.add("alice", "sa")
     bob = net.add("bob", "sb")
     net.drop = lambda client, frames: client is bob and live_seq(frames) in {3, 4, 5, 6, 7, 12}
-    for i in range(1, 21):
+    for i in range(1, 21):  # one batch each: the PUB loses single publications, here single messages
         alice.say(f"m{i}")
-    net.pump()
+        net.pump()
     assert messages(bob) == [(i, f"m{i}") for i in range(1, 21)]
     assert messages(alice) == messages(bob)
     assert not any(isinstance(e, ev.Notice) for e in bob.events)
@@ -792,9 +793,9 @@ def test_lost_tail_recovered_after_the_next_server_heartbeat(clock):
     alice = net.add("alice", "sa")
     bob = net.add("bob", "sb")
     net.drop = lambda client, frames: client is bob and live_seq(frames) in {19, 20}
-    for i in range(1, 21):
+    for i in range(1, 21):  # one batch each: the PUB loses single publications, here single messages
         alice.say(f"m{i}")
-    net.pump()
+        net.pump()
     assert [s for s, _ in messages(bob)] == list(range(1, 19))  # nothing came after the loss to show it
     net.run(1.0)  # the server heartbeat carries each room's newest seq
     assert messages(bob) == [(i, f"m{i}") for i in range(1, 21)]
@@ -840,9 +841,9 @@ def test_burst_into_an_empty_room_recovered_when_more_than_a_chunk_is_lost(clock
     alice = net.add("alice", "sa")
     bob = net.add("bob", "sb")
     net.drop = lambda client, frames: client is bob and (live_seq(frames) or 999) <= 250
-    for i in range(1, 301):
+    for i in range(1, 301):  # one batch each: the PUB loses single publications, here single messages
         alice.say(f"m{i}")
-    net.pump()
+        net.pump()
     net.run(4.0)
     assert not any(isinstance(e, ev.Notice) for e in bob.events)
     assert messages(bob) == [(i, f"m{i}") for i in range(1, 301)]

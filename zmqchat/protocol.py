@@ -31,7 +31,7 @@ from functools import lru_cache
 from json.encoder import encode_basestring as _json_str  # C-accelerated; keeps non-ASCII as is
 from typing import Any, ClassVar
 
-VERSION = b"zmqchat/1"
+VERSION = b"zmqchat/2"  # 2: room messages of one batch may come as one ``msgs`` publication
 VERSION_PREFIX = b"zmqchat/"
 TOPIC_END = b"\x00"
 ROOM_PREFIX = b"room:"
@@ -350,6 +350,19 @@ class RoomMessage(Message):
 
 @_server
 @dataclass(frozen=True)
+class RoomMessages(Message):
+    """Several room messages of one room, in seq order, as one publication on the room topic: what the
+    server publishes when a batch holds more than one message of a room. Each is a RoomMessage body."""
+
+    KIND: ClassVar[bytes] = b"msgs"
+    messages: list = field(default_factory=list)  # of RoomMessage, decoded and checked one by one
+
+    def body(self) -> dict[str, Any]:
+        return {"messages": [m.body() for m in self.messages]}
+
+
+@_server
+@dataclass(frozen=True)
 class HistoryMessage(RoomMessage):
     """The same body as RoomMessage, replayed from history on a session topic."""
 
@@ -531,6 +544,11 @@ def encode_body(msg: Message) -> bytes:
     return _JSON_ENCODER.encode(msg.body()).encode()
 
 
+def room_messages_body(bodies: list[bytes]) -> bytes:
+    """The body of a ``msgs`` publication from the encoded RoomMessage bodies it carries."""
+    return b'{"messages":[' + b",".join(bodies) + b"]}"
+
+
 def room_message_body(room: str, seq: int, ts: float, sender: str, text: str, mid: str, action: bool) -> bytes:
     """``encode_body(RoomMessage(...))``, byte for byte, without building the message: the server's hot path."""
     return (f'{{"room":{_json_str(room)},"seq":{seq:d},"ts":{ts!r},"sender":{_json_str(sender)},'
@@ -594,6 +612,11 @@ def _build(cls: type[Message], raw: bytes) -> Message:
         raise ProtocolError(f"{kind}: body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind}: body must be a JSON object")
+    return _from_object(cls, body)
+
+
+def _from_object(cls: type[Message], body: dict) -> Message:
+    kind = cls.KIND.decode()
     kwargs: dict[str, Any] = {}
     for name, typ, required, lo, hi in _field_types(cls):
         if name not in body:
@@ -618,6 +641,8 @@ def _build(cls: type[Message], raw: bytes) -> Message:
             _check_ranges(kind, value)
         elif name == "results":
             _check_results(kind, value)
+        elif name == "messages":
+            value = _room_messages(kind, value)
         kwargs[name] = value
     rid = kwargs.get("rid")
     if rid and not RID_RE.fullmatch(rid):
@@ -646,6 +671,20 @@ def _check_ranges(kind: str, value: list) -> None:
         if not (type(pair) is list and len(pair) == 2 and _is_count(pair[0]) and _is_count(pair[1])
                 and 1 <= pair[0] <= pair[1]):
             raise ProtocolError(f"{kind}: field 'lost' must be a list of [first, last] pairs")
+
+
+MAX_BATCH_MESSAGES = 4096  # room messages in one ``msgs`` publication, at most
+
+
+def _room_messages(kind: str, value: list) -> list[RoomMessage]:
+    if len(value) > MAX_BATCH_MESSAGES:
+        raise ProtocolError(f"{kind}: field 'messages' has too many entries")
+    out = []
+    for item in value:
+        if type(item) is not dict:
+            raise ProtocolError(f"{kind}: each message must be an object")
+        out.append(_from_object(RoomMessage, item))
+    return out  # type: ignore[return-value]
 
 
 _RESULT_FIELDS = (("room", str), ("seq", int), ("ts", float), ("sender", str), ("text", str), ("marks", list))

@@ -112,6 +112,7 @@ class ClientSession:
             p.ErrorReply: self._on_ErrorReply, p.Goodbye: self._on_Goodbye,
             p.ServerHeartbeat: self._on_ServerHeartbeat, p.Shutdown: self._on_Shutdown,
             p.PageEnd: self._on_PageEnd, p.SearchReply: self._on_SearchReply, p.Topic: self._on_Topic,
+            p.RoomMessages: self._on_RoomMessages,
         }  # type: ignore[dict-item]
 
     # -- lifecycle
@@ -362,6 +363,10 @@ class ClientSession:
         sync.newest = max(sync.newest, msg.seq)
         if sync.synced:
             self._flush(msg.room, sync)
+
+    def _on_RoomMessages(self, msg: p.RoomMessages) -> None:
+        for message in msg.messages:
+            self._on_RoomMessage(message)
 
     def _on_HistoryMessage(self, msg: p.HistoryMessage) -> None:
         queue = self._browsing.get(msg.room)

@@ -159,6 +159,8 @@ class ServerCore:
     def __init__(self, config: ServerConfig, store: Store, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] | None = None) -> None:
         self.config = config
+        # a msgs publication is at most one incoming message's size: the PUB queue's byte bound holds
+        self._run_bytes = config.max_message_bytes - 64
         self.sequencer = Sequencer(store, config.history_cache)  # loads the store: may raise StoreError
         self.clock = clock  # timers: heartbeats, expiry, rate limits (monotonic: a clock step breaks none)
         # timestamps people read; an injected test clock serves as both
@@ -181,7 +183,8 @@ class ServerCore:
         self._queued: dict[str, int] = {}  # publications queued this tick per session topic
         # the last grant: publications allowed, and what each bucket was charged (settled by the reply)
         self._granted: tuple[int, list[tuple[TokenBucket | WorkBudget, float]]] = (0, [])
-        self.out: list[list[bytes]] = []  # publications of this tick, in order
+        self.out: list = []  # publications of this tick, in order: frames, or a _Run of room messages
+        self._runs: dict[bytes, _Run] = {}  # room topic -> its open run of messages in self.out
         self._beats: list[list[bytes]] = []  # heartbeats of this tick: they wait for no batch
         self._held: deque[tuple[int, list[list[bytes]]]] = deque()  # (batch, publications waiting for it)
         self.bad_input = LogLimiter(clock)
@@ -461,8 +464,11 @@ class ServerCore:
             self._new_rooms.clear()
         self._queued.clear()
         if self.out:
-            self._held.append((self.sequencer.waiting_for(), self.out))
+            # a room's messages of this tick go out as one publication (msgs), or as msg when alone
+            self._held.append((self.sequencer.waiting_for(),
+                               [item.frames() if type(item) is _Run else item for item in self.out]))
             self.out = []
+            self._runs.clear()
         durable = self.sequencer.settle()
         out = beats
         while self._held and self._held[0][0] <= durable:
@@ -491,6 +497,7 @@ class ServerCore:
     # -- helpers
 
     def _publish(self, topic: bytes, msg: p.Message) -> None:
+        self._runs.pop(topic, None)  # later messages of that room come after this, in a run of their own
         self.out.append(p.encode_server(topic, msg))
 
     def _reply(self, member_or_session: Member | str, msg: p.Message) -> None:
@@ -723,7 +730,13 @@ class ServerCore:
         self._settle(producer, n, (ACK, room, seq), ts)
         self.stats["messages"] += 1
         log.debug("%s <%s> %s", room, name, text)
-        self.out.append(p.server_frames(p.room_topic(room), p.RoomMessage.KIND, encoded))
+        topic = p.room_topic(room)
+        run = self._runs.get(topic)
+        if run is None or run.size + len(encoded) > self._run_bytes:
+            run = self._runs[topic] = _Run(topic)
+            self.out.append(run)
+        run.bodies.append(encoded)
+        run.size += len(encoded) + 1
 
     def _settle(self, producer: Producer, n: int, outcome: tuple, ts: float) -> None:
         producer.advance(n, outcome, ts)
@@ -958,6 +971,22 @@ def _network(address: str) -> str:
 
 def _rid(msg: p.Message) -> str:
     return getattr(msg, "rid", "")
+
+
+class _Run:
+    """Consecutive messages of one room in a tick: published as one ``msgs`` (or a ``msg`` when alone)."""
+
+    __slots__ = ("bodies", "size", "topic")
+
+    def __init__(self, topic: bytes) -> None:
+        self.topic = topic
+        self.bodies: list[bytes] = []
+        self.size = 16  # the msgs wrapper
+
+    def frames(self) -> list[bytes]:
+        if len(self.bodies) == 1:
+            return p.server_frames(self.topic, p.RoomMessage.KIND, self.bodies[0])
+        return p.server_frames(self.topic, p.RoomMessages.KIND, p.room_messages_body(self.bodies))
 
 
 def _within_bytes(rows: list[tuple[int, bytes]], budget: int, keep_newest: bool) -> list[tuple[int, bytes]]:
