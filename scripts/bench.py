@@ -145,7 +145,43 @@ def sub_worker(wid: int, jobs: mp.Queue, results: mp.Queue, life_end: float) -> 
     _serve_jobs(lambda ctx, job: _run_sub(ctx, wid, job, results), "subdone", wid, jobs, results, life_end)
 
 
+class Counter:
+    """What a subscriber does with each payload, whichever system delivered it: count the data messages
+    in it (a zmqchat ``msgs`` carries many), timestamp them, and report the first warm-up one."""
+
+    def __init__(self, wid: int, results: mp.Queue, latency: bool) -> None:
+        self.wid, self.results, self.latency = wid, results, latency
+        self.lats = array("q")
+        self.warm = False
+        self.n = self.t_first = self.t_last = self.others = 0
+
+    def __call__(self, body: bytes, t: int) -> None:
+        i = body.find(TEXT_KEY)
+        if i < 0:
+            self.others += 1  # presence events etc. on the room topic
+            return
+        while i >= 0:
+            mark = body[i + 8]
+            if mark == MARK_DATA:
+                self.n += 1
+                self.t_last = t
+                if self.n == 1:
+                    self.t_first = t
+                if self.latency:
+                    self.lats.append(t - int(body[i + 20:i + 39]))
+            elif mark == MARK_WARM and not self.warm:
+                self.warm = True
+                self.results.put(("warm", self.wid))
+            i = body.find(TEXT_KEY, i + 40)
+
+    def done(self) -> tuple:
+        return ("subdone", self.wid, {"n": self.n, "t_first": self.t_first, "t_last": self.t_last,
+                                      "others": self.others, "lats": self.lats.tobytes() if self.latency else b""})
+
+
 def _run_sub(ctx, wid: int, job: dict, results: mp.Queue):
+    if job["system"] in PEERS:
+        return PEERS[job["system"]].sub(wid, job, results)
     import zmq
 
     sock = ctx.socket(zmq.SUB)
@@ -155,21 +191,17 @@ def _run_sub(ctx, wid: int, job: dict, results: mp.Queue):
         sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = job["curve"]
     sock.connect(job["endpoint"])
     sock.setsockopt(zmq.SUBSCRIBE, job["topic"])
-    expected, idle, latency = job["expected"], job["idle"], job["latency"]
+    expected, idle = job["expected"], job["idle"]
     deadline = time.monotonic() + job["timeout"]
-    lats = array("q")
-    warm = False
-    n = 0
-    t_first = t_last = 0
-    others = 0
+    count = Counter(wid, results, job["latency"])
     mono_ns = time.monotonic_ns
     recv = sock.recv_multipart
     noblock = zmq.NOBLOCK
     try:
-        while n < expected:
+        while count.n < expected:
             if not sock.poll(100):
                 now = time.monotonic()
-                if now > deadline or (n and now - t_last / 1e9 > idle):
+                if now > deadline or (count.n and now - count.t_last / 1e9 > idle):
                     break
                 continue
             while True:
@@ -177,31 +209,12 @@ def _run_sub(ctx, wid: int, job: dict, results: mp.Queue):
                     frames = recv(noblock)
                 except zmq.Again:
                     break
-                t = mono_ns()
-                body = frames[-1]
-                i = body.find(TEXT_KEY)
-                if i < 0:
-                    others += 1  # presence events etc. on the room topic
-                    continue
-                while i >= 0:  # a zmqchat "msgs" publication carries many messages: count each
-                    mark = body[i + 8]
-                    if mark == MARK_DATA:
-                        n += 1
-                        t_last = t
-                        if n == 1:
-                            t_first = t
-                        if latency:
-                            lats.append(t - int(body[i + 20:i + 39]))
-                    elif mark == MARK_WARM and not warm:
-                        warm = True
-                        results.put(("warm", wid))
-                    i = body.find(TEXT_KEY, i + 40)
-                if n >= expected:
+                count(frames[-1], mono_ns())
+                if count.n >= expected:
                     break
     finally:
         sock.close(linger=0)
-    return ("subdone", wid, {"n": n, "t_first": t_first, "t_last": t_last, "others": others,
-                             "lats": lats.tobytes() if latency else b""})
+    return count.done()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,6 +229,8 @@ _JOBS = itertools.count(1)
 
 
 def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
+    if job["system"] in PEERS:
+        return PEERS[job["system"]].pub(k, job, ctrl, results)
     import zmq
 
     from zmqchat import protocol as p
@@ -308,6 +323,261 @@ def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
 
 
 # --------------------------------------------------------------------------------------------------
+# peers: NATS, Redis pub/sub and Mosquitto (MQTT, QoS 0), each through its own Python client, carrying
+# the very payload zmqchat publishes (a RoomMessage body), counted by the same Counter
+
+
+def _payload_maker(job: dict, k: int):
+    """The body zmqchat would publish for each message: what the peers carry as their payload."""
+    make = _fast_maker(FrameMaker("proxy", job["size"], f"peer{os.getpid()}p{k}", f"peer{k}"))
+    return lambda marker, seq, ts: make(marker, seq, ts)[3]
+
+
+def _publish_loop(k: int, job: dict, ctrl: mp.Queue, results: mp.Queue, send, flush, sleep=time.sleep):
+    """Warm up until told to go, then ``count`` messages at full speed or paced (sleeping, never spinning:
+    a spinning publisher starves a client's own I/O thread of the GIL)."""
+    make = _payload_maker(job, k)
+    mono_ns = time.monotonic_ns
+    results.put(("pubready", k))
+    w, go = 0, None
+    warm_end = time.monotonic() + job["timeout"]
+    while go is None:
+        send(make(MARK_WARM, w, mono_ns()))
+        flush()
+        w += 1
+        try:
+            go = ctrl.get(timeout=0.02)
+        except queue.Empty:
+            if time.monotonic() > warm_end:
+                raise RuntimeError("subscribers never warmed up") from None
+    if go == "abort":
+        return ("pubdone", k, {"error": "aborted"})
+    count, rate, first = job["count"], job["rate"], job["first_seq"]
+    t_start = mono_ns()
+    if rate <= 0:
+        for seq in range(first, first + count):
+            send(make(MARK_DATA, seq, mono_ns()))
+    else:
+        interval = 1e9 / rate
+        for i in range(count):
+            target = t_start + int(i * interval)
+            now = mono_ns()
+            if target > now:
+                sleep((target - now) / 1e9)
+            send(make(MARK_DATA, first + i, mono_ns()))
+            flush()
+    flush()
+    t_end = mono_ns()
+    return ("pubdone", k, {"t_start": t_start, "t_end": t_end, "sent": count, "warm_sent": w, "welcome_s": 0.0,
+                           "replies": {}})
+
+
+def _subscribe_loop(wid: int, job: dict, results: mp.Queue, pump) -> tuple:
+    """Run ``pump(count, wait_s)`` (which delivers what arrived to ``count``) until the expected number
+    came, or nothing came for ``idle`` seconds, or the deadline."""
+    count = Counter(wid, results, job["latency"])
+    deadline = time.monotonic() + job["timeout"]
+    while count.n < job["expected"]:
+        before = count.n
+        pump(count, 0.1)
+        now = time.monotonic()
+        if now > deadline or (count.n == before and count.n and now - count.t_last / 1e9 > job["idle"]):
+            break
+    return count.done()
+
+
+class Nats:
+    server, module = "nats-server", "nats"
+
+    @staticmethod
+    def start(port: int, tmp: Path) -> list[str]:
+        return ["nats-server", "-a", "127.0.0.1", "-p", str(port)]
+
+    @staticmethod
+    def pub(k, job, ctrl, results):
+        import asyncio
+
+        import nats
+
+        loop = asyncio.new_event_loop()  # driven in steps: the publish loop itself stays synchronous
+        nc = loop.run_until_complete(nats.connect(f"nats://127.0.0.1:{job['port']}",
+                                                  pending_size=64 * 1024 * 1024))
+        pending: list[bytes] = []
+
+        async def publish_all(then_flush: bool):
+            for payload in pending:
+                await nc.publish(ROOM, payload)  # into the client's buffer; its flusher task writes
+            pending.clear()
+            if then_flush:
+                await nc.flush()
+            else:
+                await asyncio.sleep(0)
+
+        def send(payload):
+            pending.append(payload)
+            if len(pending) >= 100:  # like Redis's pipeline: the loop runs once per 100 publishes
+                loop.run_until_complete(publish_all(False))
+
+        try:
+            return _publish_loop(k, job, ctrl, results, send, lambda: loop.run_until_complete(publish_all(True)))
+        finally:
+            loop.run_until_complete(nc.close())
+            loop.close()
+
+    @staticmethod
+    def sub(wid, job, results):
+        import asyncio
+
+        import nats
+
+        async def run():
+            nc = await nats.connect(f"nats://127.0.0.1:{job['port']}")
+            inbox: list = []
+            mono_ns = time.monotonic_ns
+
+            async def on_msg(msg):
+                inbox.append((msg.data, mono_ns()))
+
+            await nc.subscribe(ROOM, cb=on_msg, pending_msgs_limit=10_000_000, pending_bytes_limit=2**31)
+            await nc.flush()
+            count = Counter(wid, results, job["latency"])
+            deadline = time.monotonic() + job["timeout"]
+            while count.n < job["expected"]:
+                before = count.n
+                await asyncio.sleep(0.01)
+                items, inbox[:] = list(inbox), []
+                for data, t in items:
+                    count(data, t)
+                now = time.monotonic()
+                if now > deadline or (count.n == before and count.n and now - count.t_last / 1e9 > job["idle"]):
+                    break
+            await nc.close()
+            return count.done()
+
+        return asyncio.run(run())
+
+
+class Redis:
+    server, module = "redis-server", "redis"
+
+    @staticmethod
+    def start(port: int, tmp: Path) -> list[str]:
+        return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--protected-mode", "no", "--dir", str(tmp), "--client-output-buffer-limit", "pubsub 0 0 0"]
+
+    @staticmethod
+    def pub(k, job, ctrl, results):
+        import redis
+
+        r = redis.Redis(host="127.0.0.1", port=job["port"])
+        pipe = r.pipeline(transaction=False)
+        queued = [0]
+
+        def send(payload):
+            pipe.publish(ROOM, payload)
+            queued[0] += 1
+            if queued[0] >= 100:  # pipelined: one round trip per 100 publishes at full speed
+                flush()
+
+        def flush():
+            if queued[0]:
+                pipe.execute()
+                queued[0] = 0
+
+        try:
+            return _publish_loop(k, job, ctrl, results, send, flush)
+        finally:
+            r.close()
+
+    @staticmethod
+    def sub(wid, job, results):
+        import redis
+
+        r = redis.Redis(host="127.0.0.1", port=job["port"])
+        ps = r.pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(ROOM)
+        mono_ns = time.monotonic_ns
+
+        def pump(count, wait):
+            msg = ps.get_message(timeout=wait)
+            while msg is not None:
+                count(msg["data"], mono_ns())
+                msg = ps.get_message(timeout=0)
+
+        try:
+            return _subscribe_loop(wid, job, results, pump)
+        finally:
+            ps.close()
+            r.close()
+
+
+class Mosquitto:
+    server, module = "mosquitto", "paho.mqtt.client"
+
+    @staticmethod
+    def start(port: int, tmp: Path) -> list[str]:
+        conf = tmp / f"mosquitto-{port}.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
+                        "max_inflight_messages 0\npersistence false\n")
+        return ["mosquitto", "-c", str(conf)]
+
+    @staticmethod
+    def _client():
+        import paho.mqtt.client as mqtt
+
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+
+    @staticmethod
+    def pub(k, job, ctrl, results):
+        client = Mosquitto._client()
+        client.max_queued_messages_set(0)
+        client.connect("127.0.0.1", job["port"])
+        client.loop_start()  # paho's own network thread sends; publish() queues
+        try:
+            return _publish_loop(k, job, ctrl, results, lambda payload: client.publish("bench", payload, qos=0),
+                                 lambda: None)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+    @staticmethod
+    def sub(wid, job, results):
+        client = Mosquitto._client()
+        inbox: list = []
+        mono_ns = time.monotonic_ns
+        client.on_message = lambda _c, _u, msg: inbox.append((msg.payload, mono_ns()))
+        client.connect("127.0.0.1", job["port"])
+        client.subscribe("bench", qos=0)
+
+        def pump(count, wait):
+            client.loop(timeout=wait)
+            items, inbox[:] = list(inbox), []
+            for data, t in items:
+                count(data, t)
+
+        try:
+            return _subscribe_loop(wid, job, results, pump)
+        finally:
+            client.disconnect()
+
+
+PEERS = {"nats": Nats, "redis": Redis, "mosquitto": Mosquitto}
+
+
+def peer_missing(system: str) -> str:
+    """Why ``system`` cannot be measured here ("" when it can)."""
+    import importlib.util
+
+    peer = PEERS[system]
+    if shutil.which(peer.server) is None:
+        return f"{peer.server} is not installed (apt-get install {peer.server})"
+    if importlib.util.find_spec(peer.module.split(".")[0]) is None:
+        package = {"nats": "nats-py", "redis": "redis", "paho.mqtt.client": "paho-mqtt"}[peer.module]
+        return f"its Python client is not installed (pip install {package})"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------------
 # the proxy baseline child: python bench.py --proxy-child IN OUT [SECRET]
 
 
@@ -375,6 +645,8 @@ class Relay:
                 argv += ["--no-persist"]
             if curve:
                 argv += ["--curve-secret", curve["server_secret_file"]]
+        elif system in PEERS:
+            argv = PEERS[system].start(self.port, tmp)
         else:
             argv = [sys.executable, os.path.abspath(__file__), "--proxy-child", self.in_ep, self.out_ep,
                     curve["server_secret_file"] if curve else "", str(lifetime)]
@@ -401,7 +673,7 @@ class Relay:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.system} exited early: {self.log.read_text()[-800:]}")
             try:
-                for port in (self.port, self.port + 1):
+                for port in (self.port,) if self.system in PEERS else (self.port, self.port + 1):
                     socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return
             except OSError:
@@ -469,11 +741,13 @@ def run_phase(pool: Pool, relay: Relay, *, phase: str, n_subs: int, n_pubs: int,
     client_curve = curve["client"] if curve else None
     per_pub = [count // n_pubs + (1 if k < count % n_pubs else 0) for k in range(n_pubs)]
     for i in range(n_subs):
-        pool.sub_jobs[i].put({"endpoint": relay.out_ep, "topic": p.room_topic(ROOM), "expected": count,
+        pool.sub_jobs[i].put({"system": relay.system, "endpoint": relay.out_ep, "port": relay.port,
+                              "topic": p.room_topic(ROOM), "expected": count,
                               "idle": idle, "latency": rate > 0, "timeout": timeout, "curve": client_curve})
     first = 0
     for k in range(n_pubs):
         pool.pub_jobs[k].put({"system": relay.system, "in_endpoint": relay.in_ep, "out_endpoint": relay.out_ep,
+                              "port": relay.port,
                               "size": size, "count": per_pub[k], "rate": rate / n_pubs if rate > 0 else 0,
                               "phase": phase, "first_seq": first, "timeout": timeout, "curve": client_curve})
         first += per_pub[k]
@@ -571,7 +845,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CURVE encryption on zmqchat and on the proxy (default: off)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="alternate the relays this many times; medians reported (default: %(default)s)")
-    ap.add_argument("--only", choices=["zmqchat", "proxy"], help="measure one relay only (no ratios)")
+    ap.add_argument("--only", choices=["zmqchat", "proxy", *PEERS], help="measure one relay only (no ratios)")
+    ap.add_argument("--peers", action="store_true",
+                    help="also NATS, Redis pub/sub and Mosquitto (QoS 0), started here on loopback; a peer whose "
+                         "server or Python client is missing is skipped with a line saying so")
     ap.add_argument("--skip-latency", action="store_true", help="full-speed phase only")
     ap.add_argument("--skip-throughput", action="store_true", help="latency phase only")
     ap.add_argument("--profile", metavar="DIR", help="run the zmqchat server under cProfile, write DIR/server.prof")
@@ -608,6 +885,15 @@ def main(argv: list[str] | None = None) -> int:
     t_begin = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="zmqchat-bench-"))
     systems = [args.only] if args.only else ["zmqchat", "proxy"]
+    if args.peers and not args.only:
+        for peer in PEERS:
+            why = peer_missing(peer)
+            if why:
+                say(f"[{peer}] skipped: {why}")
+            else:
+                systems.append(peer)
+    if args.curve:
+        systems = [s for s in systems if s not in PEERS]  # the peers run without encryption here
     curve = make_curve(tmp) if args.curve else None
     life_end = time.time() + args.max_seconds + 30
     n_sub_workers = max(args.subs if not args.skip_throughput else 0,
@@ -706,7 +992,7 @@ def summarise(args, results, systems) -> dict:
 
 
 def print_table(summary: dict, args) -> None:
-    systems = [s for s in ("zmqchat", "proxy") if s in summary]
+    systems = [s for s in ("zmqchat", "proxy", *PEERS) if s in summary]
     m = summary["machine"]
     print()
     print(f"machine: {m['nproc']} x {m['cpu']}; Python {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}; "
@@ -726,7 +1012,7 @@ def print_table(summary: dict, args) -> None:
         ("max latency ms", "max_ms", "{:.3f}"),
         ("lost (full speed / paced)", None, None),
     ]
-    header = f"{'':44}" + "".join(f"{s:>14}" for s in systems) + (f"{'ratio':>10}" if len(systems) == 2 else "")
+    header = f"{'':44}" + "".join(f"{s:>14}" for s in systems) + (f"{'z/proxy':>10}" if systems[:2] == ["zmqchat", "proxy"] else "")
     print(header)
     for label, key, fmt in rows:
         line = f"{label:44}"
@@ -741,7 +1027,7 @@ def print_table(summary: dict, args) -> None:
             continue
         for v in vals:
             line += f"{fmt.format(v) if v is not None else '-':>14}"
-        if len(systems) == 2 and vals[0] and vals[1]:
+        if systems[:2] == ["zmqchat", "proxy"] and vals[0] and vals[1]:
             line += f"{vals[0] / vals[1]:>10.2f}"
         print(line)
     for s in systems:
