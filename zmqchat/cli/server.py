@@ -22,6 +22,15 @@ log = logging.getLogger("zmqchat.server")
 DEFAULTS = ServerConfig()  # the rules' defaults are written once, in the config; the flags show them
 
 
+def host_port(text: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 host in brackets) as (host, port); a clear error otherwise."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ZmqchatError(f"{flag} wants HOST:PORT, e.g. 127.0.0.1:9464 (got {text!r})")
+    return host, int(port)
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "zmqchat"
@@ -54,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only who first set a room's topic (by name, or by key under CURVE) may change it")
     chat.add_argument("--presence-limit", type=int, default=DEFAULTS.presence_limit,
                       help="rooms with more members than this do not announce joins and leaves (default: %(default)s)")
+    parser.add_argument("--metrics", metavar="HOST:PORT",
+                        help="serve Prometheus metrics on HOST:PORT (default: off); see docs/operations.md")
     hist = parser.add_argument_group("history")
     hist.add_argument("--history", type=int, default=RETENTION,
                       help="messages kept per room, on disk (default: %(default)s)")
@@ -149,7 +160,8 @@ def serve(args: argparse.Namespace) -> int:
                           trusted=frozenset(a.strip() for a in args.trusted.split(",") if a.strip()))
     server = Server(config, store, in_ep, out_ep, max_message_bytes=args.max_message_bytes,
                     curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=pub_hwm,
-                    sndbuf=args.sndbuf, handshake_rate=args.handshake_rate)
+                    sndbuf=args.sndbuf, handshake_rate=args.handshake_rate,
+                    metrics=host_port(args.metrics, "--metrics") if args.metrics else None)
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     if hasattr(signal, "SIGHUP"):
@@ -170,6 +182,8 @@ def serve(args: argparse.Namespace) -> int:
             log.warning("--backlog %d is more than one history reply holds (%d, a quarter of the PUB queue): "
                         "joiners see the newest %d; raise --subscriber-bytes or --pub-hwm", args.backlog,
                         config.max_history_reply, config.max_history_reply)
+        if server.metrics is not None:
+            log.info("metrics: http://%s:%d/metrics", server.metrics_at[0], server.metrics.port)
         if server.curve is None:
             log.info("security: none (plaintext; anyone who can reach the ports can chat)")
         elif server.authorized_keys is None:

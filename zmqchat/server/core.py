@@ -192,6 +192,7 @@ class ServerCore:
         self.internal_errors = LogLimiter(clock, traceback_once=True)
         self.db_errors = LogLimiter(clock, burst=1)
         self._failing_since: float | None = None
+        self.last_commit: float | None = None  # seconds the last batch took to submit (read by the metrics)
         self.stats = dict.fromkeys(
             ("received", "published", "messages", "rejected", "refused", "throttled", "duplicates",
              "resend_requests", "foreign", "recoveries", "recovered", "timeouts", "auth_failures", "errors",
@@ -447,8 +448,10 @@ class ServerCore:
         seen). While the store refuses batches only heartbeats go out; after COMMIT_GIVE_UP seconds of
         that, StoreError ends the server."""
         beats, self._beats = self._beats, []
+        started = self.clock()
         try:
-            self.sequencer.submit()
+            if self.sequencer.submit():
+                self.last_commit = self.clock() - started
         except StoreError as exc:
             now = self.clock()
             if self._failing_since is None:
@@ -475,6 +478,11 @@ class ServerCore:
             out += self._held.popleft()[1]
         self.stats["published"] += len(out)
         return out
+
+    def take_commit_time(self) -> float | None:
+        """Seconds the last batch took to submit, once (None if no batch was written since)."""
+        took, self.last_commit = self.last_commit, None
+        return took
 
     def shutdown(self, message: str = "server shutting down") -> list[list[bytes]]:
         self._publish(p.ALL_TOPIC, p.Shutdown(message=message))

@@ -54,8 +54,10 @@ class Server:
     def __init__(self, config: ServerConfig, store: Store, in_endpoint: str, out_endpoint: str, *,
                  max_message_bytes: int, curve_secret: str | Path | None = None,
                  authorized_keys: str | Path | None = None, pub_hwm: int | None = None, sndbuf: int = PUB_SNDBUF,
-                 handshake_rate: float = HANDSHAKE_RATE) -> None:
+                 handshake_rate: float = HANDSHAKE_RATE, metrics: tuple[str, int] | None = None) -> None:
         self.config = config
+        self.metrics_at = metrics  # (host, port) to serve Prometheus metrics on, or None
+        self.metrics = None
         self.store = store
         self.core: ServerCore | None = None  # made by run(), once the store is loaded
         pub_hwm = pub_hwm or subscriber_queue(SUBSCRIBER_BYTES, max_message_bytes)
@@ -94,8 +96,14 @@ class Server:
         (before binding) if the store cannot be used."""
         try:
             self.core = ServerCore(self.config, self.store)
+            if self.metrics_at is not None:
+                from .metrics import Metrics  # prometheus_client: imported only when asked for
+
+                self.metrics = Metrics(self.core.snapshot, *self.metrics_at)
             self._run_sockets(self.core, on_ready)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             self.store.close()
 
     def _run_sockets(self, core: ServerCore, on_ready: Callable[[], None] | None) -> None:
@@ -220,8 +228,11 @@ class Server:
                     except Exception as exc:  # noqa: BLE001 (receive() catches its own; this is the loop's)
                         core.internal_error(exc)
             core.tick()
-            for frames in core.flush():
+            out = core.flush()
+            for frames in out:
                 _send_frames(pub, frames)
+            if self.metrics is not None:
+                self.metrics.observe(core.take_commit_time(), len(out))
 
     def _on_monitor(self, monitor: zmq.Socket) -> None:
         from zmq.utils.monitor import recv_monitor_message

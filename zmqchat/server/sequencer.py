@@ -91,16 +91,18 @@ class Sequencer:
         row = self._topics.get(room)
         return row if row is not None and (row[1] or cleared) else None
 
-    def submit(self) -> None:
-        """Hand the open batch to the store, if it holds anything. Raises StoreError if the store refused
-        it: then the batch stays open, and the next submit hands it over again with what came meanwhile."""
+    def submit(self) -> bool:
+        """Hand the open batch to the store, if it holds anything (True then). Raises StoreError if the store
+        refused it: then the batch stays open, and the next submit hands it over again with what came
+        meanwhile."""
         batch = self._batch
         if not batch:
-            return
+            return False
         self.store.submit(batch)
         self._number = batch.number
         self._unsettled.append((batch.number, self._batch_tops))
         self._batch, self._batch_tops = Batch(batch.number + 1), {}
+        return True
 
     def waiting_for(self) -> int:
         """The batch that holds everything appended so far: what is published after it must wait for it."""
