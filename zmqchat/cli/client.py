@@ -1,8 +1,10 @@
 """``zmqchat-client --name alice``: chat from a terminal or a pipe.
 
-On a terminal this is an interactive client (zmqchat.cli.lineui, prompt_toolkit); with pipes (or ``--plain``) a line-mode
-client whose one loop polls the SUB socket and stdin together; ``--json`` prints one JSON object per
-event. At end of input the client waits until the server has echoed every line it sent.
+On a terminal this is the full-screen client (zmqchat.tui, Textual) unless ``--ui`` (or ``ZMQCHAT_UI``) says
+``line`` (zmqchat.cli.lineui, a prompt_toolkit prompt) or ``plain``; ``--line`` and ``--plain`` are short
+forms. With pipes (or ``--ui plain``) it is a line-mode client whose one loop polls the SUB socket and stdin
+together; ``--json`` prints one JSON object per event. At end of input the client waits until the server
+has echoed every line it sent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..client.commands import Error, Help, Quit, Reply, run_line
 from ..client.display import event_line
 from ..client.sync import Client
 from ..errors import ZmqchatError
-from .common import add_connection_flags, apply_env_defaults, client_kwargs, run_main
+from .common import TRUE_WORDS, add_connection_flags, apply_env_defaults, client_kwargs, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,18 +34,53 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to wait, at end of input, for the server to confirm every message "
                         "(default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print every event as one JSON object per line")
-    parser.add_argument("--plain", action="store_true", help="line mode even on a terminal")
+    ui = parser.add_argument_group("interface")
+    ui.add_argument("--ui", choices=UIS, default=None,
+                    help="full: the full-screen client; line: a prompt with the chat printed above it; plain: "
+                    "line mode, as with pipes (default: full on a terminal; pipes and --json are always plain)")
+    ui.add_argument("--line", dest="ui", action="store_const", const="line", help="short for --ui line")
+    ui.add_argument("--plain", dest="ui", action="store_const", const="plain", help="short for --ui plain")
     apply_env_defaults(parser)
     return parser
 
 
+UIS = ("full", "line", "plain")
+
+
+def chosen_ui(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None,
+              environ: dict[str, str] | None = None) -> str:
+    """The interface asked for: the command line, else ZMQCHAT_UI (or ZMQCHAT_PLAIN / ZMQCHAT_LINE set to a
+    true word), else full."""
+    environ = os.environ if environ is None else environ
+    ui = args.ui
+    if ui is None:
+        for short in ("plain", "line"):
+            if environ.get(f"ZMQCHAT_{short.upper()}", "").strip().lower() in TRUE_WORDS:
+                ui = short
+                break
+    ui = (ui or "full").strip().lower()
+    if ui not in UIS:
+        message = f"ZMQCHAT_UI={ui!r} is not one of {', '.join(UIS)}"
+        if parser is not None:
+            parser.error(message)
+        raise ZmqchatError(message)
+    return ui
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.ui = chosen_ui(args, parser)
     return run_main(lambda: chat(args))
 
 
 def chat(args: argparse.Namespace) -> int:
-    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not (args.plain or args.json)
+    ui = getattr(args, "ui", None) or "full"
+    interactive = sys.stdin.isatty() and sys.stdout.isatty() and not args.json and ui != "plain"
+    if interactive and ui == "full":
+        full = _full_screen()
+        if full is not None:
+            return full(args.name, [p.normalise_room(args.room)], client_kwargs(args))
     client = Client(args.name, rooms=[p.normalise_room(args.room)], connect=False, **client_kwargs(args))
     try:
         client.connect()
@@ -56,6 +93,16 @@ def chat(args: argparse.Namespace) -> int:
         return run_line_ui(client)
     show = _json_printer if args.json else _text_printer
     return LineLoop(client, show, args.drain_timeout, json_mode=args.json).run()
+
+
+def _full_screen():
+    """The full-screen client's entry point, or None (with a warning) when Textual cannot be imported."""
+    try:
+        from ..tui.app import run
+    except ImportError as exc:
+        print(f"-- the full-screen client needs textual ({exc}); using the line UI (--ui line)", file=sys.stderr)
+        return None
+    return run
 
 
 def _text_printer(event: ev.Event) -> None:

@@ -370,6 +370,17 @@ class AsyncClient:
         if answer is not None:
             outcome.set_result(answer)
 
+    @property
+    def checks(self) -> Client:
+        """The argument checks, synchronously: a never-started sync ``Client`` on this client's session, whose
+        actions (say, join, who, ...) check their arguments, raise ZmqchatError, and queue into the session
+        without sending. Follow them with ``send_queued()``. For synchronous front-end code (commands)."""
+        return self._checks
+
+    def send_queued(self) -> None:
+        """Send what the session has queued (after ``checks``' actions); at once, never blocking."""
+        self._flush()
+
     def _flush(self) -> None:
         session = self.session
         if session.subscriptions and self._sub is not None:
