@@ -445,7 +445,8 @@ class Nats:
             while count.n < job["expected"]:
                 before = count.n
                 await asyncio.sleep(0.01)
-                items, inbox[:] = list(inbox), []
+                items = inbox[:]
+                del inbox[:len(items)]
                 for data, t in items:
                     count(data, t)
                 now = time.monotonic()
@@ -548,16 +549,19 @@ class Mosquitto:
         client.on_message = lambda _c, _u, msg: inbox.append((msg.payload, mono_ns()))
         client.connect("127.0.0.1", job["port"])
         client.subscribe("bench", qos=0)
+        client.loop_start()  # paho's network thread reads (one loop() call reads one packet: a backlog)
 
         def pump(count, wait):
-            client.loop(timeout=wait)
-            items, inbox[:] = list(inbox), []
+            time.sleep(min(wait, 0.01))
+            items = inbox[:]
+            del inbox[:len(items)]
             for data, t in items:
                 count(data, t)
 
         try:
             return _subscribe_loop(wid, job, results, pump)
         finally:
+            client.loop_stop()
             client.disconnect()
 
 
