@@ -1,0 +1,274 @@
+"""One PUSH and one SUB for many client sessions: the gateway's side of the server.
+
+Each browser's zmqchat session is a ``ClientSession`` like any other client's: every rule (handshake,
+order, gap fills, resends) is the session's. What differs is the I/O. A socket pair per session would not
+scale (libzmq allows 1,023 sockets per context, and every broadcast would be decoded once per browser),
+so all the sessions of a gateway share the hub's PUSH and SUB:
+
+- the hub subscribes the union of its sessions' topics, counting references: the SUB subscribes a topic
+  when the first session asks for it and unsubscribes it when the last one lets go;
+- each publication is decoded once and the message handed to every session subscribed to its topic.
+  Topics end in NUL (``protocol.TOPIC_END``), so a session's subscription matches a publication's topic
+  exactly when the two are equal: routing is one dict lookup;
+- one timer runs every session's ``tick`` (hellos, heartbeats, resends);
+- what the sessions queue (frames, subscriptions, events) is moved after every round, and events go to
+  the session's ``Member`` (the gateway's per-name object), which renders them for its browsers.
+
+The sockets are ``client.sync.open_sockets``'s, so they are set up as every other client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Protocol
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
+
+from .. import events as ev
+from .. import protocol as p
+from ..client.session import LOST_AFTER_MISSES, ClientSession
+from ..client.sync import handshake_problem, open_sockets
+
+log = logging.getLogger("zmqchat.web")
+
+HUB_TICK = 0.1  # seconds between runs of every session's timers (the sessions' own resolution is coarser)
+HUB_RCVHWM = 200_000  # publications the shared SUB may hold: it carries every browser's traffic
+RECV_BATCH = 2000  # publications read per round before the timers run and the event loop gets a turn
+FLUSH_ROUNDS = 8  # a member that answers events with more requests is flushed again, this many times at most
+HEARD_WITHIN = 1.0 * LOST_AFTER_MISSES  # seconds: the server counts as reachable if heard from this recently
+
+
+class Member(Protocol):
+    """What the hub needs of whoever owns a session: the session, and a place for its events."""
+
+    session: ClientSession
+
+    def deliver(self, events: list[ev.Event]) -> None: ...
+
+
+def deliver(session: ClientSession, msg: p.Message) -> None:
+    """``session.receive(frames)`` for a message already decoded: what follows the decode in ``receive``.
+
+    ``ClientSession`` has no public entry for a decoded message, so this repeats the three lines of
+    ``receive`` that come after ``decode_server`` and uses its handler table. The clean seam is a public
+    ``ClientSession.receive_message(msg)`` that ``receive`` calls after decoding (see docs/web.md)."""
+    session._last_heard = session.clock()
+    if session.state == "lost" and not isinstance(msg, (p.Welcome, p.ErrorReply)):
+        return  # the server is back but does not know us yet: the hello goes out from tick()
+    handler = session._handlers.get(type(msg))
+    if handler is not None:
+        handler(msg)
+
+
+class Hub:
+    """Many ``ClientSession``s over one PUSH and one SUB. Use it from the event loop that started it."""
+
+    def __init__(self, in_endpoint: str, out_endpoint: str, *, curve: tuple[bytes, bytes, bytes] | None = None,
+                 context: zmq.asyncio.Context | None = None, rcvhwm: int = HUB_RCVHWM, tick: float = HUB_TICK) -> None:
+        self.in_endpoint, self.out_endpoint = in_endpoint, out_endpoint
+        self.curve = curve
+        self._own_context = context is None
+        self.context = context or zmq.asyncio.Context()
+        self.rcvhwm = rcvhwm
+        self.tick_interval = tick
+        self.members: dict[Member, None] = {}  # in the order added
+        self._routes: dict[bytes, dict[Member, int]] = {}  # topic -> member -> its subscriptions to it
+        self._topics: dict[Member, Counter[bytes]] = {}  # member -> topic -> count (to let go on removal)
+        self._push: zmq.asyncio.Socket | None = None
+        self._sub: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.handshake_problem = ""
+        self.last_heard = float("-inf")  # loop time of the newest publication from the server
+        self.bad_frames = 0  # publications that did not decode (counted once, not per session)
+        self.received = 0  # publications read
+        self.delivered = 0  # (publication, session) hand-overs
+
+    # -- life
+
+    async def start(self) -> None:
+        """Open the sockets, subscribe to the broadcast topic (heartbeats tell whether the server is
+        reachable) and start the pump."""
+        if self._push is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._push, self._sub, self._monitor = open_sockets(self.context, self.in_endpoint, self.out_endpoint,
+                                                            self.rcvhwm, self.curve)
+        self._sub.setsockopt(zmq.SUBSCRIBE, p.ALL_TOPIC)  # the hub's own: never counted, never dropped
+        self._task = self._loop.create_task(self._pump(), name="zmqchat-web hub")
+
+    async def close(self, linger: float = 1.0) -> None:
+        """Say goodbye for every session still open (waiting up to ``linger`` seconds for the server to
+        confirm), then stop the pump and close the sockets."""
+        if self._push is None:
+            return
+        loop = asyncio.get_running_loop()
+        open_ones = [m for m in self.members if m.session.state in ("connected", "closing", "lost")]
+        for member in open_ones:
+            if member.session.state != "closing":
+                member.session.bye()
+            self.flush(member)
+        deadline = loop.time() + linger
+        while loop.time() < deadline and any(m.session.state not in ("closed", "lost") for m in open_ones):
+            await asyncio.sleep(0.02)  # the pump runs meanwhile: this only waits for its goodbyes
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        if self._sub is not None:
+            self._sub.disable_monitor()
+        for sock in (self._monitor, self._push, self._sub):
+            if sock is not None:
+                sock.close(linger=0 if sock is self._monitor else 200)
+        self._push = self._sub = self._monitor = None
+        if self._own_context:
+            await asyncio.to_thread(self.context.term)
+
+    @property
+    def reachable(self) -> bool:
+        """Whether the server was heard from lately (its heartbeats reach us on the broadcast topic)."""
+        return self._loop is not None and self._loop.time() - self.last_heard <= HEARD_WITHIN
+
+    # -- members
+
+    def add(self, member: Member) -> None:
+        """Start ``member``'s session on the shared sockets (subscriptions first, then its hello)."""
+        self.members[member] = None
+        self._topics[member] = Counter()
+        member.session.start()
+        self.flush(member)
+
+    def remove(self, member: Member) -> None:
+        """Forget ``member``: its subscriptions are let go (the SUB keeps those others still hold)."""
+        if self.members.pop(member, None) is None and member not in self._topics:
+            return
+        for topic, count in self._topics.pop(member, Counter()).items():
+            for _ in range(count):
+                self._unsubscribe(member, topic)
+
+    def flush(self, member: Member) -> None:
+        """Move what ``member``'s session queued: subscriptions to the SUB, frames to the PUSH, events to
+        the member. Call after every action on the session."""
+        session = member.session
+        for _ in range(FLUSH_ROUNDS):
+            if session.subscriptions:
+                if member in self._topics:
+                    for subscribe, topic in session.subscriptions:
+                        if subscribe:
+                            self._subscribe(member, topic)
+                        else:
+                            self._unsubscribe(member, topic)
+                session.subscriptions.clear()
+            if session.outgoing:
+                if self._push is not None and member in self._topics:
+                    for frames in session.outgoing:
+                        problem = self._push.send_multipart(frames, zmq.NOBLOCK).exception()
+                        if problem is not None and not isinstance(problem, zmq.Again):
+                            raise problem
+                        # Again: no server right now; hellos repeat and unacknowledged messages are resent
+                session.outgoing.clear()
+            if not session.events:
+                return
+            found, session.events = session.events, []
+            member.deliver(found)
+
+    def _subscribe(self, member: Member, topic: bytes) -> None:
+        holders = self._routes.setdefault(topic, {})
+        if not holders and self._sub is not None and topic != p.ALL_TOPIC:
+            self._sub.setsockopt(zmq.SUBSCRIBE, topic)
+        holders[member] = holders.get(member, 0) + 1
+        self._topics[member][topic] += 1
+
+    def _unsubscribe(self, member: Member, topic: bytes) -> None:
+        holders = self._routes.get(topic)
+        if not holders or member not in holders:
+            return
+        holders[member] -= 1
+        if holders[member] <= 0:
+            del holders[member]
+        counts = self._topics.get(member)
+        if counts is not None and counts[topic] > 0:
+            counts[topic] -= 1
+            if not counts[topic]:
+                del counts[topic]
+        if not holders:
+            del self._routes[topic]
+            if self._sub is not None and topic != p.ALL_TOPIC:
+                self._sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    def subscribed(self) -> dict[bytes, int]:
+        """Topic -> how many sessions hold it (for tests and /healthz)."""
+        return {topic: len(holders) for topic, holders in self._routes.items()}
+
+    # -- the pump: the only reader of the sockets
+
+    async def _pump(self) -> None:
+        assert self._sub is not None and self._monitor is not None and self._loop is not None
+        poller = zmq.asyncio.Poller()
+        poller.register(self._sub, zmq.POLLIN)  # POLLIN only: the default includes POLLOUT
+        poller.register(self._monitor, zmq.POLLIN)
+        loop = self._loop
+        next_tick = loop.time()
+        while True:
+            wait = max(0.0, next_tick - loop.time())
+            try:
+                ready = dict(await poller.poll(int(wait * 1000) + 1))
+                touched: dict[Member, None] = {}
+                if self._sub in ready:
+                    await self._read(touched)
+                if self._monitor in ready:
+                    await self._on_monitor()
+                if loop.time() >= next_tick:
+                    next_tick = loop.time() + self.tick_interval
+                    for member in list(self.members):
+                        member.session.tick()
+                        touched[member] = None
+                for member in touched:
+                    if member in self.members:
+                        self.flush(member)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("zmqchat-web: error in the hub's round (continuing)")
+
+    async def _read(self, touched: dict[Member, None]) -> None:
+        sub = self._sub
+        assert sub is not None
+        for _ in range(RECV_BATCH):
+            try:
+                frames = await sub.recv_multipart(zmq.NOBLOCK)  # resolves at once: the round stays whole
+            except zmq.Again:
+                return
+            self.received += 1
+            self.last_heard = self._loop.time() if self._loop is not None else 0.0
+            self._route(frames, touched)
+
+    def _route(self, frames: list[bytes], touched: dict[Member, None]) -> None:
+        """Decode one publication once and hand it to each session subscribed to its topic."""
+        holders = self._routes.get(frames[0]) if frames else None
+        if not holders:
+            return  # the hub's own heartbeat subscription, with no session listening
+        try:
+            _topic, msg = p.decode_server(frames)
+        except p.ProtocolError:
+            self.bad_frames += 1
+            return
+        for member in list(holders):
+            deliver(member.session, msg)
+            touched[member] = None
+        self.delivered += len(holders)
+
+    async def _on_monitor(self) -> None:
+        assert self._monitor is not None
+        while True:
+            try:
+                event = await recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handshake_problem = handshake_problem(event["event"], self.curve is not None, self.handshake_problem)
+
