@@ -6,7 +6,7 @@ resident memory, and the cost per browser. A benchmark, not a test.
     python scripts/webload.py                    # 1,000 browsers, 5 broadcasts
     python scripts/webload.py --clients 200 --workers 2 --broadcasts 10
 
-It starts its own zmqchat server and gateway (``python -m zmqchat.web``) on free loopback ports and stops
+It starts its own zmqchat server and gateway (``zmqchat-web``) on free loopback ports and stops
 them by pid at the end. Every browser logs in (``--auth open``), connects, sends ``resume`` and waits for
 ``synced``; then the terminal client says ``webload <n> <monotonic time>`` once a second; each browser notes
 when it got each one (CLOCK_MONOTONIC is system-wide on Linux, so the workers' clocks agree with ours).
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         server = spawn([sys.executable, "-m", "zmqchat.cli.server", "--port", str(port), "--data-dir", data,
                         "--stats-interval", "0", "--pub-hwm", "200000", "--work-rate", "0"])
         _wait_line(server, "listening")
-        gateway = spawn([sys.executable, "-m", "zmqchat.web", "--port", str(port), "--http-port", str(http_port),
+        gateway = spawn([sys.executable, "-m", "zmqchat.cli.web", "--port", str(port), "--http-port", str(http_port),
                          "--claim-rate", "0", "--log-level", "warning"])
         _wait_line(gateway, "serving")
         _say(f"server on port {port}, gateway at {url}")

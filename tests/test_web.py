@@ -22,9 +22,9 @@ from aiohttp.test_utils import TestServer
 from conftest import WAIT, Proc
 
 from zmqchat import protocol as p
+from zmqchat.cli import web as web_cli
 from zmqchat.client.sync import Client
 from zmqchat.endpoints import endpoints
-from zmqchat.web import cli as web_cli
 from zmqchat.web import users as u
 from zmqchat.web import wire
 from zmqchat.web.gateway import (
@@ -665,12 +665,11 @@ def test_the_flags_match_the_other_commands():
                                         "ZMQCHAT_TRUSTED_PROXY": "10.0.0.1,10.0.0.2"})
     args = parser.parse_args([])
     assert (args.http_port, args.auth, args.trusted_proxy) == (9999, "users", ["10.0.0.1", "10.0.0.2"])
-    assert web_cli.TRUE_WORDS == common.TRUE_WORDS
 
 
 def test_the_command_line_serves_and_warns_on_open_auth_beyond_loopback(chat, tmp_path):
     chat.server()
-    proc = Proc([sys.executable, "-m", "zmqchat.web", "--http-port", "0", "--port", str(chat.port)], stdin=False)
+    proc = Proc([sys.executable, "-m", "zmqchat.cli.web", "--http-port", "0", "--port", str(chat.port)], stdin=False)
     chat.procs.append(proc)
     line = proc.expect(r"serving http://127\.0\.0\.1:\d+", stream="err")
     assert "WARNING" not in "".join(proc.lines["err"])
@@ -689,10 +688,10 @@ def test_the_command_line_serves_and_warns_on_open_auth_beyond_loopback(chat, tm
     assert status == 200 and body["ok"] is True
     proc.stop()
     assert proc.popen.returncode == 0
-    out = subprocess.run([sys.executable, "-m", "zmqchat.web", "--http-host", "0.0.0.0", "--auth", "users"],
+    out = subprocess.run([sys.executable, "-m", "zmqchat.cli.web", "--http-host", "0.0.0.0", "--auth", "users"],
                          capture_output=True, text=True, timeout=WAIT, check=False)
     assert out.returncode == 1 and "--auth users needs --users FILE" in out.stderr
-    warn = Proc([sys.executable, "-m", "zmqchat.web", "--http-host", "0.0.0.0", "--http-port", "0", "--port",
+    warn = Proc([sys.executable, "-m", "zmqchat.cli.web", "--http-host", "0.0.0.0", "--http-port", "0", "--port",
                  str(chat.port)], stdin=False)
     chat.procs.append(warn)
     warn.expect("WARNING: --auth open on 0.0.0.0", stream="err")

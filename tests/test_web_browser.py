@@ -78,7 +78,7 @@ class Web:
         self.proc: Proc | None = None
 
     def start(self) -> Web:
-        self.proc = Proc([sys.executable, "-m", "zmqchat.web", "--http-port", str(self.http_port), "--port",
+        self.proc = Proc([sys.executable, "-m", "zmqchat.cli.web", "--http-port", str(self.http_port), "--port",
                           str(self.chat.port), "--linger", "5", "--claim-rate", "0", *self.extra], stdin=False)
         self.chat.procs.append(self.proc)
         self.proc.expect("serving http", stream="err")

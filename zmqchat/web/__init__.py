@@ -1,4 +1,4 @@
-"""zmqchat in a browser: an aiohttp gateway and a static page (``python -m zmqchat.web``).
+"""zmqchat in a browser: an aiohttp gateway and a static page (``zmqchat-web``).
 
 - ``hub``: many client sessions over one PUSH and one SUB (a publication decoded once, fanned out);
 - ``person``: one name's session and the browser tabs that show it (resume, exactly-once sending);

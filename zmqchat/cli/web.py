@@ -1,14 +1,10 @@
-"""``zmqchat-web`` (for now ``python -m zmqchat.web``): serve the chat page, or manage its users file.
+"""``zmqchat-web``: serve the chat page (``zmqchat.web``), or manage its users file.
 
-    python -m zmqchat.web [--http-port 8080] [--auth open|users --users FILE] [connection flags]
-    python -m zmqchat.web adduser|passwd|deluser NAME --users FILE
+    zmqchat-web [--http-port 8080] [--auth open|users --users FILE] [connection flags]
+    zmqchat-web adduser|passwd|deluser NAME --users FILE
 
-Every flag also reads ``ZMQCHAT_<FLAG>`` (``ZMQCHAT_HTTP_PORT=8081``, ``ZMQCHAT_AUTH=users``, ...).
-
-The connection flags and the environment defaults are those of ``zmqchat.cli.common``; they are repeated
-here because nothing outside ``zmqchat/cli/`` may import it (tests/test_layout.py), and
-tests/test_web.py checks that both stay the same. Moving this module's ``main`` into ``zmqchat/cli/web.py``
-would let it use ``cli.common`` directly.
+Every flag also reads ``ZMQCHAT_<FLAG>`` (``ZMQCHAT_HTTP_PORT=8081``, ``ZMQCHAT_AUTH=users``, ...). The
+connection flags and the environment defaults are the client's (``cli.common``).
 """
 
 from __future__ import annotations
@@ -25,61 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..client.sync import _load_curve
-from ..endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
+from ..endpoints import endpoints
 from ..errors import ZmqchatError
-from . import users as u
-from .gateway import CLAIM_RATE, LINGER, Config, serve
+from ..web import users as u
+from ..web.gateway import CLAIM_RATE, LINGER, Config, serve
+from .common import add_connection_flags, apply_env_defaults
 
-TRUE_WORDS = {"1", "true", "yes", "on"}  # as zmqchat.cli.common.TRUE_WORDS
 USER_COMMANDS = ("adduser", "passwd", "deluser")
 DEFAULT_HTTP_PORT = 8080
-
-
-def env_name(dest: str) -> str:
-    return "ZMQCHAT_" + dest.upper()
-
-
-def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str] | None = None) -> None:
-    """Let ``ZMQCHAT_<FLAG>`` set the default of every ``--flag`` (as ``zmqchat.cli.common``'s)."""
-    environ = os.environ if environ is None else environ
-    for action in parser._actions:
-        if not action.option_strings or action.dest in ("help", "version"):
-            continue
-        raw = environ.get(env_name(action.dest))
-        if raw is None:
-            continue
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            value: object = (raw.strip().lower() in TRUE_WORDS) == isinstance(action, argparse._StoreTrueAction)
-        elif isinstance(action, argparse._AppendAction):  # a repeatable flag: comma-separated values
-            convert = action.type or str
-            try:
-                value = [convert(item.strip()) for item in raw.split(",") if item.strip()]
-            except (TypeError, ValueError):
-                parser.error(f"{env_name(action.dest)}={raw!r} is not a valid list of {action.dest}")
-        elif action.type is not None:
-            try:
-                value = action.type(raw)
-            except (TypeError, ValueError):
-                parser.error(f"{env_name(action.dest)}={raw!r} is not a valid {action.dest}")
-        else:
-            value = raw
-        action.default = value
-        if action.help and action.help is not argparse.SUPPRESS:
-            action.help += f" [from {env_name(action.dest)}]"
-
-
-def add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    """--host/--port/endpoints/keys, as ``zmqchat.cli.common.add_connection_flags`` (the gateway's key)."""
-    group = parser.add_argument_group("connection to the zmqchat server")
-    group.add_argument("--host", default=DEFAULT_HOST, help="server address (default: %(default)s)")
-    group.add_argument("--port", type=int, default=DEFAULT_PORT,
-                       help="server's PULL port; its PUB is port+1 (default: %(default)s)")
-    group.add_argument("--in-endpoint", help="full endpoint of the server's PULL, e.g. ipc:///tmp/chat-in")
-    group.add_argument("--out-endpoint", help="full endpoint of the server's PUB, e.g. ipc:///tmp/chat-out")
-    group.add_argument("--curve-secret", help="the gateway's CURVE secret key file (NAME.key_secret)")
-    group.add_argument("--server-key", help="the server's CURVE public key file (NAME.key)")
-    group.add_argument("--connect-timeout", type=float, default=5.0,
-                       help="seconds to wait for the server's welcome (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,3 +171,7 @@ def run_gateway(args: argparse.Namespace) -> int:
 
     asyncio.run(serve(config, ready))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
