@@ -271,40 +271,10 @@ def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
                         elif isinstance(msg, p.ErrorReply):
                             raise RuntimeError(f"server refused hello: {msg.code} {msg.message}")  # noqa: TRY004
             welcome_after = time.monotonic() - start
-        make = _fast_maker(FrameMaker(system, job["size"], session, name))
-        send = push.send_multipart
-        mono_ns = time.monotonic_ns
-        # warm up until the orchestrator has heard from every subscriber
-        results.put(("pubready", k))
-        w = 0
-        go = None
-        warm_end = time.monotonic() + job["timeout"]
-        while go is None:
-            send(make(MARK_WARM, w, mono_ns()))
-            w += 1
-            try:
-                go = ctrl.get(timeout=0.02)
-            except queue.Empty:
-                if time.monotonic() > warm_end:
-                    raise RuntimeError("subscribers never warmed up") from None
-        if go == "abort":
-            return ("pubdone", k, {"error": "aborted"})
-        count, rate = job["count"], job["rate"]
-        first = job["first_seq"]
-        t_start = mono_ns()
-        if rate <= 0:
-            for seq in range(first, first + count):
-                send(make(MARK_DATA, seq, mono_ns()))
-        else:
-            interval = 1e9 / rate
-            sleep = time.sleep
-            for i in range(count):
-                target = t_start + int(i * interval)
-                now = mono_ns()
-                if target > now:
-                    sleep((target - now) / 1e9)
-                send(make(MARK_DATA, first + i, mono_ns()))
-        t_end = mono_ns()
+        done = _publish_loop(k, job, ctrl, results, _fast_maker(FrameMaker(system, job["size"], session, name)),
+                             push.send_multipart, lambda: None)
+        if "error" in done[2]:
+            return done
         errors: dict[str, int] = {}
         if replies is not None:  # what the server said to this session: refusals, duplicate acks
             end = time.monotonic() + 0.2
@@ -315,8 +285,7 @@ def _run_pub(ctx, k: int, job: dict, ctrl: mp.Queue, results: mp.Queue):
                 kind = msg.code if isinstance(msg, p.ErrorReply) else msg.KIND.decode()
                 if isinstance(msg, (p.ErrorReply, p.Ack)):
                     errors[kind] = errors.get(kind, 0) + 1
-        return ("pubdone", k, {"t_start": t_start, "t_end": t_end, "sent": count, "warm_sent": w,
-                               "welcome_s": welcome_after, "replies": errors})
+        return ("pubdone", k, {**done[2], "welcome_s": welcome_after, "replies": errors})
     finally:
         for sock in socks:
             sock.close()
@@ -333,10 +302,10 @@ def _payload_maker(job: dict, k: int):
     return lambda marker, seq, ts: make(marker, seq, ts)[3]
 
 
-def _publish_loop(k: int, job: dict, ctrl: mp.Queue, results: mp.Queue, send, flush, sleep=time.sleep):
+def _publish_loop(k: int, job: dict, ctrl: mp.Queue, results: mp.Queue, make, send, flush, sleep=time.sleep):
     """Warm up until told to go, then ``count`` messages at full speed or paced (sleeping, never spinning:
-    a spinning publisher starves a client's own I/O thread of the GIL)."""
-    make = _payload_maker(job, k)
+    a spinning publisher starves a client's own I/O thread of the GIL). ``make(marker, seq, ts)`` builds
+    what ``send`` takes; ``flush`` pushes out what a client buffers."""
     mono_ns = time.monotonic_ns
     results.put(("pubready", k))
     w, go = 0, None
@@ -419,7 +388,8 @@ class Nats:
                 loop.run_until_complete(publish_all(False))
 
         try:
-            return _publish_loop(k, job, ctrl, results, send, lambda: loop.run_until_complete(publish_all(True)))
+            return _publish_loop(k, job, ctrl, results, _payload_maker(job, k), send,
+                                 lambda: loop.run_until_complete(publish_all(True)))
         finally:
             loop.run_until_complete(nc.close())
             loop.close()
@@ -486,7 +456,7 @@ class Redis:
                 queued[0] = 0
 
         try:
-            return _publish_loop(k, job, ctrl, results, send, flush)
+            return _publish_loop(k, job, ctrl, results, _payload_maker(job, k), send, flush)
         finally:
             r.close()
 
@@ -535,8 +505,8 @@ class Mosquitto:
         client.connect("127.0.0.1", job["port"])
         client.loop_start()  # paho's own network thread sends; publish() queues
         try:
-            return _publish_loop(k, job, ctrl, results, lambda payload: client.publish("bench", payload, qos=0),
-                                 lambda: None)
+            return _publish_loop(k, job, ctrl, results, _payload_maker(job, k),
+                                 lambda payload: client.publish("bench", payload, qos=0), lambda: None)
         finally:
             client.loop_stop()
             client.disconnect()

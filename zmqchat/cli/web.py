@@ -25,7 +25,7 @@ from ..endpoints import endpoints
 from ..errors import ZmqchatError
 from ..web import users as u
 from ..web.gateway import CLAIM_RATE, LINGER, Config, serve
-from .common import add_connection_flags, apply_env_defaults
+from .common import add_connection_flags, apply_env_defaults, run_main
 
 USER_COMMANDS = ("adduser", "passwd", "deluser")
 DEFAULT_HTTP_PORT = 8080
@@ -81,22 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in USER_COMMANDS:
         args = build_user_parser().parse_args(argv)
-        return _run(lambda: manage_users(args))
+        return run_main(lambda: manage_users(args))
     args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    return _run(lambda: run_gateway(args))
-
-
-def _run(body: Callable[[], int]) -> int:
-    """Known errors print ``ERROR: text`` and give status 1 (as ``zmqchat.cli.common.run_main``)."""
-    try:
-        return body()
-    except ZmqchatError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_main(lambda: run_gateway(args))
 
 
 def ask_password(prompt: Callable[[str], str] = getpass.getpass) -> str:
