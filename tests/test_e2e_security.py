@@ -219,3 +219,16 @@ def test_a_key_removed_by_sighup_cannot_speak_on_its_open_connection(chat, keys,
         failures = json.loads(watcher.expect('"type": "stats"', start=start))["stats"]["auth_failures"]
     assert failures >= 2
     assert watcher.count("I am eve") == 0 and watcher.count('"name": "eve"') == 0
+
+
+def test_a_gateway_key_speaks_for_any_name_and_other_keys_still_cannot(chat, keys, tmp_path):
+    keydir, allowed = keys
+    proc = Proc(script("zmqchat-keygen") + ["web", "--gateway", "--dir", str(keydir)], stdin=False)
+    assert proc.wait() == 0
+    (allowed / "web.key").write_text((keydir / "web.key").read_text())
+    secure_server(chat, keydir, allowed)
+    carol = chat.client("carol", *client_keys(keydir, "web"), "--json")  # the gateway's key, a user's name
+    dave = chat.client("dave", *client_keys(keydir, "web"), "--json")
+    carol.send("hello from the browser")
+    dave.expect('"sender": "carol", "text": "hello from the browser"')
+    refused(chat, "carol2", *client_keys(keydir, "mallory"), message="bound to the name 'mallory'")

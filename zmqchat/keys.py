@@ -12,12 +12,16 @@ from pathlib import Path
 import zmq.auth
 
 from .errors import ZmqchatError
+from .protocol import ANY_NAME
 
 _NAME_RE = re.compile(r'^\s*name\s*=\s*"([^"]*)"\s*$', re.MULTILINE)
+_ROLE_RE = re.compile(r'^\s*role\s*=\s*"?([^"\s]*)"?\s*$', re.MULTILINE)
+GATEWAY = ANY_NAME  # what the allowlist binds a gateway's key to: any name
 
 
-def generate(name: str, directory: str | Path) -> tuple[Path, Path]:
-    """Write ``NAME.key`` (public) and ``NAME.key_secret`` (secret, mode 0600); returns both paths."""
+def generate(name: str, directory: str | Path, gateway: bool = False) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (public) and ``NAME.key_secret`` (secret, mode 0600); returns both paths. A
+    ``gateway`` key carries ``role = "gateway"``: in a server's allowlist it may speak for any name."""
     if Path(name).name != name or name.startswith(".") or "\\" in name:
         raise ZmqchatError(f"invalid key name {name!r}: it becomes a file name (no '/', '\\' or leading '.')")
     directory = Path(directory)
@@ -31,7 +35,11 @@ def generate(name: str, directory: str | Path) -> tuple[Path, Path]:
             raise ZmqchatError(f"{path} already exists; not overwriting a key")
     old = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
     try:
-        zmq.auth.create_certificates(str(directory), name, metadata={"name": name})
+        zmq.auth.create_certificates(str(directory), name,
+                                     metadata={"name": name, **({"role": "gateway"} if gateway else {})})
+        if gateway:  # pyzmq puts metadata in the secret file only; the allowlist reads the public one
+            text = public.read_text()
+            public.write_text(text.replace("metadata\n", 'metadata\n    role = "gateway"\n', 1))
     finally:
         os.umask(old)
     os.chmod(secret, 0o600)
@@ -60,14 +68,16 @@ def load_public(path: str | Path) -> bytes:
 
 def load_allowlist(directory: str | Path) -> dict[str, str]:
     """Map each public key (Z85 text) in ``directory``'s ``*.key`` files to its bound name: the
-    certificate's ``name`` metadata, else the file name without ``.key``."""
+    certificate's ``name`` metadata, else the file name without ``.key``; ``GATEWAY`` for a key whose
+    certificate says ``role = "gateway"`` (a web gateway, which speaks for the names it authenticated)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ZmqchatError(f"authorized keys directory {directory} does not exist")
     bound: dict[str, str] = {}
     for path in sorted(directory.glob("*.key")):
         public = load_public(path)
-        match = _NAME_RE.search(path.read_text(errors="replace"))
+        text = path.read_text(errors="replace")
+        match, role = _NAME_RE.search(text), _ROLE_RE.search(text)
         name = match.group(1) if match else path.stem
-        bound[public.decode()] = name
+        bound[public.decode()] = GATEWAY if role and role.group(1) == "gateway" else name
     return bound

@@ -47,6 +47,7 @@ DEFAULT_MAX_TEXT_BYTES = 16 * 1024  # UTF-8 bytes of one chat message's text
 MIN_MAX_MESSAGE_BYTES = 1024
 MAX_LIST_ITEMS = 256  # rooms taken from one hello
 MAX_RID_CHARS = 64  # request ids
+ANY_NAME = "\x00gateway"  # an allowlist binds a gateway's key to this: any name (it is no valid name)
 MAX_TOPIC_CHARS = 300  # a room's topic, in code points
 MAX_QUERY_CHARS = 200  # a search query, in code points
 MAX_SEARCH_RESULTS = 100  # results of one search reply

@@ -15,13 +15,16 @@ def main(argv: list[str] | None = None) -> int:
                                      "the server operator) and NAME.key_secret (secret, yours only).")
     parser.add_argument("name", help="the name bound to this key (also the file name)")
     parser.add_argument("--dir", default=".", help="where to write the files (default: current directory)")
+    parser.add_argument("--gateway", action="store_true",
+                        help="a key for zmqchat-web: in a server's allowlist it may speak for the names its "
+                             "users logged in with (docs/security.md)")
     args = parser.parse_args(argv)
 
     def body() -> int:
         problem = p.name_problem(args.name)
         if problem:
             raise ZmqchatError(f"invalid name {args.name!r}: {problem}")
-        public, secret = keys.generate(args.name, args.dir)
+        public, secret = keys.generate(args.name, args.dir, gateway=args.gateway)
         print(f"public key: {public}\nsecret key: {secret} (keep it private)")
         return 0
 

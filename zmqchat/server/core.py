@@ -624,7 +624,7 @@ class ServerCore:
         if problem:
             self._refuse(msg.session, p.ERR_BAD_NAME, problem, rid=rid)
             return
-        if bound_name is not None and msg.name != bound_name:
+        if bound_name is not None and bound_name != p.ANY_NAME and msg.name != bound_name:
             self._refuse(msg.session, p.ERR_NOT_AUTHORIZED, f"your key is bound to the name '{bound_name}'", rid=rid)
             self.bad_input.warn("refused %r: key is bound to %r", msg.name, bound_name)
             return
