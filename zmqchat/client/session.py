@@ -314,6 +314,10 @@ class ClientSession:
         except p.ProtocolError:
             self.bad_frames += 1
             return
+        self.receive_message(msg)
+
+    def receive_message(self, msg: p.Message) -> None:
+        """Handle one server message already decoded (a loop that decodes once for many sessions)."""
         self._last_heard = self.clock()
         if self.state == "lost" and not isinstance(msg, (p.Welcome, p.ErrorReply)):
             # the server is back but does not know us yet: hello goes out from tick()

@@ -51,17 +51,8 @@ class Member(Protocol):
 
 
 def deliver(session: ClientSession, msg: p.Message) -> None:
-    """``session.receive(frames)`` for a message already decoded: what follows the decode in ``receive``.
-
-    ``ClientSession`` has no public entry for a decoded message, so this repeats the three lines of
-    ``receive`` that come after ``decode_server`` and uses its handler table. The clean seam is a public
-    ``ClientSession.receive_message(msg)`` that ``receive`` calls after decoding (see docs/web.md)."""
-    session._last_heard = session.clock()
-    if session.state == "lost" and not isinstance(msg, (p.Welcome, p.ErrorReply)):
-        return  # the server is back but does not know us yet: the hello goes out from tick()
-    handler = session._handlers.get(type(msg))
-    if handler is not None:
-        handler(msg)
+    """``session.receive(frames)`` for a message already decoded once for every session on its topic."""
+    session.receive_message(msg)
 
 
 class Hub:
