@@ -37,6 +37,7 @@ from .sync import (
     SUB_HWM,
     TICK,
     Client,
+    SessionView,
     _load_curve,
     handshake_problem,
     no_answer,
@@ -46,7 +47,7 @@ from .sync import (
 RECV_BATCH = 1000  # messages read per round: then the timers run and the loop's other tasks get a turn
 
 
-class AsyncClient:
+class AsyncClient(SessionView):
     """A chat client for asyncio programs. Raises ConnectError (a ZmqchatError) when it cannot connect;
     the actions raise ZmqchatError for bad arguments, exactly as the sync ``Client``'s do."""
 
@@ -87,19 +88,6 @@ class AsyncClient:
         self._failure: BaseException | None = None  # what stopped the pump, if it stopped on its own
 
     # -- connection
-
-    @property
-    def name(self) -> str:
-        return self.session.name
-
-    @property
-    def room(self) -> str:
-        """The current room: where say() sends by default."""
-        return self.session.current_room
-
-    @property
-    def connected(self) -> bool:
-        return self.session.connected
 
     async def start(self) -> None:
         """Create the sockets, subscribe, send the first hello and start the pump; returns at once."""
@@ -259,11 +247,6 @@ class AsyncClient:
     def topic(self, room: str | None = None) -> ev.Topic | None:
         """The topic of ``room`` (default: the current one) as last announced, or None (state: not awaited)."""
         return self._checks.topic(room)
-
-    @property
-    def unacknowledged(self) -> int:
-        """Messages sent whose echo has not come back yet."""
-        return len(self.session.pending)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until the server has echoed every message we sent; False if ``timeout`` ran out.

@@ -36,7 +36,31 @@ HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAIL
                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
-class Client:
+class SessionView:
+    """What both client loops read straight from their ``ClientSession`` (``self.session``)."""
+
+    session: ClientSession
+
+    @property
+    def name(self) -> str:
+        return self.session.name
+
+    @property
+    def room(self) -> str:
+        """The current room: where say() sends by default."""
+        return self.session.current_room
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages sent whose echo has not come back yet."""
+        return len(self.session.pending)
+
+
+class Client(SessionView):
     """A chat client for people and bots. Raises ConnectError (a ZmqchatError) when it cannot connect."""
 
     def __init__(self, name: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, in_endpoint: str | None = None,
@@ -69,19 +93,6 @@ class Client:
             self.connect()
 
     # -- connection
-
-    @property
-    def name(self) -> str:
-        return self.session.name
-
-    @property
-    def room(self) -> str:
-        """The current room: where say() sends by default."""
-        return self.session.current_room
-
-    @property
-    def connected(self) -> bool:
-        return self.session.connected
 
     def start(self) -> None:
         """Create the sockets, subscribe, and send the first hello; returns at once."""
@@ -221,11 +232,6 @@ class Client:
         """The topic of ``room`` (default: the current one) as last announced, or None."""
         found = self.session.topics.get(room or self.room)
         return found if found is not None and found.text else None
-
-    @property
-    def unacknowledged(self) -> int:
-        """Messages sent whose echo has not come back yet."""
-        return len(self.session.pending)
 
     def drain(self, timeout: float) -> bool:
         """Wait until the server has echoed every message we sent; False if ``timeout`` ran out.
