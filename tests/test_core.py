@@ -1525,3 +1525,36 @@ def test_a_publication_of_many_messages_stays_within_the_message_size(clock):
     decoded = [p.decode_server(f)[1] for f in frames]
     seqs = [m.seq for msg in decoded for m in (msg.messages if isinstance(msg, p.RoomMessages) else [msg])]
     assert seqs == list(range(1, 41))
+
+
+class SlowSearchStore(MemoryStore):
+    """Every search takes 30 ms of the (fake) clock, like a prefix over a big index."""
+
+    def __init__(self, clock) -> None:
+        super().__init__(100)
+        self.clock = clock
+
+    def search(self, terms, sender, room, limit):
+        self.clock.advance(0.03)
+        return super().search(terms, sender, room, limit)
+
+
+def test_a_crowd_of_searches_takes_at_most_its_share_of_the_loop(clock):
+    """200 sessions searching at once: searching is held to 0.1 s a second; the rest are told busy."""
+    core = make_core(clock, SlowSearchStore(clock), rate=0.0, work_rate=0.0)
+    for n in range(200):
+        hello(core, f"s{n}", f"u{n}")
+    start = clock.now
+    for n in range(200):
+        send(core, p.SearchRequest(session=f"s{n}", query="x", rid=f"q{n}"))
+    out = published(core)
+    answered = [m for _, m in out if isinstance(m, p.SearchReply)]
+    busy = [m for _, m in out if isinstance(m, p.ErrorReply) and m.code == p.ERR_BUSY]
+    assert len(answered) + len(busy) == 200
+    searched = clock.now - start
+    # the 0.2 s burst, what refilled meanwhile (0.1 s a second), and the one search that overran it
+    assert searched <= 0.2 + 0.1 * searched + 0.03 + 1e-9 and len(answered) == round(searched / 0.03) == 8
+    assert all(0.05 <= m.retry_after <= 3.0 for m in busy)
+    clock.advance(1.0)  # a second later about 0.1 s of searching is allowed again
+    send(core, p.SearchRequest(session="s0", query="x", rid="again"))
+    assert isinstance(published(core)[0][1], p.SearchReply)

@@ -110,6 +110,10 @@ REQUEST_COSTS: dict[type[p.Message], Callable[[p.Message], float]] = {
     p.TopicRequest: lambda m: 1.0,
 }
 SEARCH_WORK = 20  # work-budget units (publications) one search is charged: it reads the index, not memory
+# Searches may take at most this share of the serving loop's time, measured: a query's cost is not known
+# before it runs (a prefix over a big index takes milliseconds), so a crowd of them is bounded by time.
+SEARCH_LOOP_SHARE = 0.1  # seconds of searching per second
+SEARCH_TIME_BURST = 0.2  # seconds of searching at once
 SEARCH_REPLY_BYTES = 48 * 1024  # text of the results in one search reply, at most
 
 
@@ -174,6 +178,7 @@ class ServerCore:
         # it only ever bites a flooder; what it drops is never parsed.
         self.intake = RateLimiter(config.address_rate, 2 * config.address_rate)
         self.work = WorkBudget(config.work_rate, config.work_rate * WORK_BURST_SECONDS, clock())
+        self._search_time = TokenBucket(SEARCH_LOOP_SHARE, SEARCH_TIME_BURST, clock())  # charged after each search
         share = config.work_rate * SOURCE_WORK_SHARE
         self._source_work = RateLimiter(share, share * WORK_BURST_SECONDS)
         self._sources: tuple[str, ...] = ()  # whom the message being handled charges (see _sources)
@@ -882,6 +887,11 @@ class ServerCore:
         if msg.sender and p.name_problem(msg.sender):
             self._refuse(member.session, p.ERR_BAD_REQUEST, f"search: from: {p.name_problem(msg.sender)}", rid=msg.rid)
             return
+        now = self.clock()
+        left = self._search_time.refill(now)
+        if left <= 0:  # the time searches may take is spent (it goes below 0 by what the last one overran)
+            self._busy(member.session, -left / SEARCH_LOOP_SHARE, msg.rid)
+            return
         if not self._afford(member, SEARCH_WORK, BROWSE, msg.rid):
             return
         self._granted = (0, [])  # one reply, charged in full: the cost is the index read
@@ -894,6 +904,8 @@ class ServerCore:
             self.db_errors.warn("%s (a search)", exc)
             self._refuse(member.session, p.ERR_UNAVAILABLE, "search: the index cannot be read now", rid=msg.rid)
             return
+        finally:
+            self._search_time.tokens -= self.clock() - now
         results, size = [], 0
         more = len(found) > msg.limit
         for room, seq, ts, sender, text in found[:msg.limit]:
