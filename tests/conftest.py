@@ -152,6 +152,16 @@ class Chat:
             proc.stop()
 
 
+def one_server(tmp_path_factory, label: str, *flags: str):
+    """A server shared by a module's tests (a ``scope="module"`` fixture yields from this), stopped after."""
+    harness = Chat(tmp_path_factory.mktemp(label))
+    harness.server(*flags)
+    try:
+        yield harness
+    finally:
+        harness.stop_all()
+
+
 @pytest.fixture
 def chat(tmp_path: Path):
     harness = Chat(tmp_path)

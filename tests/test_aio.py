@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import zmq.asyncio
-from conftest import WAIT, Chat, texts_from
+from conftest import WAIT, Chat, one_server, texts_from
 
 from zmqchat import Client, ConnectError, ZmqchatError
 from zmqchat import events as ev
@@ -35,12 +35,7 @@ _ids = itertools.count(1)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One server (FAST_HEARTBEAT: a silent client times out within a second) for the tests below."""
-    harness = Chat(tmp_path_factory.mktemp("aio"))
-    harness.server("--motd", MOTD)
-    try:
-        yield harness
-    finally:
-        harness.stop_all()
+    yield from one_server(tmp_path_factory, "aio", "--motd", MOTD)
 
 
 class Names:

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from conftest import WAIT, Chat
+from conftest import WAIT, Chat, one_server
 
 from zmqchat import events as ev
 from zmqchat.client.aio import AsyncClient
@@ -31,12 +31,7 @@ _ids = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    harness = Chat(tmp_path_factory.mktemp("tui"))
-    harness.server("--rate", "0", "--motd", "hello from the tui test")
-    try:
-        yield harness
-    finally:
-        harness.stop_all()
+    yield from one_server(tmp_path_factory, "tui", "--rate", "0", "--motd", "hello from the tui test")
 
 
 class Names:

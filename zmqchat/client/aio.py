@@ -39,6 +39,7 @@ from .sync import (
     Client,
     SessionView,
     _load_curve,
+    apply_subscriptions,
     handshake_problem,
     no_answer,
     open_sockets,
@@ -366,10 +367,7 @@ class AsyncClient(SessionView):
 
     def _flush(self) -> None:
         session = self.session
-        if session.subscriptions and self._sub is not None:
-            for subscribe, topic in session.subscriptions:
-                self._sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
-            session.subscriptions.clear()
+        apply_subscriptions(session, self._sub)
         if session.outgoing and self._push is not None:
             for frames in session.outgoing:
                 # With NOBLOCK (and no send ever awaited) the future is done at once.

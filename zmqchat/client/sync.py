@@ -304,10 +304,7 @@ class Client(SessionView):
 
     def _flush(self) -> None:
         session = self.session
-        if session.subscriptions and self._sub is not None:
-            for subscribe, topic in session.subscriptions:
-                self._sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
-            session.subscriptions.clear()
+        apply_subscriptions(session, self._sub)
         if session.outgoing and self._push is not None:
             for frames in session.outgoing:
                 try:
@@ -350,6 +347,14 @@ def open_sockets(ctx: zmq.Context, in_endpoint: str, out_endpoint: str, rcvhwm: 
     sub.connect(out_endpoint)
     push.connect(in_endpoint)
     return push, sub, monitor
+
+
+def apply_subscriptions(session: ClientSession, sub: zmq.Socket | None) -> None:
+    """Subscribe and unsubscribe ``sub`` as the session asked since the last time."""
+    if session.subscriptions and sub is not None:
+        for subscribe, topic in session.subscriptions:
+            sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+        session.subscriptions.clear()
 
 
 def no_answer(in_endpoint: str, timeout: float, curve: bool) -> str:
