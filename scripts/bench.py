@@ -47,6 +47,7 @@ from pathlib import Path
 from harness import cpu_seconds, die_with_parent, free_port_pair, machine, pct
 
 ROOM = "#bench"
+PAIR = "zmqchat+standby"  # --standby: an active server with a hot standby
 MARK_WARM = ord("W")
 MARK_DATA = ord("B")
 TEXT_FIXED = 32  # marker + 10-digit seq + space + 19-digit send time + space
@@ -62,7 +63,7 @@ class FrameMaker:
     """Builds the frames one publisher sends: ``make(marker, seq, ts_ns, n)`` -> list[bytes].
 
     zmqchat: ``encode_client(Say(...))`` (checked byte for byte at construction).
-    proxy:   ``[room_topic, VERSION, b"msg", encode_body(RoomMessage(...))]``, what zmqchat publishes.
+    proxy:   ``[room_topic, VERSION, b"msg", encode_body(RoomMessage(...)), b"0"]``, what zmqchat publishes.
     """
 
     def __init__(self, system: str, size: int, session: str, name: str) -> None:
@@ -76,11 +77,13 @@ class FrameMaker:
         if system == "zmqchat":
             msg = p.Say(session=session, room=ROOM, text=text_ph + self.pad, mid=mid_ph)
             self.head = [p.VERSION, p.Say.KIND]
+            self.tail: list[bytes] = []
         else:
             # seq and ts are constants of realistic width: the body has the size zmqchat's has
             msg = p.RoomMessage(room=ROOM, seq=1_000_000, ts=1_700_000_000.123456, sender=name,
                                 text=text_ph + self.pad, mid=mid_ph)
             self.head = [p.room_topic(ROOM), p.VERSION, p.RoomMessage.KIND]
+            self.tail = [p.term_frame(0)]
         body = p.encode_body(msg)
         pre, rest = body.split(text_ph.encode())
         between, post = rest.split(mid_ph.encode())
@@ -97,7 +100,7 @@ class FrameMaker:
     def make(self, marker: int, seq: int, ts: int, n: int) -> list[bytes]:
         """``n``: the message counter of the mid, ``<session>.<n>`` (1, 2, 3, ... per session)."""
         body = b"".join((self.a, b"%c%010d %019d " % (marker, seq, ts), self.b, b"%b.%d" % (self.session, n), self.c))
-        return [*self.head, body]
+        return [*self.head, body, *self.tail]
 
 
 def _fast_maker(maker: FrameMaker):
@@ -105,12 +108,12 @@ def _fast_maker(maker: FrameMaker):
     next message counter: zmqchat accepts a session's counters only in order, without gaps."""
     a, b = maker.a, maker.b  # b holds the padding of the text, then the JSON up to the mid
     c = maker.c
-    head = maker.head
+    head, tail = maker.head, maker.tail
     session = maker.session
     counter = itertools.count(1).__next__
 
     def make(marker: int, seq: int, ts: int) -> list[bytes]:
-        return [*head, b"%b%c%010d %019d %b%b.%d%b" % (a, marker, seq, ts, b, session, counter(), c)]
+        return [*head, b"%b%c%010d %019d %b%b.%d%b" % (a, marker, seq, ts, b, session, counter(), c), *tail]
 
     return make
 
@@ -209,7 +212,7 @@ def _run_sub(ctx, wid: int, job: dict, results: mp.Queue):
                     frames = recv(noblock)
                 except zmq.Again:
                     break
-                count(frames[-1], mono_ns())
+                count(frames[3], mono_ns())  # topic, version, kind, body, term
                 if count.n >= expected:
                     break
     finally:
@@ -593,15 +596,17 @@ class Relay:
 
     def __init__(self, system: str, args: argparse.Namespace, tmp: Path, curve: dict | None, lifetime: float):
         self.system = system
-        self.port = free_port_pair()
+        self.kind = "zmqchat" if system == PAIR else system  # what the publishers and subscribers speak
+        self.standby: subprocess.Popen | None = None
+        self.port = free_port_pair(count=3)
         self.in_ep = f"tcp://127.0.0.1:{self.port}"
         self.out_ep = f"tcp://127.0.0.1:{self.port + 1}"
         self.log = tmp / f"{system}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQCHAT_")}
         env["PYTHONUNBUFFERED"] = "1"
-        if system == "zmqchat":
+        if self.kind == "zmqchat":
             argv = [sys.executable]
-            if args.profile:
+            if args.profile and system == "zmqchat":
                 Path(args.profile).mkdir(parents=True, exist_ok=True)
                 self.prof = str(Path(args.profile) / "server.prof")
                 argv += ["-m", "cProfile", "-o", self.prof]
@@ -609,8 +614,8 @@ class Relay:
             argv += ["-m", "zmqchat.cli.server", "--host", "127.0.0.1", "--port", str(self.port), "--rate", "0",
                      "--pub-hwm", str(PROXY_HWM),
                      "--quiet", "--stats-interval", "0"]
-            if args.persist:
-                data = tmp / "data"
+            if args.persist or system == PAIR:
+                data = tmp / ("data-a" if system == PAIR else "data")
                 data.mkdir(exist_ok=True)
                 argv += ["--data-dir", str(data)]
                 if not args.search:
@@ -624,10 +629,28 @@ class Relay:
         else:
             argv = [sys.executable, os.path.abspath(__file__), "--proxy-child", self.in_ep, self.out_ep,
                     curve["server_secret_file"] if curve else "", str(lifetime)]
+        standby_argv = None
+        if system == PAIR:  # the active (clients talk to it) and its standby, on this machine too
+            other = free_port_pair(count=3)
+            data_b = tmp / "data-b"
+            data_b.mkdir(exist_ok=True)
+            standby_argv = [a if a != str(self.port) else str(other) for a in argv]
+            standby_argv[standby_argv.index(str(tmp / "data-a"))] = str(data_b)
+            # --quiet still logs the pair's warnings, which say when the standby is in sync
+            argv += ["--peer", f"127.0.0.1:{other}"]
+            standby_argv += ["--peer", f"127.0.0.1:{self.port}"]
         self.logf = open(self.log, "wb")  # noqa: SIM115 (the child's stderr, closed in stop())
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.logf,
                                      env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
         self._wait_listening()
+        if standby_argv is not None:
+            self._wait_log("ACTIVE", self.log)
+            self.standby_log = tmp / f"{system}-standby.log"
+            self.standby_logf = open(self.standby_log, "wb")  # noqa: SIM115 (closed in stop())
+            self.standby = subprocess.Popen(standby_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=self.standby_logf, env=env,
+                                            preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
+            self._wait_log("the standby is in sync", self.log)
         self.spy = None
         if system == "zmqchat" and args.py_spy:
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -654,10 +677,31 @@ class Relay:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.system} did not start listening within {timeout}s")
 
+    def _wait_log(self, text: str, log: Path, timeout: float = 15.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if text in log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.system} exited early: {log.read_text()[-800:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.system}: no {text!r} in its log within {timeout}s: {log.read_text()[-800:]}")
+
     def cpu(self) -> float:
-        return cpu_seconds(self.proc.pid)
+        """CPU seconds of the relay: a pair's is both servers' (replication costs the standby too)."""
+        return cpu_seconds(self.proc.pid) + (cpu_seconds(self.standby.pid) if self.standby is not None else 0.0)
 
     def stop(self) -> None:
+        if self.standby is not None:
+            if self.standby.poll() is None:
+                self.standby.send_signal(signal.SIGTERM)
+                try:
+                    self.standby.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.standby.kill()
+                    self.standby.wait(5)
+            self.standby_logf.close()
+            self.standby = None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # by pid; the zmqchat server shuts down cleanly on it
             try:
@@ -715,12 +759,12 @@ def run_phase(pool: Pool, relay: Relay, *, phase: str, n_subs: int, n_pubs: int,
     client_curve = curve["client"] if curve else None
     per_pub = [count // n_pubs + (1 if k < count % n_pubs else 0) for k in range(n_pubs)]
     for i in range(n_subs):
-        pool.sub_jobs[i].put({"system": relay.system, "endpoint": relay.out_ep, "port": relay.port,
+        pool.sub_jobs[i].put({"system": relay.kind, "endpoint": relay.out_ep, "port": relay.port,
                               "topic": p.room_topic(ROOM), "expected": count,
                               "idle": idle, "latency": rate > 0, "timeout": timeout, "curve": client_curve})
     first = 0
     for k in range(n_pubs):
-        pool.pub_jobs[k].put({"system": relay.system, "in_endpoint": relay.in_ep, "out_endpoint": relay.out_ep,
+        pool.pub_jobs[k].put({"system": relay.kind, "in_endpoint": relay.in_ep, "out_endpoint": relay.out_ep,
                               "port": relay.port,
                               "size": size, "count": per_pub[k], "rate": rate / n_pubs if rate > 0 else 0,
                               "phase": phase, "first_seq": first, "timeout": timeout, "curve": client_curve})
@@ -819,7 +863,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CURVE encryption on zmqchat and on the proxy (default: off)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="alternate the relays this many times; medians reported (default: %(default)s)")
-    ap.add_argument("--only", choices=["zmqchat", "proxy", *PEERS], help="measure one relay only (no ratios)")
+    ap.add_argument("--only", choices=["zmqchat", "proxy", PAIR, *PEERS], help="measure one relay only (no ratios)")
+    ap.add_argument("--standby", action="store_true",
+                    help=f"also measure {PAIR}: an active with a hot standby on this machine (docs/cluster.md), "
+                    "every batch acknowledged by the standby before it is published; its CPU is both servers'")
     ap.add_argument("--peers", action="store_true",
                     help="also NATS, Redis pub/sub and Mosquitto (QoS 0), started here on loopback; a peer whose "
                          "server or Python client is missing is skipped with a line saying so")
@@ -859,6 +906,8 @@ def main(argv: list[str] | None = None) -> int:
     t_begin = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="zmqchat-bench-"))
     systems = [args.only] if args.only else ["zmqchat", "proxy"]
+    if args.standby and not args.only:
+        systems.insert(1, PAIR)
     if args.peers and not args.only:
         for peer in PEERS:
             why = peer_missing(peer)
@@ -953,6 +1002,14 @@ def summarise(args, results, systems) -> dict:
         for r in tp + lat:
             r.pop("lats", None)
         out[system] = entry
+    if "zmqchat" in out and PAIR in out:  # what replication costs, against the same run's single server
+        z, x = out["zmqchat"], out[PAIR]
+        if z.get("throughput_total") and x.get("throughput_total"):
+            out["standby_throughput_cost"] = 1 - x["throughput_total"] / z["throughput_total"]
+        if z.get("cpu_us_per_msg") and x.get("cpu_us_per_msg"):
+            out["standby_cpu_ratio"] = x["cpu_us_per_msg"] / z["cpu_us_per_msg"]
+        if z.get("p99_ms") and x.get("p99_ms"):
+            out["standby_p99_ratio"] = x["p99_ms"] / z["p99_ms"]
     if "zmqchat" in out and "proxy" in out:
         z, x = out["zmqchat"], out["proxy"]
         if "throughput_total" in z and x.get("throughput_total"):
@@ -966,7 +1023,7 @@ def summarise(args, results, systems) -> dict:
 
 
 def print_table(summary: dict, args) -> None:
-    systems = [s for s in ("zmqchat", "proxy", *PEERS) if s in summary]
+    systems = [s for s in ("zmqchat", "proxy", PAIR, *PEERS) if s in summary]
     m = summary["machine"]
     print()
     print(f"machine: {m['nproc']} x {m['cpu']}; Python {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}; "
@@ -1008,9 +1065,16 @@ def print_table(summary: dict, args) -> None:
         spread = summary[s].get("cpu_us_per_msg_range")
         if spread:
             print(f"{s}: CPU us per relayed message, min-max over {c['repeat']} runs: {spread[0]:.1f}-{spread[1]:.1f}")
-    for key in ("cpu_ratio", "throughput_ratio", "p99_ratio"):
+    for key in ("cpu_ratio", "throughput_ratio", "p99_ratio", "standby_cpu_ratio", "standby_p99_ratio"):
         if key in summary:
             print(f"{key}: {summary[key]:.2f}")
+    if "standby_throughput_cost" in summary:
+        print(f"standby: delivered msg/s {100 * summary['standby_throughput_cost']:.0f}% below the single server's "
+              "(same run; both servers on this machine)")
+    for s in systems:
+        runs = [r["total_rate"] for r in summary[s].get("runs", {}).get("throughput", [])]
+        if len(runs) > 1:
+            print(f"{s}: delivered msg/s over {len(runs)} runs: {min(runs):,.0f}-{max(runs):,.0f}")
     proxy = summary.get("proxy", {})
     if proxy.get("throughput_relay_cpu_pct") is not None and proxy["throughput_relay_cpu_pct"] < 90:
         print(f"note: zmq.proxy ran at {proxy['throughput_relay_cpu_pct']:.0f}% CPU at full speed: it was not the "

@@ -154,7 +154,7 @@ def _worker(wid: int, first: int, n: int, job: dict, results: mp.Queue, ctrl: mp
                 except zmq.Again:
                     break
                 t = mono_ns()
-                kind = frames[2] if len(frames) == 4 else b"?"
+                kind = frames[2] if len(frames) == 5 else b"?"
                 if kind == b"msg" or kind == b"msgs":  # msgs: a room's messages of one server batch
                     body = frames[3]
                     j = body.find(BCAST)

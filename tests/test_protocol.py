@@ -64,7 +64,7 @@ def client_frames(kind: bytes, body: object) -> list[bytes]:
 
 
 def server_frames(kind: bytes, body: object) -> list[bytes]:
-    return [TOPIC, p.VERSION, kind, json.dumps(body).encode()]
+    return [TOPIC, p.VERSION, kind, json.dumps(body).encode(), b"0"]
 
 
 SAY = {"session": "s1", "room": "#general", "text": "hi", "mid": "s1.1"}
@@ -149,11 +149,24 @@ def test_client_frame_count(frames):
         p.decode_client(frames)
 
 
-@pytest.mark.parametrize("count", [0, 1, 3, 5])
+@pytest.mark.parametrize("count", [0, 1, 4, 6])
 def test_server_frame_count(count):
-    frames = [TOPIC, p.VERSION, b"hb", b'{"ts": 1}', b"extra"][:count]
-    with pytest.raises(p.ProtocolError, match=f"expected 4 frames, got {count}"):
+    frames = [TOPIC, p.VERSION, b"hb", b'{"ts": 1}', b"0", b"extra"][:count]
+    with pytest.raises(p.ProtocolError, match=f"expected 5 frames, got {count}"):
         p.decode_server(frames)
+
+
+@pytest.mark.parametrize("term", [b"", b"01", b"-1", b"1.5", b" 1", b"x", b"\xff", b"9007199254740992", b"1" * 30])
+def test_bad_term_frame(term):
+    with pytest.raises(p.ProtocolError, match="term"):
+        p.decode_server([TOPIC, p.VERSION, b"hb", b'{"ts": 1}', term])
+
+
+def test_term_frame_round_trip():
+    frames = p.encode_server(TOPIC, p.ServerHeartbeat(ts=1.0, role="standby"), p.term_frame(42))
+    topic, msg, term = p.decode_server_term(frames)
+    assert (topic, msg.role, term) == (TOPIC, "standby", 42)
+    assert p.decode_server_term(p.encode_server(TOPIC, p.ServerHeartbeat(ts=1.0)))[2] == 0
 
 
 @pytest.mark.parametrize("version", [b"", b"http/1.1", b"ZMQCHAT/1", b"zmqchat1", b"\xff\xfe"])
@@ -161,15 +174,15 @@ def test_bad_version(version):
     with pytest.raises(p.ProtocolError, match=r"not a zmqchat message \(bad version frame\)"):
         p.decode_client([version, b"hb", b'{"session": "s1"}'])
     with pytest.raises(p.ProtocolError, match=r"not a zmqchat message \(bad version frame\)"):
-        p.decode_server([TOPIC, version, b"hb", b'{"ts": 1}'])
+        p.decode_server([TOPIC, version, b"hb", b'{"ts": 1}', b"0"])
 
 
-@pytest.mark.parametrize("version", [b"zmqchat/3", b"zmqchat/2.1", b"zmqchat/", b"zmqchat/1"])
+@pytest.mark.parametrize("version", [b"zmqchat/4", b"zmqchat/2", b"zmqchat/3.1", b"zmqchat/", b"zmqchat/1"])
 def test_future_version_is_named_unsupported(version):
-    with pytest.raises(p.ProtocolError, match=r"unsupported protocol version .*this is zmqchat/2"):
+    with pytest.raises(p.ProtocolError, match=r"unsupported protocol version .*this is zmqchat/3"):
         p.decode_client([version, b"hb", b'{"session": "s1"}'])
     with pytest.raises(p.ProtocolError, match=r"unsupported protocol version b'zmqchat/"):
-        p.decode_server([TOPIC, version, b"hb", b'{"ts": 1}'])
+        p.decode_server([TOPIC, version, b"hb", b'{"ts": 1}', b"0"])
 
 
 def test_unsupported_version_text_is_bounded():
@@ -188,7 +201,7 @@ def test_unknown_client_kind(kind):
 @pytest.mark.parametrize("kind", [b"nope", b"hello", b"join", b"history"])
 def test_unknown_server_kind(kind):
     with pytest.raises(p.ProtocolError, match="unknown message kind"):
-        p.decode_server([TOPIC, p.VERSION, kind, b"{}"])
+        p.decode_server([TOPIC, p.VERSION, kind, b"{}", b"0"])
 
 
 @pytest.mark.parametrize("body", [b"\xff", b'{"session": "s\xc3"}', b"\xed\xa0\x80"])
@@ -196,7 +209,7 @@ def test_invalid_utf8(body):
     with pytest.raises(p.ProtocolError, match="hb: body is not valid UTF-8"):
         p.decode_client([p.VERSION, b"hb", body])
     with pytest.raises(p.ProtocolError, match="hb: body is not valid UTF-8"):
-        p.decode_server([TOPIC, p.VERSION, b"hb", body])
+        p.decode_server([TOPIC, p.VERSION, b"hb", body, b"0"])
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"{'session': 's1'}", b'{"session": "s1",}', b"nul", b"{}{}"])
@@ -210,7 +223,7 @@ def test_body_must_be_an_object(body):
     with pytest.raises(p.ProtocolError, match="hb: body must be a JSON object"):
         p.decode_client([p.VERSION, b"hb", body])
     with pytest.raises(p.ProtocolError, match="hb: body must be a JSON object"):
-        p.decode_server([TOPIC, p.VERSION, b"hb", body])
+        p.decode_server([TOPIC, p.VERSION, b"hb", body, b"0"])
 
 
 @pytest.mark.parametrize("missing", ["session", "room", "text", "mid"])
@@ -303,7 +316,7 @@ def test_every_integer_field_is_range_checked(cls, name, lo, hi):
         body = json.dumps({**sample.body(), name: value}).encode()
         if is_client:
             return p.decode_client([p.VERSION, cls.KIND, body])
-        return p.decode_server([TOPIC, p.VERSION, cls.KIND, body])[1]
+        return p.decode_server([TOPIC, p.VERSION, cls.KIND, body, b"0"])[1]
 
     assert hi <= p.MAX_SAFE_INT and lo >= -1
     for good in (lo, hi):
@@ -317,7 +330,7 @@ def test_every_integer_field_is_range_checked(cls, name, lo, hi):
 def test_floats_are_finite(raw):
     body = b'{"ts": ' + raw + b"}"
     with pytest.raises(p.ProtocolError):
-        p.decode_server([TOPIC, p.VERSION, b"hb", body])
+        p.decode_server([TOPIC, p.VERSION, b"hb", body, b"0"])
 
 
 @pytest.mark.parametrize(("kind", "body"), [
@@ -355,7 +368,7 @@ def test_deeply_nested_json_is_a_protocol_error():
 
 def test_deeply_nested_json_is_a_protocol_error_on_the_client_side():
     with pytest.raises(p.ProtocolError):
-        p.decode_server([TOPIC, p.VERSION, b"hb", b"[" * 50_000])
+        p.decode_server([TOPIC, p.VERSION, b"hb", b"[" * 50_000, b"0"])
 
 
 def test_huge_integer_is_a_protocol_error():
@@ -479,7 +492,7 @@ def test_decode_client_arbitrary_body(version, kind, body):
 @FAST
 @given(versions, server_kinds, st.binary(max_size=200))
 def test_decode_server_arbitrary_body(version, kind, body):
-    _check_server([TOPIC, version, kind, body])
+    _check_server([TOPIC, version, kind, body, b"0"])
 
 
 @FAST
@@ -506,7 +519,7 @@ def test_decode_client_mutated_fields(msg, changes, dropped):
 @FAST
 @given(st.sampled_from(SERVER_SAMPLES), st.dictionaries(st.text(max_size=12), json_values, max_size=4))
 def test_decode_server_mutated_fields(msg, changes):
-    frames = [TOPIC, p.VERSION, msg.KIND, json.dumps({**msg.body(), **changes}).encode()]
+    frames = [TOPIC, p.VERSION, msg.KIND, json.dumps({**msg.body(), **changes}).encode(), b"0"]
     _check_server(frames)
 
 

@@ -16,16 +16,20 @@ def endpoints(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, in_endpoint: s
     return (in_endpoint or f"tcp://{host}:{port}", out_endpoint or f"tcp://{host}:{port + 1}")
 
 
-def free_port_pair(host: str = DEFAULT_HOST) -> int:
-    """A port P on ``host`` with P and P+1 both free right now (for a server started elsewhere: tests,
-    benchmarks), below the kernel's ephemeral range so that outgoing connections cannot take it meanwhile."""
+def free_port_pair(host: str = DEFAULT_HOST, count: int = 2) -> int:
+    """A port P on ``host`` with P and P+1 (up to P+count-1: a pair's server also binds P+2) free right now
+    (for a server started elsewhere: tests, benchmarks), below the kernel's ephemeral range so that
+    outgoing connections cannot take it meanwhile."""
     for _ in range(200):
         port = random.randrange(20000, 32000)
+        socks = [socket.socket() for _ in range(count)]
         try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind((host, port))
-                b.bind((host, port + 1))
+            for offset, sock in enumerate(socks):
+                sock.bind((host, port + offset))
             return port
         except OSError:
             continue
-    raise RuntimeError(f"no free port pair on {host}")
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no free port run of {count} on {host}")

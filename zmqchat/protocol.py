@@ -31,7 +31,7 @@ from functools import lru_cache
 from json.encoder import encode_basestring as _json_str  # C-accelerated; keeps non-ASCII as is
 from typing import Any, ClassVar
 
-VERSION = b"zmqchat/2"  # 2: room messages of one batch may come as one ``msgs`` publication
+VERSION = b"zmqchat/3"  # 2: one ``msgs`` publication per room per batch; 3: a term frame on every server message
 VERSION_PREFIX = b"zmqchat/"
 TOPIC_END = b"\x00"
 ROOM_PREFIX = b"room:"
@@ -181,6 +181,7 @@ class Hello(Message):
     epoch: str = ""  # the history epoch those numbers belong to (from an earlier welcome)
     rid: str = ""  # a fresh nonce per hello: only a welcome or error echoing it is an answer to us
     unacked: int = 1  # counter of our oldest unacknowledged message (or of the next one we will send)
+    term: int = 0  # the highest server term we have seen (a pair's takeover count): a lower server is stale
 
 
 @_client
@@ -493,6 +494,7 @@ class ErrorReply(Message):
     retry_after: float = 0.0
     rid: str = ""
     resend_from: int = 0
+    active: str = ""  # with code ``not_active``: HOST:PORT of the pair's active server, when known
 
 
 @_server
@@ -511,6 +513,7 @@ class ServerHeartbeat(Message):
     KIND: ClassVar[bytes] = b"hb"
     ts: float
     seqs: dict = field(default_factory=dict)  # room -> newest sequence number, for occupied rooms
+    role: str = ""  # "" a single server; in a pair "active" or "standby" (whose beats prove nothing of the active)
 
 
 @_server
@@ -535,6 +538,7 @@ ERR_REVOKED = "revoked"  # unsolicited: the session's key was removed from the a
 ERR_RESEND = "resend"  # a message counter jumped: resend from ``resend_from``
 ERR_BUSY = "busy"  # the server's work budget is spent: ask again after ``retry_after`` (not the sender's fault)
 ERR_UNAVAILABLE = "unavailable"  # the server cannot do this now (its store or search index failed)
+ERR_NOT_ACTIVE = "not_active"  # this server of a pair is not the active one: reach ``active`` instead
 ERR_FORBIDDEN = "forbidden"  # not allowed to anyone but its owner (a locked topic)
 
 # --------------------------------------------------------------------------------------------------
@@ -569,14 +573,20 @@ def encode_client(msg: Message) -> list[bytes]:
     return [VERSION, msg.KIND, encode_body(msg)]
 
 
-def server_frames(topic: bytes, kind: bytes, body: bytes) -> list[bytes]:
-    """The frames of one publication: topic, version, kind, body."""
-    return [topic, VERSION, kind, body]
+def server_frames(topic: bytes, kind: bytes, body: bytes, term: bytes = b"0") -> list[bytes]:
+    """The frames of one publication: topic, version, kind, body, term (``term_frame``)."""
+    return [topic, VERSION, kind, body, term]
 
 
-def encode_server(topic: bytes, msg: Message) -> list[bytes]:
+def encode_server(topic: bytes, msg: Message, term: bytes = b"0") -> list[bytes]:
     """Frames the server publishes on PUB under ``topic``."""
-    return server_frames(topic, msg.KIND, encode_body(msg))
+    return server_frames(topic, msg.KIND, encode_body(msg), term)
+
+
+def term_frame(term: int) -> bytes:
+    """The last frame of every server message: the publishing server's term, in ASCII decimal (0 for a
+    server that is not one of a pair)."""
+    return str(term).encode()
 
 
 _Spec = tuple[str, type, bool, float, float]  # name, python type, required, lowest, highest
@@ -755,7 +765,18 @@ def mid_counter(mid: str, session: str) -> int | None:
 
 def decode_server(frames: list[bytes]) -> tuple[bytes, Message]:
     """Parse what arrived on a client's SUB socket: (topic, message). Raises ProtocolError only."""
-    if len(frames) != 4:
-        raise ProtocolError(f"expected 4 frames, got {len(frames)}")
+    topic, msg, _term = decode_server_term(frames)
+    return topic, msg
+
+
+def decode_server_term(frames: list[bytes]) -> tuple[bytes, Message, int]:
+    """Parse what arrived on a client's SUB socket: (topic, message, the server's term)."""
+    if len(frames) != 5:
+        raise ProtocolError(f"expected 5 frames, got {len(frames)}")
     cls = _check_header(frames[1], frames[2], _SERVER_KINDS)
-    return frames[0], _build(cls, frames[3])
+    term = frames[4]
+    if not (term == b"0" or COUNTER_RE.fullmatch(term.decode("ascii", "replace"))):
+        raise ProtocolError("bad term frame (must be a decimal integer, no leading zero)")
+    if int(term) > MAX_SAFE_INT:
+        raise ProtocolError("term out of range")
+    return frames[0], _build(cls, frames[3]), int(term)

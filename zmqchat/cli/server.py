@@ -15,11 +15,14 @@ from ..endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
 from ..errors import ZmqchatError
 from ..server.core import SUBSCRIBER_BYTES, ServerConfig, subscriber_queue
 from ..server.loop import HANDSHAKE_RATE, PUB_SNDBUF, Server
+from ..server.pair import HEARTBEAT as PEER_HEARTBEAT
+from ..server.pair import MISSES as PEER_MISSES
 from ..server.store import RETENTION, MemoryStore, SqliteStore, Store
 from .common import apply_env_defaults, run_main, setup_logging
 
 log = logging.getLogger("zmqchat.server")
 DEFAULTS = ServerConfig()  # the rules' defaults are written once, in the config; the flags show them
+PAIR_HEARTBEAT = 0.5  # seconds: a pair's client heartbeat unless told (clients count 3 missed ones as lost)
 
 
 def host_port(text: str, flag: str) -> tuple[str, int]:
@@ -55,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--out-endpoint", help="full PUB endpoint instead of host/port+1")
     chat = parser.add_argument_group("chat")
     chat.add_argument("--motd", default=DEFAULTS.motd, help="welcome text sent to each client that joins")
-    chat.add_argument("--heartbeat-interval", type=float, default=DEFAULTS.heartbeat_interval,
-                      help="seconds between heartbeats, both ways (default: %(default)s)")
+    chat.add_argument("--heartbeat-interval", type=float, default=None,
+                      help=f"seconds between heartbeats, both ways (default: {DEFAULTS.heartbeat_interval:g}; "
+                      f"{PAIR_HEARTBEAT:g} in a pair, so that clients notice a lost active within the failover aim)")
     chat.add_argument("--heartbeat-misses", type=int, default=DEFAULTS.heartbeat_misses,
                       help="missed client heartbeats before it is timed out (default: %(default)s)")
     chat.add_argument("--topic-lock", action="store_true", default=DEFAULTS.topic_lock,
@@ -109,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--trusted", default="127.0.0.1,::1",
                         help="comma-separated addresses exempt from the per-address limits, e.g. a gateway that "
                         "speaks for many people; '' for none (default: %(default)s)")
+    pair = parser.add_argument_group("hot standby pair (docs/cluster.md)")
+    pair.add_argument("--peer", metavar="HOST:PORT",
+                      help="the other server of a pair, by its client port: this server binds its peer link on its "
+                      "own port+2 and connects to the peer's port+2")
+    pair.add_argument("--peer-bind", help="full endpoint of this server's peer link instead, e.g. tcp://0.0.0.0:4446")
+    pair.add_argument("--peer-connect", help="full endpoint of the peer's peer link instead, e.g. tcp://10.0.0.2:4446")
+    pair.add_argument("--role", choices=["primary", "backup"], default=None,
+                      help="on the pair's first start (empty stores): primary becomes active alone if the peer "
+                      "is not up, backup waits for it (default: the first one up)")
+    pair.add_argument("--peer-heartbeat", type=float, default=PEER_HEARTBEAT,
+                      help="seconds between state messages on the peer link (default: %(default)s)")
+    pair.add_argument("--peer-misses", type=int, default=PEER_MISSES,
+                      help="peer heartbeats missed before the peer counts as silent (default: %(default)s)")
+    pair.add_argument("--peer-timeout", type=float, default=None,
+                      help="seconds the active waits for the standby's acknowledgement before it runs alone "
+                      "(default: --peer-heartbeat x --peer-misses)")
+    pair.add_argument("--peer-key", help="the peer server's CURVE public key file; with --curve-secret the peer "
+                      "link is CURVE and takes only this key")
     sec = parser.add_argument_group("security (CURVE)")
     sec.add_argument("--curve-secret", help="server secret key file; turns CURVE on")
     sec.add_argument("--authorized-keys", help="directory of client public keys allowed in, each bound to a name; "
@@ -129,7 +151,40 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: serve(args))
 
 
+def pair_server(args: argparse.Namespace, config: ServerConfig, path: Path | None, in_ep: str, out_ep: str,
+                common: dict) -> Server:
+    """A PairServer from the flags: the peer link's endpoints from --peer (port+2 each) or given in full."""
+    from ..server.pairloop import PairServer
+
+    if path is None:
+        raise ZmqchatError("a pair keeps its history on disk: --peer cannot be used with --no-persist")
+    if args.peer_misses < 1 or args.peer_heartbeat <= 0 or (args.peer_timeout is not None and args.peer_timeout <= 0):
+        raise ZmqchatError("--peer-heartbeat and --peer-timeout must be positive, --peer-misses 1 or more")
+    if args.peer_key and not args.curve_secret:
+        raise ZmqchatError("--peer-key needs --curve-secret (the peer link is CURVE only when the server is)")
+    if args.curve_secret and not args.peer_key:
+        raise ZmqchatError("under CURVE the peer link needs --peer-key (the peer server's public key)")
+    peer_client = ""
+    bind, connect = args.peer_bind, args.peer_connect
+    if args.peer:
+        host, port = host_port(args.peer, "--peer")
+        peer_client = args.peer
+        connect = connect or f"tcp://{host}:{port + 2}"
+        bind = bind or f"tcp://{args.host}:{args.port + 2}"
+    if not (bind and connect):
+        raise ZmqchatError("a pair needs --peer HOST:PORT, or both --peer-bind and --peer-connect")
+    return PairServer(config, lambda active: SqliteStore(path, args.history, repair=args.repair,
+                                                         search=args.search and active),
+                      in_ep, out_ep, peer_bind=bind, peer_connect=connect, peer_client=peer_client,
+                      prefer=args.role or "", peer_timeout=args.peer_timeout, peer_misses=args.peer_misses,
+                      peer_heartbeat=args.peer_heartbeat, peer_secret=args.curve_secret, peer_key=args.peer_key,
+                      **common)
+
+
 def serve(args: argparse.Namespace) -> int:
+    paired = bool(args.peer or args.peer_bind or args.peer_connect)
+    if args.heartbeat_interval is None:
+        args.heartbeat_interval = PAIR_HEARTBEAT if paired else DEFAULTS.heartbeat_interval
     if args.max_message_bytes < p.MIN_MAX_MESSAGE_BYTES:
         raise ZmqchatError(f"--max-message-bytes must be at least {p.MIN_MAX_MESSAGE_BYTES}")
     if args.max_text_bytes > args.max_message_bytes - 512:
@@ -158,17 +213,31 @@ def serve(args: argparse.Namespace) -> int:
                           address_rate=args.address_rate, max_history_reply=ServerConfig.reply_limit(pub_hwm),
                           history_cache=args.history_cache, topic_lock=args.topic_lock,
                           trusted=frozenset(a.strip() for a in args.trusted.split(",") if a.strip()))
-    server = Server(config, store, in_ep, out_ep, max_message_bytes=args.max_message_bytes,
-                    curve_secret=args.curve_secret, authorized_keys=args.authorized_keys, pub_hwm=pub_hwm,
-                    sndbuf=args.sndbuf, handshake_rate=args.handshake_rate,
-                    metrics=host_port(args.metrics, "--metrics") if args.metrics else None)
+    common = {"max_message_bytes": args.max_message_bytes, "curve_secret": args.curve_secret,
+              "authorized_keys": args.authorized_keys, "pub_hwm": pub_hwm, "sndbuf": args.sndbuf,
+              "handshake_rate": args.handshake_rate,
+              "metrics": host_port(args.metrics, "--metrics") if args.metrics else None}
+    if not paired:
+        server: Server = Server(config, store, in_ep, out_ep, **common)
+    else:
+        server = pair_server(args, config, path, in_ep, out_ep, common)
     signal.signal(signal.SIGINT, lambda *_: server.stop())
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: server.reload_keys())
+    if paired and hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda *_: server.force_active())  # type: ignore[attr-defined]
 
     def ready() -> None:
         log.info("zmqchat-server listening: in %s, out %s", server.in_endpoint, server.out_endpoint)
+        if paired:
+            log.info("pair: peer link bound at %s, peer at %s; %s", server.peer_bind,  # type: ignore[attr-defined]
+                     server.peer_connect, server.status)  # type: ignore[attr-defined]
+            log.info("history: %s (last %d messages per room)", path, args.history)
+        else:
+            _ready_single()
+
+    def _ready_single() -> None:
         assert server.core is not None
         cache = server.core.sequencer.cache
         if path is None:

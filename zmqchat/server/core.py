@@ -161,8 +161,12 @@ class ServerCore:
     """Consumes client frames (``receive``) and timers (``tick``); ``flush`` returns what to publish."""
 
     def __init__(self, config: ServerConfig, store: Store, clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] | None = None) -> None:
+                 wall_clock: Callable[[], float] | None = None, term: int = 0, role: str = "") -> None:
         self.config = config
+        self.term = term  # a pair's takeover count (0: not one of a pair): the last frame of all we publish
+        self._term = p.term_frame(term)
+        self.role = role  # "" alone, "active" in a pair: what heartbeats say
+        self.pair_status: Callable[[], str] | None = None  # a pair's loop sets it: shown in /stats and the stats line
         # a msgs publication is at most one incoming message's size: the PUB queue's byte bound holds
         self._run_bytes = config.max_message_bytes - 64
         self.sequencer = Sequencer(store, config.history_cache)  # loads the store: may raise StoreError
@@ -400,7 +404,7 @@ class ServerCore:
             msg = build()
             cached = self._cache[key] = (msg.KIND, p.encode_body(msg))
         kind, body = cached
-        self.out.append(p.server_frames(p.session_topic(member.session), kind, p.with_rid(body, rid)))
+        self.out.append(p.server_frames(p.session_topic(member.session), kind, p.with_rid(body, rid), self._term))
 
     def tick(self) -> None:
         """Timers: expire silent clients, heartbeat, stats line. Call at least every heartbeat interval."""
@@ -422,10 +426,12 @@ class ServerCore:
             # Newest seq of occupied rooms: lets a client notice it lost the tail of a burst.
             # committed numbers only: a heartbeat may go out while a batch waits for the disk
             seqs = {room: self.sequencer.committed_seq(room) for room in self._heartbeat_rooms()}
-            self._beats.append(p.encode_server(p.ALL_TOPIC, p.ServerHeartbeat(ts=self.wall_clock(), seqs=seqs)))
+            self._beats.append(p.encode_server(p.ALL_TOPIC, p.ServerHeartbeat(ts=self.wall_clock(), seqs=seqs,
+                                                                           role=self.role), self._term))
         if now >= self._next_stats:
             self._next_stats = now + self.config.stats_interval
-            log.info("stats %s", " ".join(f"{k}={v}" for k, v in self.snapshot().items()))
+            pair = f" pair={self.pair_status()!r}" if self.pair_status is not None else ""
+            log.info("stats %s%s", " ".join(f"{k}={v}" for k, v in self.snapshot().items()), pair)
 
     def _heartbeat_rooms(self) -> list[str]:
         """At most HEARTBEAT_ROOMS occupied rooms: first those with messages since their last heartbeat
@@ -474,7 +480,7 @@ class ServerCore:
         if self.out:
             # a room's messages of this tick go out as one publication (msgs), or as msg when alone
             self._held.append((self.sequencer.waiting_for(),
-                               [item.frames() if type(item) is _Run else item for item in self.out]))
+                               [item.frames(self._term) if type(item) is _Run else item for item in self.out]))
             self.out = []
             self._runs.clear()
         durable = self.sequencer.settle()
@@ -511,7 +517,7 @@ class ServerCore:
 
     def _publish(self, topic: bytes, msg: p.Message) -> None:
         self._runs.pop(topic, None)  # later messages of that room come after this, in a run of their own
-        self.out.append(p.encode_server(topic, msg))
+        self.out.append(p.encode_server(topic, msg, self._term))
 
     def _reply(self, member_or_session: Member | str, msg: p.Message) -> None:
         session = member_or_session if isinstance(member_or_session, str) else member_or_session.session
@@ -593,7 +599,7 @@ class ServerCore:
         if sum(len(body) for _, body in rows) > HISTORY_REPLY_BYTES:
             rows, cut = _within_bytes(rows, HISTORY_REPLY_BYTES, keep_newest=backlog), True
         for _seq, body in rows:
-            self.out.append(p.server_frames(topic, p.HistoryMessage.KIND, body))
+            self.out.append(p.server_frames(topic, p.HistoryMessage.KIND, body, self._term))
         last = self.sequencer.last_seq(room)
         upto = min(before - 1, last) if before > 0 else last
         if not backlog and rows and cut:
@@ -863,7 +869,7 @@ class ServerCore:
             rows, start = _within_bytes(rows, HISTORY_REPLY_BYTES, keep_newest=True), False
         topic = p.session_topic(member.session)
         for _seq, body in rows:
-            self.out.append(p.server_frames(topic, p.HistoryMessage.KIND, body))
+            self.out.append(p.server_frames(topic, p.HistoryMessage.KIND, body, self._term))
         self._reply(member, p.PageEnd(room=msg.room, before=msg.before, count=len(rows),
                                       oldest=rows[0][0] if rows else 0, start=start, rid=msg.rid))
         (allowed, charged), self._granted = self._granted, (0, [])
@@ -950,7 +956,8 @@ class ServerCore:
 
     def handle_stats(self, msg: p.StatsRequest, member: Member) -> None:
         if self._afford(member, 1, BROWSE, msg.rid):
-            self._reply_cached(member, ("stats",), msg.rid, lambda: p.StatsReply(stats=self.snapshot()))
+            self._reply_cached(member, ("stats",), msg.rid, lambda: p.StatsReply(stats={
+                **self.snapshot(), **({"pair": self.pair_status()} if self.pair_status is not None else {})}))
 
     def handle_ping(self, msg: p.Ping, member: Member) -> None:
         pass  # liveness was recorded in receive()
@@ -1003,10 +1010,10 @@ class _Run:
         self.bodies: list[bytes] = []
         self.size = 16  # the msgs wrapper
 
-    def frames(self) -> list[bytes]:
+    def frames(self, term: bytes) -> list[bytes]:
         if len(self.bodies) == 1:
-            return p.server_frames(self.topic, p.RoomMessage.KIND, self.bodies[0])
-        return p.server_frames(self.topic, p.RoomMessages.KIND, p.room_messages_body(self.bodies))
+            return p.server_frames(self.topic, p.RoomMessage.KIND, self.bodies[0], term)
+        return p.server_frames(self.topic, p.RoomMessages.KIND, p.room_messages_body(self.bodies), term)
 
 
 def _within_bytes(rows: list[tuple[int, bytes]], budget: int, keep_newest: bool) -> list[tuple[int, bytes]]:

@@ -73,6 +73,10 @@ class Producers:
     def __len__(self) -> int:
         return len(self._by_session)
 
+    def rows(self) -> list[tuple[str, str, int, str, int, float]]:
+        """Every producer as the store keeps it (session, identity, next, room, seq, ts), least recently active first."""
+        return [(pr.session, pr.identity, pr.next, pr.room, pr.seq, pr.ts) for pr in self._by_session.values()]
+
     def get(self, session: str) -> Producer | None:
         return self._by_session.get(session)
 

@@ -39,6 +39,7 @@ PUB_SNDBUF = 256 * 1024  # bytes of kernel send buffer per subscriber (0: the sy
 HANDSHAKE_RATE = 20.0  # handshakes per second per address (both sockets), with a burst of
 HANDSHAKE_BURST_SECONDS = 10.0  # this many seconds' worth: an office of 100 behind one NAT reconnecting at once
 ZAP_DOMAIN = "zmqchat"  # set on both sockets so the ZAP handler sees every handshake, CURVE or not
+PEER_ZAP_DOMAIN = "zmqchat-peer"  # a pair's peer link: only the peer's key
 ZAP_TRY_LATER = b"300"  # ZAP status for "temporary error": the peer reconnects later
 CLOSE_LINGER_MS = 1000  # time given to the "shutting down" notice on exit
 HANDSHAKE_IVL_MS = 5000  # a connection that has not completed its ZMTP (or CURVE) handshake by then is closed
@@ -120,8 +121,9 @@ class Server:
             if on_ready is not None:
                 on_ready()
             self._loop(pull, pub)
-            for frames in core.shutdown():
-                pub.send_multipart(frames)
+            if self.core is not None:
+                for frames in self.core.shutdown():
+                    pub.send_multipart(frames)
         finally:
             pull.close(linger=0)
             pub.close(linger=CLOSE_LINGER_MS)
@@ -164,7 +166,8 @@ class Server:
         else:
             self.bound_names = keys.load_allowlist(self.authorized_keys)
             self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.authorized_keys))
-            self.core.bind_keys(self.bound_names)  # the core decides what an unbound key's messages get
+            if self.core is not None:  # the core decides what an unbound key's messages get
+                self.core.bind_keys(self.bound_names)
 
     def _loop(self, pull: zmq.Socket, pub: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -199,40 +202,45 @@ class Server:
                 core.handshakes_refused(refused - self._handshakes_refused)
                 self._handshakes_refused = refused
             if pull in ready:
-                deadline = time.monotonic() + BATCH_SECONDS
-                for i in range(BATCH):
-                    if i & 63 == 63 and time.monotonic() > deadline:
-                        break  # publish what is done: a flood of cheap refusals must not delay the rest
-                    try:
-                        key = None
-                        address = ""
-                        admitted = curve or by_address
-                        if admitted:
-                            first = _raw_recv(pull, _NOBLOCK, False)
-                            if by_address:
-                                address = first.get("Peer-Address")
-                            if curve:
-                                key = first.get("User-Id")
-                            if not core.admit(key, address):
-                                _drop_rest(pull)
-                                continue
-                            frames = _recv_rest(pull, [first.bytes])
-                        else:
-                            frames = _recv_rest(pull, [_raw_recv(pull, _NOBLOCK)])
-                        if frames is None:
-                            core.frame_bomb()
-                        else:
-                            core.receive(frames, key, None, address, admitted)
-                    except zmq.Again:
-                        break
-                    except Exception as exc:  # noqa: BLE001 (receive() catches its own; this is the loop's)
-                        core.internal_error(exc)
+                self._drain(pull, core, curve, by_address)
             core.tick()
             out = core.flush()
             for frames in out:
                 _send_frames(pub, frames)
             if self.metrics is not None:
                 self.metrics.observe(core.take_commit_time(), len(out))
+
+    @staticmethod
+    def _drain(pull: zmq.Socket, core: ServerCore, curve: bool, by_address: bool) -> None:
+        """Hand the core what PULL holds: up to BATCH messages, or BATCH_SECONDS' worth."""
+        deadline = time.monotonic() + BATCH_SECONDS
+        for i in range(BATCH):
+            if i & 63 == 63 and time.monotonic() > deadline:
+                break  # publish what is done: a flood of cheap refusals must not delay the rest
+            try:
+                key = None
+                address = ""
+                admitted = curve or by_address
+                if admitted:
+                    first = _raw_recv(pull, _NOBLOCK, False)
+                    if by_address:
+                        address = first.get("Peer-Address")
+                    if curve:
+                        key = first.get("User-Id")
+                    if not core.admit(key, address):
+                        _drop_rest(pull)
+                        continue
+                    frames = _recv_rest(pull, [first.bytes])
+                else:
+                    frames = _recv_rest(pull, [_raw_recv(pull, _NOBLOCK)])
+                if frames is None:
+                    core.frame_bomb()
+                else:
+                    core.receive(frames, key, None, address, admitted)
+            except zmq.Again:
+                break
+            except Exception as exc:  # noqa: BLE001 (receive() catches its own; this is the loop's)
+                core.internal_error(exc)
 
     def _on_monitor(self, monitor: zmq.Socket) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -245,7 +253,8 @@ class Server:
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and event["value"] == int(ZAP_TRY_LATER):
                 continue  # refused for rate by our own ZAP handler: counted there
             why = "key not authorized" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake failed"
-            self.core.auth_failed(why, event["endpoint"].decode(errors="replace"))
+            if self.core is not None:
+                self.core.auth_failed(why, event["endpoint"].decode(errors="replace"))
 
     def _reload_keys(self) -> None:
         try:
@@ -267,6 +276,7 @@ class GuardedAuthenticator(ThreadAuthenticator):
         super().__init__(context, log=log)
         self.limiter = limiter
         self.refused = 0
+        self.peer_key: bytes | None = None  # a pair's peer link (its own ZAP domain) takes this key only
 
     def _over_budget(self, msg: list[bytes]) -> bool:
         if len(msg) < 6:
@@ -277,6 +287,21 @@ class GuardedAuthenticator(ThreadAuthenticator):
         self.refused += 1
         self._send_zap_reply(msg[1], ZAP_TRY_LATER, b"too many handshakes from this address")
         return True
+
+    def _peer_check(self, domain: str, client_key: bytes) -> tuple[bool, bytes] | None:
+        if domain != PEER_ZAP_DOMAIN:
+            return None
+        from zmq.utils import z85
+
+        ok = self.peer_key is not None and z85.encode(client_key) == self.peer_key
+        return ok, b"OK" if ok else b"not the peer's key"
+
+    if inspect.iscoroutinefunction(ThreadAuthenticator._authenticate_curve):
+        async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
+            return self._peer_check(domain, client_key) or await super()._authenticate_curve(domain, client_key)
+    else:  # pragma: no cover (older pyzmq)
+        def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:  # type: ignore[override]
+            return self._peer_check(domain, client_key) or super()._authenticate_curve(domain, client_key)
 
     if inspect.iscoroutinefunction(ThreadAuthenticator.handle_zap_message):  # pyzmq >= 25
         async def handle_zap_message(self, msg: list[bytes]) -> None:

@@ -123,6 +123,13 @@ class Sequencer:
         """The newest sequence number of ``room`` (0 before its first message)."""
         return self._last.get(room, 0)
 
+    def committed(self) -> dict[str, int]:
+        """Room -> its newest committed sequence number, for every room with messages."""
+        return dict(self._committed)
+
+    def topic_rows(self) -> list[TopicRow]:
+        return list(self._topics.values())
+
     def committed_seq(self, room: str) -> int:
         """The newest sequence number of ``room`` that is durable or known lost."""
         return self._committed.get(room, 0)

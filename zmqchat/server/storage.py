@@ -40,6 +40,8 @@ class Batch:
     topics: dict[str, TopicRow] = field(default_factory=dict)  # room -> its topic as set in this batch
     # what a search index takes of the messages, so it need not decode them: (room, seq, ts, sender, text)
     words: list[tuple[str, int, float, str, str]] = field(default_factory=list)
+    # a pair's replication position (1, 2, ... across restarts and takeovers; 0: not counted), saved with it
+    position: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.messages or self.producers or self.topics) or self.expire_before is not None
@@ -55,6 +57,9 @@ class Loaded:
     producers: list[Producer]  # dedupe state, oldest first
     retention: int  # messages kept per room: reads never reach below the newest this many
     topics: dict[str, TopicRow] = field(default_factory=dict)
+    position: int = 0  # the replication position of the newest batch held (a pair's; 0 alone)
+    term: int = 0  # the newest term this store served or followed (a pair's takeover count)
+    terms: dict[int, int] = field(default_factory=dict)  # term -> the first position written in it
 
 
 class Store(Protocol):
@@ -81,6 +86,12 @@ class Store(Protocol):
     def search(self, terms: list[q.Term], sender: str, room: str, limit: int) -> list[Found]:
         """Messages holding every term (of ``sender`` and in ``room`` when not ""), newest first, at most
         ``limit``. May miss the last batch or so (the index can lag); raises StoreError."""
+
+    def set_term(self, term: int, terms: dict[int, int]) -> None:
+        """Save the pair's current term and each term's first position, durably, now."""
+
+    def adopt(self, epoch: str) -> None:
+        """Take ``epoch`` as its own (a standby copying its active); only while it holds no message."""
 
     def close(self) -> None:
         """Make everything submitted durable, release what it holds."""

@@ -206,23 +206,45 @@ class _Damage:
 
 class MemoryStore:
     """A store in memory: the newest ``retention`` messages of each room, nothing across restarts (nothing
-    reserved, skipped or remembered of the producers). Every batch is durable once submitted."""
+    reserved or skipped). Every batch is durable once submitted."""
 
     def __init__(self, retention: int = RETENTION) -> None:
         self.retention = max(1, retention)
         self.epoch = secrets.token_hex(8)
         self._rooms: dict[str, deque[tuple[int, bytes, int]]] = {}  # seq, body, order of arrival over all rooms
         self._topics: dict[str, TopicRow] = {}
+        self._producers: dict[str, Producer] = {}
         self._durable = 0
         self._arrivals = 0
+        self._position = 0
+        self._term = 0
+        self._terms: dict[int, int] = {}
 
     def load(self, recent: int) -> Loaded:
         return Loaded(self.epoch, {room: rows[-1][0] for room, rows in self._rooms.items() if rows},
                       {room: [(seq, body) for seq, body, _n in list(rows)[-recent:]] for room, rows in self._rooms.items()},
-                      [], self.retention, dict(self._topics))
+                      sorted(self._producers.values(), key=itemgetter(5)), self.retention, dict(self._topics),
+                      self._position, self._term, dict(self._terms))
+
+    def set_term(self, term: int, terms: dict[int, int]) -> None:
+        self._term, self._terms = term, dict(terms)
+
+    def adopt(self, epoch: str) -> None:
+        if any(self._rooms.values()):
+            raise StoreError("a store holding messages cannot take another epoch")
+        self.epoch = epoch
 
     def submit(self, batch: Batch) -> None:
         self._topics.update(batch.topics)
+        if batch.expire_before is not None:
+            self._producers = {k: row for k, row in self._producers.items() if row[5] >= batch.expire_before}
+        for producer, row in batch.producers.items():
+            if row is None:
+                self._producers.pop(producer, None)
+            else:
+                self._producers[producer] = row
+        if batch.position:
+            self._position = batch.position
         for room, seq, _ts, _key, body in batch.messages:
             rows = self._rooms.get(room)
             if rows is None:
@@ -294,6 +316,9 @@ class SqliteStore:
         self._checkpointer: _Checkpointer | None = None
         self._last_write = 0.0  # monotonic time of the last commit, read by the checkpointer
         self.epoch = secrets.token_hex(8)  # replaced by the file's own at load()
+        self.position = 0  # a pair's replication position of the newest batch on disk
+        self.term = 0
+        self.terms: dict[int, int] = {}
 
     # -- opening: check, migrate, load
 
@@ -302,7 +327,7 @@ class SqliteStore:
             self._recent = max(1, min(recent, self.retention))
             self._open(self.path)
         return Loaded(self.epoch, dict(self._newest), self._loaded_rows, list(self._producers), self.retention,
-                      dict(self._topics))
+                      dict(self._topics), self.position, self.term, dict(self.terms))
 
     @property
     def index_path(self) -> Path:
@@ -462,6 +487,14 @@ class SqliteStore:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
         else:
             self.epoch = row[0]
+        pair = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('position', 'term', 'terms')").fetchall())
+        try:
+            self.position = int(pair.get("position", 0))
+            self.term = int(pair.get("term", 0))
+            self.terms = {int(k): int(v) for k, v in json.loads(pair.get("terms", "{}")).items()}
+        except (TypeError, ValueError, AttributeError):
+            damage.add("meta", "pair position or term")
+            self.position, self.term, self.terms = 0, 0, {}
 
     def _load_room(self, db: sqlite3.Connection, room: str,
                    damage: _Damage) -> tuple[list[tuple[int, bytes]], int, list[int]]:
@@ -552,6 +585,8 @@ class SqliteStore:
                 self._write_producers(db, batch)
             if batch.topics:
                 db.executemany("INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?, ?)", batch.topics.values())
+            if batch.position:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('position', ?)", (str(batch.position),))
             for room in trim:
                 self._trim(db, room, max(self._newest.get(room, 0), tops.get(room, 0)))
             db.execute("COMMIT")
@@ -573,6 +608,8 @@ class SqliteStore:
         self._reserved.update(reserve)
         self._block.update(blocks)
         self._durable = batch.number
+        if batch.position:
+            self.position = batch.position
         self._last_write = self.clock()
         if self._indexer is not None and batch.messages:
             self._indexer.add(batch.words or [(room, seq, ts, *_words_of(body)) for room, seq, ts, _key, body
@@ -581,6 +618,40 @@ class SqliteStore:
 
     def durable(self) -> int:
         return self._durable
+
+    def set_term(self, term: int, terms: dict[int, int]) -> None:
+        if self._db is None:
+            raise StoreError(f"history database {self.path}: not open")
+        try:
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                 [("term", str(term)), ("terms", json.dumps({str(k): v for k, v in terms.items()}))])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+            raise StoreError(f"history database {self.path}: {exc}") from exc
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA synchronous=NORMAL")
+        self.term, self.terms = term, dict(terms)
+
+    def adopt(self, epoch: str) -> None:
+        if self._db is None:
+            raise StoreError(f"history database {self.path}: not open")
+        if any(self._newest.values()) or self._db.execute("SELECT 1 FROM messages LIMIT 1").fetchone():
+            raise StoreError(f"history database {self.path}: holds messages, cannot take another epoch")
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (epoch,))
+        self.epoch = epoch
+        if self._indexer is not None:  # an index belongs to one epoch: start it over for this one
+            self._indexer.stop()
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+            self._indexer = _Indexer(self.path, self.index_path, self.epoch, self.retention, {}, {})
+            self._indexer.start()
 
     def _write_producers(self, db: sqlite3.Connection, batch: Batch) -> None:
         if batch.expire_before is not None:  # before the saves: a producer saved meanwhile stays

@@ -1,0 +1,309 @@
+"""A hot-standby pair, end to end through the console scripts: two zmqchat-server processes with --peer,
+zmqchat-client --servers processes, kill -9, and the two history files compared row by row."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import WAIT, Proc, script
+
+from zmqchat.endpoints import free_port_pair
+
+ROUNDS_TEXTS = 16  # messages per client per room in one round
+
+
+def _ports() -> tuple[int, int]:
+    a = free_port_pair(count=3)
+    while True:
+        b = free_port_pair(count=3)
+        if abs(a - b) >= 3:
+            return a, b
+
+
+class Pair:
+    """Two servers of one pair (A, B), and clients that know both."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.ports = list(_ports())
+        self.dirs = [tmp / "A", tmp / "B"]
+        self.servers: list[Proc | None] = [None, None]
+        self.procs: list[Proc] = []
+
+    def start(self, i: int, *extra: str, peer_connect: str = "", peer_bind: str = "") -> Proc:
+        port, other = self.ports[i], self.ports[1 - i]
+        argv = script("zmqchat-server") + ["--port", str(port), "--data-dir", str(self.dirs[i]),
+                                           "--stats-interval", "0", *extra]
+        if peer_connect or peer_bind:
+            argv += ["--peer-connect", peer_connect, "--peer-bind", peer_bind]
+        else:
+            argv += ["--peer", f"127.0.0.1:{other}"]
+        proc = Proc(argv, stdin=False)
+        self.procs.append(proc)
+        self.servers[i] = proc
+        proc.expect("listening", stream="err")
+        return proc
+
+    @property
+    def servers_flag(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def client(self, name: str, *extra: str) -> Proc:
+        proc = Proc(script("zmqchat-client") + ["--name", name, "--servers", self.servers_flag, "--json",
+                                                "--drain-timeout", "30", *extra])
+        self.procs.append(proc)
+        proc.expect('"type": "connected"', timeout=15)
+        return proc
+
+    def history(self, i: int) -> Path:
+        return next(self.dirs[i].glob("history-*[0-9].sqlite3"))
+
+    def rows(self, i: int) -> list[tuple]:
+        db = sqlite3.connect(f"file:{self.history(i)}?mode=ro", uri=True)
+        try:
+            return db.execute("SELECT room, seq, body FROM messages ORDER BY room, seq").fetchall()
+        finally:
+            db.close()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture
+def pair(tmp_path):
+    made = Pair(tmp_path)
+    try:
+        yield made
+    finally:
+        made.stop_all()
+
+
+def up(pair: Pair, first: int = 0) -> tuple[Proc, Proc]:
+    """Start the pair: ``first`` becomes active, the other its standby, in sync."""
+    active = pair.start(first)
+    active.expect("pair: ACTIVE", stream="err")
+    standby = pair.start(1 - first)
+    standby.expect("pair: STANDBY", stream="err")
+    active.expect("the standby is in sync", stream="err")
+    return active, standby
+
+
+def messages(proc: Proc) -> list[dict]:
+    out = []
+    for line in list(proc.lines["out"]):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("type") == "message" and not event.get("history"):
+            out.append(event)
+    return out
+
+
+def join_dev(clients: list[Proc]) -> None:
+    for client in clients:
+        client.send("/join #dev")
+    for client in clients:
+        client.expect('"type": "presence".*"room": "#dev".*"event": "join"')
+
+
+def feed(client: Proc, name: str, tag: str, pause: threading.Event | None = None) -> list[tuple[str, str]]:
+    """Type this round's messages, alternating rooms; returns (room, text) in the order sent."""
+    sent = []
+    for i in range(ROUNDS_TEXTS):
+        for room, short in (("#general", "g"), ("#dev", "d")):
+            text = f"{name}-{tag}-{short}{i:03d}"
+            client.send(f"/join {room}", text)  # /join of a joined room only switches to it
+            sent.append((room, text))
+            time.sleep(0.01)  # sleep-ok: a typist's pace, not synchronisation
+    return sent
+
+
+def check_round(clients: dict[str, Proc], sent: dict[str, list[tuple[str, str]]], tag: str) -> None:
+    """Every member got every message of the round exactly once, in order per room, seqs rising."""
+    for sender_sent in sent.values():
+        for room in ("#general", "#dev"):
+            last_text = [t for r, t in sender_sent if r == room][-1]
+            for reader in clients.values():
+                reader.expect(json.dumps(last_text), timeout=30)
+    for reader_name, reader in clients.items():
+        got = [m for m in messages(reader) if f"-{tag}-" in m["text"]]
+        for room in ("#general", "#dev"):
+            in_room = [m for m in got if m["room"] == room]
+            seqs = [m["seq"] for m in in_room]
+            assert seqs == sorted(set(seqs)), f"{reader_name} {room}: seqs not rising or doubled"
+            for name, sender_sent in sent.items():
+                texts = [m["text"] for m in in_room if m["sender"] == name]
+                assert texts == [t for r, t in sender_sent if r == room], f"{reader_name} saw {name} in {room}"
+
+
+def stores_match(pair: Pair, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        a, b = pair.rows(0), pair.rows(1)
+        if a == b or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)  # sleep-ok: polling another process's file, bounded by the deadline
+    assert len(a) > 0
+    assert a == b
+
+
+def run_round(pair: Pair, clients: dict[str, Proc], tag: str, kill: Proc | None, watch: Proc) -> dict:
+    """Every client types; once ``watch`` saw a tenth of it, ``kill`` is killed with SIGKILL."""
+    sent: dict[str, list] = {}
+    threads = [threading.Thread(target=lambda n=name, c=client: sent.__setitem__(n, feed(c, n, tag)), daemon=True)
+               for name, client in clients.items()]
+    for thread in threads:
+        thread.start()
+    if kill is not None:
+        watch.expect(f'"text": "[a-z0-9]+-{tag}-g002"', timeout=20)
+        kill.signal(signal.SIGKILL)
+        kill.wait()
+    for thread in threads:
+        thread.join(WAIT * 3)
+    return sent
+
+
+def test_active_killed_mid_stream_loses_nothing_then_again_with_roles_swapped(pair):
+    a, b = up(pair, first=0)
+    clients = {name: pair.client(name) for name in ("c0", "c1", "c2", "c3")}
+    join_dev(list(clients.values()))
+    sent = run_round(pair, clients, "r1", kill=a, watch=clients["c1"])
+    b.expect("cannot reach it either: taking over", stream="err", timeout=15)
+    check_round(clients, sent, "r1")
+    for client in clients.values():
+        assert client.count('"switching_to": "127.0.0.1:') >= 1  # each saw the switch
+        assert client.count("no longer in history") == 0
+    # the old active comes back as standby, is caught up, and both stores hold the same rows
+    a = pair.start(0)
+    a.expect("pair: STANDBY", stream="err")
+    b.expect("the standby is in sync", stream="err", timeout=15)
+    stores_match(pair)
+    # roles swapped: now kill B, the active
+    sent = run_round(pair, clients, "r2", kill=b, watch=clients["c2"])
+    a.expect("cannot reach it either: taking over", stream="err", timeout=15)
+    check_round(clients, sent, "r2")
+    b = pair.start(1)
+    b.expect("pair: STANDBY", stream="err")
+    a.expect("the standby is in sync", stream="err", start=0, timeout=15)
+    stores_match(pair)
+
+
+def test_standby_killed_mid_stream_goes_unnoticed_and_catches_up(pair):
+    a, b = up(pair, first=0)
+    clients = {name: pair.client(name) for name in ("c0", "c1")}
+    join_dev(list(clients.values()))
+    sent = run_round(pair, clients, "s1", kill=b, watch=clients["c0"])
+    a.expect("running alone", stream="err", timeout=15)
+    check_round(clients, sent, "s1")
+    for client in clients.values():
+        assert client.count('"switching_to": "127') == 0 and client.count('"type": "connection_lost"') == 0
+    b = pair.start(1)
+    b.expect("pair: STANDBY", stream="err")
+    a.expect("the standby is in sync", stream="err", timeout=15)
+    stores_match(pair)
+
+
+class Forwarder:
+    """A TCP forwarder we control between the two servers' peer links: ``cut()`` stops it."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        self.cut_off = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.cut_off.is_set():
+            try:
+                inbound, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                outbound = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+            except OSError:
+                inbound.close()
+                continue
+            self.socks += [inbound, outbound]
+            for src, dst in ((inbound, outbound), (outbound, inbound)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.cut_off.is_set():
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        self.cut_off.set()
+        self.listener.close()
+        for sock in self.socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def test_the_peer_link_cut_alone_makes_no_second_active(pair):
+    a_port, b_port = pair.ports
+    to_b, to_a = Forwarder(b_port + 2), Forwarder(a_port + 2)
+    try:
+        a = pair.start(0, peer_bind=f"tcp://127.0.0.1:{a_port + 2}", peer_connect=f"tcp://127.0.0.1:{to_b.port}")
+        a.expect("pair: ACTIVE", stream="err")
+        b = pair.start(1, peer_bind=f"tcp://127.0.0.1:{b_port + 2}", peer_connect=f"tcp://127.0.0.1:{to_a.port}")
+        a.expect("the standby is in sync", stream="err")
+        clients = {name: pair.client(name) for name in ("c0", "c1")}
+        join_dev(list(clients.values()))
+        to_b.cut()
+        to_a.cut()
+        a.expect("running alone", stream="err", timeout=15)
+        b.expect("the active is silent on the peer link", stream="err", timeout=15)
+        sent = run_round(pair, clients, "l1", kill=None, watch=clients["c0"])
+        check_round(clients, sent, "l1")  # the clients still reach the active: it serves them alone
+        assert b.count("pair: ACTIVE", stream="err") == 0
+        for client in clients.values():
+            assert client.count('"type": "connection_lost"') == 0
+    finally:
+        to_b.cut()
+        to_a.cut()
+
+
+def test_a_client_that_knows_only_the_standby_is_sent_to_the_active(pair):
+    a, b = up(pair, first=0)
+    proc = Proc(script("zmqchat-client") + ["--name", "dora", "--port", str(pair.ports[1]), "--json"])
+    pair.procs.append(proc)
+    proc.expect('"type": "connected"', timeout=15)
+    proc.send("hello from dora")
+    proc.expect('"text": "hello from dora"')
+    assert any("127.0.0.1:%d" % pair.ports[0] in line for line in proc.lines["out"])  # told whom to reach
+
+
+def test_a_clean_stop_of_the_active_hands_over_at_once(pair):
+    a, b = up(pair, first=0)
+    clients = {name: pair.client(name) for name in ("c0", "c1")}
+    join_dev(list(clients.values()))
+    a.signal(signal.SIGTERM)
+    assert a.wait() == 0
+    assert a.count("handed over to the standby", stream="err") == 1
+    b.expect("the active handed over", stream="err")
+    b.expect("pair: ACTIVE", stream="err")
+    sent = run_round(pair, clients, "h1", kill=None, watch=clients["c0"])
+    check_round(clients, sent, "h1")
+    a = pair.start(0)  # back as standby: the operator's switch back is this stop-and-start again
+    a.expect("pair: STANDBY", stream="err")
+    b.expect("the standby is in sync", stream="err", timeout=15)
+    stores_match(pair)
