@@ -66,7 +66,7 @@ class Pair:
         return next(self.dirs[i].glob("history-*[0-9].sqlite3"))
 
     def rows(self, i: int) -> list[tuple]:
-        db = sqlite3.connect(f"file:{self.history(i)}?mode=ro", uri=True)
+        db = sqlite3.connect(self.history(i), timeout=5)  # a reader beside the server (WAL)
         try:
             return db.execute("SELECT room, seq, body FROM messages ORDER BY room, seq").fetchall()
         finally:
@@ -306,4 +306,37 @@ def test_a_clean_stop_of_the_active_hands_over_at_once(pair):
     a = pair.start(0)  # back as standby: the operator's switch back is this stop-and-start again
     a.expect("pair: STANDBY", stream="err")
     b.expect("the standby is in sync", stream="err", timeout=15)
+    stores_match(pair)
+
+
+def test_an_out_of_sync_standby_waits_for_the_operator_and_the_old_active_is_moved_aside(pair):
+    a, b = up(pair, first=0)
+    clients = {name: pair.client(name) for name in ("c0", "c1")}
+    clients["c0"].send("said while both ran")
+    clients["c1"].expect('"text": "said while both ran"')
+    b.signal(signal.SIGKILL)
+    b.wait()
+    a.expect("running alone", stream="err", timeout=15)
+    clients["c0"].send("said while alone")  # published by A alone: on A's disk only
+    clients["c1"].expect('"text": "said while alone"')
+    a.signal(signal.SIGKILL)
+    a.wait()
+    b = pair.start(1)  # its store is not empty and its peer is silent: it waits
+    b.expect("waiting for the peer", stream="err", timeout=15)
+    assert b.count("pair: ACTIVE", stream="err") == 0
+    b.signal(signal.SIGUSR1)  # the operator's order, knowing what B lacks
+    b.expect("forced active by the operator", stream="err")
+    b.expect("numbers skipped", stream="err")
+    b.expect("pair: ACTIVE", stream="err")
+    for client in clients.values():
+        client.expect('"type": "connected".*"reconnected": true', timeout=15)
+    clients["c0"].send("said after the force")
+    got = clients["c1"].expect('"text": "said after the force"')
+    clients["c1"].expect("may be lost|lost messages")  # told, not silently skipped
+    assert json.loads(got)["seq"] > 1_000_000  # never a number c1 saw from A
+    a = pair.start(0)  # the old active finds a newer term: standby, its diverged file moved aside
+    a.expect("pair: STANDBY", stream="err")
+    a.expect("moved aside", stream="err", timeout=15)
+    b.expect("the standby is in sync", stream="err", timeout=15)
+    assert list(pair.dirs[0].glob("history-*.sqlite3.diverged-*"))
     stores_match(pair)

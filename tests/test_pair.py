@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 from conftest import FakeClock
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zmqchat import protocol as p
 from zmqchat.server import pair
@@ -396,3 +398,26 @@ def test_sqlite_store_keeps_position_term_and_epoch(tmp_path):
     loaded = again.load(10)
     assert (loaded.epoch, loaded.position, loaded.term, loaded.terms) == ("feedface", 5, 3, {1: 1, 3: 4})
     again.close()
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                         max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"state", b"sync", b"start", b"refuse", b"rows", b"synced", b"batch", b"ack", b"x"]),
+       st.dictionaries(st.sampled_from(["s", "p", "m", "pr", "tp", "x", "term", "terms", "role", "node", "epoch",
+                                        "reset", "tops", "up", "prefer"]), json_values, max_size=8),
+       st.lists(st.binary(max_size=20), max_size=3))
+def test_whatever_the_peer_sends_only_peer_error_comes_out(kind, header, bodies):
+    follower = Follower(FakeClock())
+    follower.nonce = header.get("s") if isinstance(header.get("s"), str) else "n"
+    follower.streaming = kind == b"batch"
+    replica = Replica(MemoryStore(), FakeClock(), 1.0)
+    for handle in (lambda: follower.receive(kind, header, bodies), lambda: pair.peer_state(header, 0.0),
+                   lambda: replica.on_sync(header, "e"), lambda: replica.on_ack(header)):
+        try:
+            handle()
+        except PeerError:
+            pass

@@ -6,16 +6,17 @@ normative description; this module is its implementation.
 
 Client -> server (PUSH -> PULL), three frames::
 
-    [0] version   b"zmqchat/1"
+    [0] version   b"zmqchat/3"
     [1] kind      ASCII, e.g. b"msg"
     [2] body      UTF-8 JSON object; fields depend on the kind
 
-Server -> client (PUB -> SUB), four frames::
+Server -> client (PUB -> SUB), five frames::
 
     [0] topic     b"room:#general\\x00", b"sess:<session>\\x00" or b"all:\\x00"
-    [1] version   b"zmqchat/1"
+    [1] version   b"zmqchat/3"
     [2] kind
     [3] body      UTF-8 JSON object
+    [4] term      ASCII decimal: the server's term in a hot-standby pair (0 for a single server)
 
 Topics end in NUL so that SUB prefix matching never lets ``#dev`` receive ``#devops``.
 """

@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "own port+2 and connects to the peer's port+2")
     pair.add_argument("--peer-bind", help="full endpoint of this server's peer link instead, e.g. tcp://0.0.0.0:4446")
     pair.add_argument("--peer-connect", help="full endpoint of the peer's peer link instead, e.g. tcp://10.0.0.2:4446")
+    pair.add_argument("--advertise", metavar="HOST:PORT",
+                      help="the address clients reach this server at, which its peer tells clients that ask the "
+                      "standby (default: --host:--port, unless --host is 0.0.0.0 or ::; else the --peer address "
+                      "the peer was given)")
     pair.add_argument("--role", choices=["primary", "backup"], default=None,
                       help="on the pair's first start (empty stores): primary becomes active alone if the peer "
                       "is not up, backup waits for it (default: the first one up)")
@@ -173,9 +177,13 @@ def pair_server(args: argparse.Namespace, config: ServerConfig, path: Path | Non
         bind = bind or f"tcp://{args.host}:{args.port + 2}"
     if not (bind and connect):
         raise ZmqchatError("a pair needs --peer HOST:PORT, or both --peer-bind and --peer-connect")
+    advertise = args.advertise or ("" if args.host in ("0.0.0.0", "::", "*") or args.in_endpoint
+                                   else f"{args.host}:{args.port}")
+    if args.advertise:
+        host_port(args.advertise, "--advertise")
     return PairServer(config, lambda active: SqliteStore(path, args.history, repair=args.repair,
                                                          search=args.search and active),
-                      in_ep, out_ep, peer_bind=bind, peer_connect=connect, peer_client=peer_client,
+                      in_ep, out_ep, peer_bind=bind, peer_connect=connect, peer_client=peer_client, advertise=advertise,
                       prefer=args.role or "", peer_timeout=args.peer_timeout, peer_misses=args.peer_misses,
                       peer_heartbeat=args.peer_heartbeat, peer_secret=args.curve_secret, peer_key=args.peer_key,
                       **common)

@@ -631,6 +631,10 @@ class ServerCore:
             self._foreign(msg, producer.identity.partition("\x1f")[2])
             return
         rid = msg.rid
+        if self.role and msg.term > self.term:  # the client has heard a newer active: this one was deposed
+            self._refuse(msg.session, p.ERR_NOT_ACTIVE, f"this server's term {self.term} is older than the "
+                         f"client's {msg.term}: another server took over", rid=rid)
+            return
         problem = p.name_problem(msg.name)
         if problem:
             self._refuse(msg.session, p.ERR_BAD_NAME, problem, rid=rid)
@@ -658,6 +662,12 @@ class ServerCore:
         member.unacked = msg.unacked if producer is None else None
         if producer is not None:
             producer.rate_blocked = False  # it reconnected: the held message comes first again
+            if msg.unacked > producer.next:
+                # The sender holds acknowledgements this server's state lacks (a standby forced active without
+                # the last of its active's batches): those counters were settled; waiting for them would stall.
+                producer.next = msg.unacked
+                self.sequencer.save_producer(producer.session, producer.identity, producer.next, producer.room,
+                                             producer.seq, producer.ts)
         self.presence.touch(member.session, now)
         self._reply(member, p.Welcome(session=msg.session, name=msg.name, motd=self.config.motd,
                                       heartbeat_interval=self.config.heartbeat_interval,

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .. import protocol as p
 from ..errors import ZmqchatError
 from . import search as q
 from .storage import Batch, Found, Loaded, Producer, Row, Store, TopicRow
@@ -93,7 +94,8 @@ def batch_of(header: dict, bodies: list[bytes], number: int) -> Batch:
         raise PeerError("batch: message heads do not match its bodies")
     messages = []
     for head, body in zip(heads, bodies):
-        if not (type(head) is list and len(head) == 4 and type(head[0]) is str and type(head[1]) is int
+        if not (type(head) is list and len(head) == 4 and type(head[0]) is str and p.room_problem(head[0]) is None
+                and type(head[1]) is int and 1 <= head[1] <= p.MAX_SAFE_INT
                 and type(head[2]) in (int, float) and type(head[3]) is str):
             raise PeerError("batch: bad message head")
         messages.append((head[0], head[1], float(head[2]), head[3], body))
@@ -104,14 +106,23 @@ def batch_of(header: dict, bodies: list[bytes], number: int) -> Batch:
         raise PeerError("batch: bad producers, topics or expiry")
     batch = Batch(number, messages, expire_before=None if expire is None else float(expire), position=_int(header, "p"))
     for producer, row in producers.items():
-        if row is not None and not (type(row) is list and len(row) == 6):
+        if row is not None and not (type(row) is list and _typed(row, _PRODUCER_ROW) and row[0] == producer):
             raise PeerError("batch: bad producer row")
-        batch.producers[producer] = None if row is None else tuple(row)  # type: ignore[assignment]
+        batch.producers[producer] = None if row is None else (*row[:5], float(row[5]))  # type: ignore[assignment]
     for room, row in topics.items():
-        if not (type(row) is list and len(row) == 5):
+        if not (type(row) is list and _typed(row, _TOPIC_ROW) and row[0] == room):
             raise PeerError("batch: bad topic row")
-        batch.topics[room] = tuple(row)  # type: ignore[assignment]
+        batch.topics[room] = (*row[:3], float(row[3]), row[4])  # type: ignore[assignment]
     return batch
+
+
+_PRODUCER_ROW = (str, str, int, str, int, float)  # producer, identity, next, room, seq, ts
+_TOPIC_ROW = (str, str, str, float, str)  # room, text, by, ts, owner
+
+
+def _typed(row: list, types: tuple[type, ...]) -> bool:
+    return len(row) == len(types) and all(
+        type(value) is typ or (typ is float and type(value) is int) for value, typ in zip(row, types))
 
 
 def merge(batches: list[Batch], number: int) -> Batch:
@@ -154,6 +165,7 @@ class PeerState:
     synced: bool  # a standby: it follows the live stream; an active: a standby is in sync with it
     heard: float
     up: float = 0.0  # seconds it had been running when it said so
+    client: str = ""  # HOST:PORT its clients reach it at, as it advertises it ("" unknown)
 
 
 def peer_state(header: dict, now: float) -> PeerState:
@@ -165,7 +177,7 @@ def peer_state(header: dict, now: float) -> PeerState:
         raise PeerError("bad peer preference")
     return PeerState(_str(header, "node"), role, _int(header, "term"), _int(header, "position"), _str(header, "epoch"),
                      header.get("empty") is True, prefer, header.get("synced") is True, now,
-                     float(header["up"]) if type(header.get("up")) in (int, float) else 0.0)
+                     float(header["up"]) if type(header.get("up")) in (int, float) else 0.0, _str(header, "client"))
 
 
 @dataclass
@@ -178,6 +190,7 @@ class Roles:
     position: int
     empty: bool
     prefer: int = 0  # --role primary 1, backup -1
+    client: str = ""  # HOST:PORT clients reach this server at (told to the peer, which tells clients)
     heartbeat: float = HEARTBEAT
     misses: int = MISSES
     role: str = STARTING
@@ -201,7 +214,7 @@ class Roles:
     def state(self, epoch: str, synced: bool, now: float) -> list[bytes]:
         return encode(b"state", {"node": self.node, "role": self.role, "term": self.term, "position": self.position,
                                  "epoch": epoch, "empty": self.empty, "prefer": self.prefer, "synced": synced,
-                                 "up": round(now - self.born, 3)})
+                                 "up": round(now - self.born, 3), "client": self.client})
 
     def _wins(self, now: float) -> bool:
         """Which of two servers neither of which is active should be: the one holding more (term, then
@@ -515,10 +528,11 @@ class Follower:
             batch = batch_of(header, bodies, 0)
             batch.expire_before = float("inf")  # the producers are replaced by the snapshot
             terms = header.get("terms") or {}
-            if type(terms) is not dict:
+            if type(terms) is not dict or not all(type(k) is str and k.isdigit() and type(v) is int
+                                                 for k, v in terms.items()):
                 raise PeerError("synced: bad terms")
             self.term = _int(header, "term")
-            self.terms = {int(k): int(v) for k, v in terms.items()}
+            self.terms = {int(k): v for k, v in terms.items()}
             self.streaming = True
             self.position = batch.position
             return batch

@@ -26,7 +26,7 @@ from pathlib import Path
 import zmq
 
 from .. import protocol as p
-from .core import ServerConfig, ServerCore
+from .core import LogLimiter, ServerConfig, ServerCore
 from .loop import (
     _NOBLOCK,
     BATCH,
@@ -59,6 +59,7 @@ log = logging.getLogger("zmqchat.server")
 PEER_HWM = 100_000  # peer messages queued for a slow standby before sends fail (then the active goes alone)
 NOT_ACTIVE_PER_SECOND = 2000  # answers a standby gives clients that think it active; the rest are dropped
 HANDOVER_WAIT = 1.0  # seconds a stopping active waits for the standby's last acknowledgements
+FORCED_SKIP = 1_000_000  # numbers skipped per room when an out-of-sync standby is forced active
 
 
 class PairServer(Server):
@@ -67,7 +68,7 @@ class PairServer(Server):
     keep no search index: the active's store builds its index from the rows when it opens."""
 
     def __init__(self, config: ServerConfig, make_store: Callable[[bool], Store], in_endpoint: str, out_endpoint: str, *,
-                 peer_bind: str, peer_connect: str, peer_client: str = "", prefer: str = "",
+                 peer_bind: str, peer_connect: str, peer_client: str = "", advertise: str = "", prefer: str = "",
                  peer_timeout: float | None = None, peer_misses: int = MISSES, peer_heartbeat: float = HEARTBEAT,
                  peer_secret: str | Path | None = None, peer_key: str | Path | None = None, **kwargs) -> None:
         super().__init__(config, make_store(False), in_endpoint, out_endpoint, **kwargs)
@@ -77,13 +78,14 @@ class PairServer(Server):
         self.peer_client = peer_client  # HOST:PORT clients use for the peer: what not_active tells them
         self.peer_timeout = peer_timeout if peer_timeout is not None else peer_heartbeat * peer_misses
         self.roles = Roles(node=secrets.token_hex(6), term=0, position=0, empty=True, prefer=_PREFER[prefer],
-                           heartbeat=peer_heartbeat, misses=peer_misses)
+                           heartbeat=peer_heartbeat, misses=peer_misses, client=advertise)
         self.replica: Replica | None = None
         self.follower: Follower | None = None
         self._force = threading.Event()
         self._epoch = ""
         self._not_active = (0.0, 0)  # (second, answers in it)
         self.peer_dropped = 0  # peer-link messages malformed or stale
+        self._peer_errors = LogLimiter(time.monotonic, traceback_once=True)
         self.refused_logged = ""
         self.store_term = 0  # the term last saved in the store while following
         self._peer_out: zmq.Socket | None = None
@@ -120,7 +122,8 @@ class PairServer(Server):
             loaded = self.store.load(self.config.history_cache)  # raises StoreError before anything is bound
             self._epoch = loaded.epoch
             self.roles.term, self.roles.position = loaded.term, loaded.position
-            self.roles.empty = not any(loaded.tops.values())
+            # empty: the pair's very first start (no message, never followed nor led a peer)
+            self.roles.empty = not any(loaded.tops.values()) and loaded.term == 0 and loaded.position == 0
             self.roles.started = self.roles.born = time.monotonic()
             if self.metrics_at is not None:
                 from .metrics import Metrics
@@ -263,6 +266,9 @@ class PairServer(Server):
             except PeerError as exc:
                 self.peer_dropped += 1
                 log.debug("peer link: dropped: %s", exc)
+            except Exception as exc:  # noqa: BLE001 (whatever the peer sends, this server stays up)
+                self.peer_dropped += 1
+                self._peer_errors.warn("peer link: could not handle a %r message: %r", frames[1:2], exc)
         self._commit(pending, peer_out)
 
     def _peer_message(self, kind: bytes, header: dict, bodies: list[bytes], pending: list[Batch], now: float) -> None:
@@ -367,6 +373,14 @@ class PairServer(Server):
         if role == self.roles.role:
             return
         if role == ACTIVE:
+            if self.roles.forced and not self.roles.in_sync and not self.roles.empty:
+                # an operator's order, without all the old active numbered: never reuse a number clients saw
+                try:
+                    rooms = self.store.skip_ahead(FORCED_SKIP)
+                    log.warning("pair: forced while not in sync: %d numbers skipped in each of %d rooms (clients "
+                                "are told they may be lost)", FORCED_SKIP, rooms)
+                except StoreError as exc:
+                    log.error("pair: could not skip numbers ahead: %s", exc)
             self.follower = None
             self.store.close()
             self.replica = Replica(self.make_store(True), time.monotonic, self.peer_timeout)
@@ -462,9 +476,11 @@ class PairServer(Server):
             self._not_active = (second, count + 1)
             if isinstance(msg, (p.Hello, p.Ping, p.Say)):
                 peer = self.roles.peer
-                active = self.peer_client if peer is not None and peer.role == ACTIVE and not self.roles.peer_silent(now) else ""
+                known = peer is not None and peer.role == ACTIVE and not self.roles.peer_silent(now)
+                active = (peer.client or self.peer_client) if known else ""  # type: ignore[union-attr]
                 where = f"; the active is {active}" if active else "; no active server is known yet"
-                reply = p.ErrorReply(code=p.ERR_NOT_ACTIVE, message=f"this server is the {self.roles.role}{where}",
+                what = "the standby" if self.roles.role == STANDBY else "not active yet (starting)"
+                reply = p.ErrorReply(code=p.ERR_NOT_ACTIVE, message=f"this server is {what}{where}",
                                      rid=getattr(msg, "rid", ""), active=active)
                 _send_frames(pub, p.encode_server(p.session_topic(msg.session), reply, term))  # type: ignore[attr-defined]
 

@@ -90,6 +90,11 @@ class Store(Protocol):
     def set_term(self, term: int, terms: dict[int, int]) -> None:
         """Save the pair's current term and each term's first position, durably, now."""
 
+    def skip_ahead(self, count: int) -> int:
+        """Skip ``count`` numbers after the newest of every room, recorded as lost (``lost()``), durably, now;
+        returns the rooms. (A standby forced active without what its active numbered last never reuses a
+        number clients may have seen.)"""
+
     def adopt(self, epoch: str) -> None:
         """Take ``epoch`` as its own (a standby copying its active); only while it holds no message."""
 

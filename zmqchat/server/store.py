@@ -219,15 +219,25 @@ class MemoryStore:
         self._position = 0
         self._term = 0
         self._terms: dict[int, int] = {}
+        self._skips: dict[str, tuple[int, int]] = {}  # room -> the range skip_ahead() skipped last
 
     def load(self, recent: int) -> Loaded:
-        return Loaded(self.epoch, {room: rows[-1][0] for room, rows in self._rooms.items() if rows},
+        tops = {room: rows[-1][0] for room, rows in self._rooms.items() if rows}
+        for room, (_first, last) in self._skips.items():
+            tops[room] = max(tops.get(room, 0), last)
+        return Loaded(self.epoch, tops,
                       {room: [(seq, body) for seq, body, _n in list(rows)[-recent:]] for room, rows in self._rooms.items()},
                       sorted(self._producers.values(), key=itemgetter(5)), self.retention, dict(self._topics),
                       self._position, self._term, dict(self._terms))
 
     def set_term(self, term: int, terms: dict[int, int]) -> None:
         self._term, self._terms = term, dict(terms)
+
+    def skip_ahead(self, count: int) -> int:
+        for room, rows in self._rooms.items():
+            top = max(rows[-1][0] if rows else 0, self._skips.get(room, (0, 0))[1])
+            self._skips[room] = (top + 1, top + count)
+        return len(self._rooms)
 
     def adopt(self, epoch: str) -> None:
         if any(self._rooms.values()):
@@ -269,7 +279,9 @@ class MemoryStore:
         return [(seq, body) for seq, body, _n in islice(rows, start, end)] if start < end else []
 
     def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
-        return []
+        first, last = self._skips.get(room, (0, 0))
+        first, last = max(first, after + 1), min(last, upto)
+        return [(first, last)] if first and first <= last else []
 
     def search(self, terms: list[q.Term], sender: str, room: str, limit: int) -> list[Found]:
         """By brute force over every message held: enough for tests and a --no-persist server."""
@@ -652,6 +664,35 @@ class SqliteStore:
                 self._index = None
             self._indexer = _Indexer(self.path, self.index_path, self.epoch, self.retention, {}, {})
             self._indexer.start()
+
+    def skip_ahead(self, count: int) -> int:
+        if self._db is None:
+            raise StoreError(f"history database {self.path}: not open")
+        db = self._db
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN")
+            skipped = {}
+            for room, top in self._newest.items():
+                last = min(top + count, MAX_SEQ)
+                if last > top:
+                    self._record_skipped(db, room, [(top + 1, last)])
+                    skipped[room] = last
+            db.executemany("INSERT OR REPLACE INTO reservations VALUES (?, ?)",
+                           [(room, max(last, self._reserved.get(room, 0))) for room, last in skipped.items()])
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            raise StoreError(f"history database {self.path}: {exc}") from exc
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA synchronous=NORMAL")
+        for room, last in skipped.items():
+            self._newest[room] = last
+            self._reserved[room] = max(last, self._reserved.get(room, 0))
+        return len(skipped)
 
     def _write_producers(self, db: sqlite3.Connection, batch: Batch) -> None:
         if batch.expire_before is not None:  # before the saves: a producer saved meanwhile stays
