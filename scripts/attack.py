@@ -284,7 +284,7 @@ class Sessions:
                 except zmq.Again:
                     break
                 got += 1
-                if len(frames) != 4:
+                if len(frames) != 5:  # topic, version, kind, body, term
                     continue
                 kind = frames[2]
                 self.counts[kind.decode(errors="replace")] += 1
@@ -1034,7 +1034,7 @@ def query_stats(port: int, timeout: float = 5.0) -> dict | None:
             if not sub.poll(100):
                 continue
             frames = sub.recv_multipart()
-            if len(frames) != 4:
+            if len(frames) != 5:  # topic, version, kind, body, term
                 continue
             if frames[2] == b"welcome" and not welcomed:
                 welcomed = True

@@ -48,6 +48,7 @@ from harness import cpu_seconds, die_with_parent, free_port_pair, machine, pct
 
 ROOM = "#bench"
 PAIR = "zmqchat+standby"  # --standby: an active server with a hot standby
+SCRAPED = "zmqchat+metrics"  # --scrape: the server with --metrics, scraped all the while
 MARK_WARM = ord("W")
 MARK_DATA = ord("B")
 TEXT_FIXED = 32  # marker + 10-digit seq + space + 19-digit send time + space
@@ -596,7 +597,9 @@ class Relay:
 
     def __init__(self, system: str, args: argparse.Namespace, tmp: Path, curve: dict | None, lifetime: float):
         self.system = system
-        self.kind = "zmqchat" if system == PAIR else system  # what the publishers and subscribers speak
+        self.kind = "zmqchat" if system in (PAIR, SCRAPED) else system  # what the publishers and subscribers speak
+        self.scraper: threading.Thread | None = None
+        self.scrapes = 0
         self.standby: subprocess.Popen | None = None
         self.port = free_port_pair(count=3)
         self.in_ep = f"tcp://127.0.0.1:{self.port}"
@@ -614,6 +617,9 @@ class Relay:
             argv += ["-m", "zmqchat.cli.server", "--host", "127.0.0.1", "--port", str(self.port), "--rate", "0",
                      "--pub-hwm", str(PROXY_HWM),
                      "--quiet", "--stats-interval", "0"]
+            if system == SCRAPED:
+                self.metrics_port = free_port_pair()
+                argv += ["--metrics", f"127.0.0.1:{self.metrics_port}"]
             if args.persist or system == PAIR:
                 data = tmp / ("data-a" if system == PAIR else "data")
                 data.mkdir(exist_ok=True)
@@ -643,6 +649,11 @@ class Relay:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.logf,
                                      env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
         self._wait_listening()
+        if system == SCRAPED:
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            self._scraping = threading.Event()
+            self.scraper = threading.Thread(target=self._scrape, args=(url, args.scrape), daemon=True)
+            self.scraper.start()
         if standby_argv is not None:
             self._wait_log("ACTIVE", self.log)
             self.standby_log = tmp / f"{system}-standby.log"
@@ -677,6 +688,17 @@ class Relay:
                 time.sleep(0.05)
         raise RuntimeError(f"{self.system} did not start listening within {timeout}s")
 
+    def _scrape(self, url: str, every: float) -> None:
+        """What Prometheus does, far more often than its default 15 s: fetch the whole page, every ``every``."""
+        import urllib.request
+
+        while not self._scraping.wait(every):
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                self.scrapes += 1
+            except OSError:
+                return
+
     def _wait_log(self, text: str, log: Path, timeout: float = 15.0) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -692,6 +714,10 @@ class Relay:
         return cpu_seconds(self.proc.pid) + (cpu_seconds(self.standby.pid) if self.standby is not None else 0.0)
 
     def stop(self) -> None:
+        if self.scraper is not None:
+            self._scraping.set()
+            self.scraper.join(10)
+            self.scraper = None
         if self.standby is not None:
             if self.standby.poll() is None:
                 self.standby.send_signal(signal.SIGTERM)
@@ -863,7 +889,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CURVE encryption on zmqchat and on the proxy (default: off)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="alternate the relays this many times; medians reported (default: %(default)s)")
-    ap.add_argument("--only", choices=["zmqchat", "proxy", PAIR, *PEERS], help="measure one relay only (no ratios)")
+    ap.add_argument("--only", choices=["zmqchat", "proxy", PAIR, SCRAPED, *PEERS],
+                    help="measure one relay only (no ratios)")
+    ap.add_argument("--scrape", type=float, metavar="SECONDS",
+                    help=f"also measure {SCRAPED}: the server with --metrics, its page fetched every SECONDS all "
+                    "the while (Prometheus's default is 15)")
     ap.add_argument("--standby", action="store_true",
                     help=f"also measure {PAIR}: an active with a hot standby on this machine (docs/cluster.md), "
                     "every batch acknowledged by the standby before it is published; its CPU is both servers'")
@@ -908,6 +938,8 @@ def main(argv: list[str] | None = None) -> int:
     systems = [args.only] if args.only else ["zmqchat", "proxy"]
     if args.standby and not args.only:
         systems.insert(1, PAIR)
+    if args.scrape and not args.only:
+        systems.insert(1, SCRAPED)
     if args.peers and not args.only:
         for peer in PEERS:
             why = peer_missing(peer)
@@ -1010,6 +1042,12 @@ def summarise(args, results, systems) -> dict:
             out["standby_cpu_ratio"] = x["cpu_us_per_msg"] / z["cpu_us_per_msg"]
         if z.get("p99_ms") and x.get("p99_ms"):
             out["standby_p99_ratio"] = x["p99_ms"] / z["p99_ms"]
+    if "zmqchat" in out and SCRAPED in out:  # what being scraped costs the hot path
+        z, x = out["zmqchat"], out[SCRAPED]
+        if z.get("cpu_us_per_msg") and x.get("cpu_us_per_msg"):
+            out["scrape_cpu_ratio"] = x["cpu_us_per_msg"] / z["cpu_us_per_msg"]
+        if z.get("p99_ms") and x.get("p99_ms"):
+            out["scrape_p99_ratio"] = x["p99_ms"] / z["p99_ms"]
     if "zmqchat" in out and "proxy" in out:
         z, x = out["zmqchat"], out["proxy"]
         if "throughput_total" in z and x.get("throughput_total"):
@@ -1023,7 +1061,7 @@ def summarise(args, results, systems) -> dict:
 
 
 def print_table(summary: dict, args) -> None:
-    systems = [s for s in ("zmqchat", "proxy", PAIR, *PEERS) if s in summary]
+    systems = [s for s in ("zmqchat", "proxy", PAIR, SCRAPED, *PEERS) if s in summary]
     m = summary["machine"]
     print()
     print(f"machine: {m['nproc']} x {m['cpu']}; Python {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}; "
@@ -1065,7 +1103,8 @@ def print_table(summary: dict, args) -> None:
         spread = summary[s].get("cpu_us_per_msg_range")
         if spread:
             print(f"{s}: CPU us per relayed message, min-max over {c['repeat']} runs: {spread[0]:.1f}-{spread[1]:.1f}")
-    for key in ("cpu_ratio", "throughput_ratio", "p99_ratio", "standby_cpu_ratio", "standby_p99_ratio"):
+    for key in ("cpu_ratio", "throughput_ratio", "p99_ratio", "standby_cpu_ratio", "standby_p99_ratio",
+                "scrape_cpu_ratio", "scrape_p99_ratio"):
         if key in summary:
             print(f"{key}: {summary[key]:.2f}")
     if "standby_throughput_cost" in summary:

@@ -61,3 +61,20 @@ def test_the_line_ui_renders_the_same_safe_text():
     for text in ATTACKS.values():
         fragments, _ = ui.message_fragments(_message(text))
         assert not any(ord(ch) in UNSAFE_CHARS for _style, part in fragments for ch in part if ch != "\n")
+
+
+def test_a_lost_connection_says_where_a_pairs_client_goes():
+    assert event_line(ev.ConnectionLost()) == "connection lost, retrying…"
+    assert event_line(ev.ConnectionLost(switching_to="127.0.0.1:5444")) == "connection lost, switching to 127.0.0.1:5444…"
+    assert event_line(ev.ConnectionLost(switching_to="evil\x1b[2J:1")) == "connection lost, switching to evil\ufffd[2J:1…"
+
+
+def test_the_line_ui_toolbar_says_where_a_pairs_client_goes():
+    ui = ChatUI.__new__(ChatUI)  # only the connection state: no terminal, no client loop
+    ui.clock, ui.state, ui._state_since, ui._switching_to, ui.exit_status = (lambda: 0.0), "connected", 0.0, "", None
+    ui._track(ev.ConnectionLost(switching_to="127.0.0.1:5444"))
+    assert ui.status() == "connection lost, switching to 127.0.0.1:5444…"
+    ui._track(ev.Connected("alice", "", reconnected=True))
+    assert ui.status() == "reconnected"
+    ui._track(ev.ConnectionLost())
+    assert ui.status() == "connection lost, retrying…"

@@ -10,7 +10,7 @@ from conftest import Proc, script
 
 FIELDS = {  # the documented fields of each event type (docs/client.md)
     "connected": {"name", "motd", "reconnected"},
-    "connection_lost": set(),
+    "connection_lost": {"switching_to"},
     "message": {"room", "seq", "ts", "sender", "text", "action", "history", "own", "mid"},
     "presence": {"room", "name", "event", "ts"},
     "who": {"rooms"},

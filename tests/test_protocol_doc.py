@@ -1,10 +1,10 @@
 """docs/protocol.md's worked examples, rebuilt from the real encoder, byte for byte.
 
 Section 15 of the doc is a run of fenced blocks. This module builds the same blocks from messages (and,
-for the errors, the stats reply, pages, searches and topics, from what a real ``ServerCore`` over a
-``MemoryStore`` answers), renders them the way the doc writes frames, and compares the doc's text with them
-exactly, lengths included. When the wire changes, a test here fails and its diff is the new block to paste
-into the doc.
+for the errors, the stats reply, pages, searches, topics and a pair's takeover, from what a real
+``ServerCore`` over a ``MemoryStore`` answers), renders them the way the doc writes frames, and compares the
+doc's text with them exactly, lengths included. When the wire changes, a test here fails and its diff is the
+new block to paste into the doc.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from zmqchat import protocol as p
+from zmqchat.server import pair
 from zmqchat.server.core import DEFAULT_MOTD, ServerConfig, ServerCore
+from zmqchat.server.pair import standby_beat
 from zmqchat.server.store import MemoryStore, StoreError
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -51,20 +53,29 @@ def hex_of(data: bytes) -> str:
     return " ".join(f"{b:02x}" for b in data)
 
 
-def frame_lines(frames: list[bytes], first: int = 0) -> list[str]:
-    """One line per frame from ``first`` on: its index, its length in bytes, its content."""
-    return [f"[{i}] {len(f):3d}  {show(f)}" for i, f in enumerate(frames) if i >= first]
+def frame_line(index: int, frame: bytes) -> str:
+    """One frame: its index, its length in bytes, its content."""
+    return f"[{index}] {len(frame):3d}  {show(frame)}"
+
+
+def body_index(frames: list[bytes]) -> int:
+    """Where the body is: frame 2 of a client message (3 frames), frame 3 of a server one (5: the term last)."""
+    return 2 if len(frames) == 3 else 3
+
+
+def body_of(frames: list[bytes]) -> bytes:
+    return frames[body_index(frames)]
 
 
 def whole_message(messages: list[list[bytes]]) -> list[str]:
     """Every frame of one message."""
     (frames,) = messages
-    return frame_lines(frames)
+    return [frame_line(i, frame) for i, frame in enumerate(frames)]
 
 
 def body_lines(messages: list[list[bytes]]) -> list[str]:
-    """Only the body (the last frame) of each message."""
-    return [line for frames in messages for line in frame_lines(frames, len(frames) - 1)]
+    """Only the body of each message."""
+    return [frame_line(body_index(frames), body_of(frames)) for frames in messages]
 
 
 def client(msg: p.Message) -> list[bytes]:
@@ -75,19 +86,31 @@ def server(topic: bytes, msg: p.Message) -> list[bytes]:
     return p.encode_server(topic, msg)
 
 
+def label_of(frames: list[bytes]) -> str:
+    """``kind (topic)`` for a server message, ``client kind`` for a client one."""
+    if len(frames) == 3:
+        return f"client {frames[1].decode()}"
+    topic = frames[0]
+    short = "all:" if topic == p.ALL_TOPIC else topic[: topic.index(b":")].decode()
+    return f"{frames[2].decode():<9}({short})"
+
+
 def other_line(frames: list[bytes]) -> str:
     """``kind (topic)  length  body`` for a server message, ``client kind  length  body`` for a client one."""
-    if len(frames) == 3:
-        label = f"client {frames[1].decode()}"
-    else:
-        topic = frames[0]
-        short = "all:" if topic == p.ALL_TOPIC else topic[: topic.index(b":")].decode()
-        label = f"{frames[2].decode():<9}({short})"
-    return f"{label:<17}{len(frames[-1]):4d}  {show(frames[-1])}"
+    return f"{label_of(frames):<17}{len(body_of(frames)):4d}  {show(body_of(frames))}"
 
 
 def other_lines(messages: list[list[bytes]]) -> list[str]:
     return [other_line(frames) for frames in messages]
+
+
+def term_lines(messages: list[list[bytes]]) -> list[str]:
+    """Like ``other_lines``, with the term frame of each server message after its label (blank for a client's)."""
+    lines = []
+    for frames in messages:
+        term = "" if len(frames) == 3 else f"term {frames[4].decode()}"
+        lines.append(f"{label_of(frames):<17}{term:<8}{len(body_of(frames)):4d}  {show(body_of(frames))}")
+    return lines
 
 
 def zmtp_lines(messages: list[list[bytes]]) -> list[str]:
@@ -246,6 +269,41 @@ def topic_locked() -> list[bytes]:
     return refused(p.TopicRequest(session=SID, room="#general", text="mine now", rid="r22"), core)
 
 
+# a pair: the active A (term 3) dies, the standby B takes over (term 4) on alice's hello, her vote
+ACTIVE_AT = "10.0.0.1:4444"  # A, as B names it (B's --peer)
+PAIR = ServerConfig(heartbeat_interval=0.5)  # a pair's servers beat every 0.5 s
+
+
+def not_active(msg: p.Hello, active: str, term: int) -> list[bytes]:
+    """A standby's answer to a hello, naming the active when it knows it (what ``PairServer`` sends)."""
+    return pair.not_active(msg.session, msg.rid, pair.STANDBY, active, term)
+
+
+def takeover() -> list[list[bytes]]:
+    """Alice first says hello to the standby B and is sent to A; on A (term 3) she says messages 1 to 42, and
+    the echo of 42 is lost with A. Her hello to B is her vote: B, holding A's store (replicated: the same
+    epoch, messages and message counters), is active in term 4, and her resent 42 counts once."""
+    first = hello()
+    out = [client(first), not_active(first, ACTIVE_AT, 3)]
+    store = MemoryStore(100)
+    store.epoch = EPOCH
+    a = ServerCore(PAIR, store, clock=lambda: T0, term=3, role="active")
+    a.receive(client(hello()))
+    for n in range(1, 43):
+        a.receive(client(say(n)))
+    a.flush()
+    a.tick()
+    out += [f for f in a.flush() if f[0] == p.ALL_TOPIC] + [standby_beat(T0 + 0.25, 3)]  # the SUB hears both
+    b = ServerCore(PAIR, store, clock=lambda: T0 + 2.0, term=4, role="active")  # B's store is A's, replicated
+    vote = hello(last_seq={"#general": 41}, epoch=EPOCH, rid=NONCE2, unacked=42, term=3)
+    for msg in (vote, say(42)):
+        out.append(client(msg))
+        b.receive(client(msg))
+        out += [f for f in b.flush() if f[0] in (SESS, GENERAL)]
+    b.tick()
+    return out + [f for f in b.flush() if f[0] == p.ALL_TOPIC]
+
+
 def page(before: int, limit: int, rid: str) -> p.PageRequest:
     return p.PageRequest(session=SID, room="#general", before=before, limit=limit, rid=rid)
 
@@ -347,13 +405,14 @@ def examples() -> dict[str, tuple[Callable[[list[list[bytes]]], list[str]], list
             topic_locked(),
             refused(find("deli", "r23"), chat_core(BrokenIndex(100))),
         ]),
+        "pair": (term_lines, takeover()),
         "zmtp": (zmtp_lines, [client(p.Ping(session=SID))]),
     }
 
 
 BLOCK_NAMES = ["first hello", "welcome", "hello again", "msg", "live msg", "live msgs", "hist", "backlog hist_end",
                "catch-up hist_end", "gap fill", "rate_limited", "errors", "other messages", "page", "search",
-               "topic", "page, search and topic errors", "zmtp"]
+               "topic", "page, search and topic errors", "pair", "zmtp"]
 HEX_LINES = [f"Frame 0 in hex: `{hex_of(SESS)}`.", f"Frame 0 in hex: `{hex_of(GENERAL)}`.",
              f"Frame 0 of `hb` and `shutdown` (`all:` and NUL) in hex: `{hex_of(p.ALL_TOPIC)}`."]
 
@@ -409,19 +468,29 @@ def test_topic_hex_lines():
 
 
 def test_every_example_decodes_to_what_was_encoded():
-    # Every example is valid on the wire: mids, rids and numbers within their ranges.
+    # Every example is valid on the wire: mids, rids, numbers and the term frame within their ranges.
     for frames in every_example():
         if len(frames) == 3:
             assert p.encode_client(p.decode_client(frames)) == frames
         else:
-            assert p.encode_server(*p.decode_server(frames)) == frames
+            topic, msg, term = p.decode_server_term(frames)
+            assert p.encode_server(topic, msg, p.term_frame(term)) == frames
+
+
+def test_only_the_pair_example_has_a_term():
+    # A single server's term frame is "0"; the pair's block is the one that shows others.
+    for name, (_render, messages) in examples().items():
+        terms = {frames[4] for frames in messages if len(frames) == 5}
+        assert terms <= {b"0"} or name == "pair", name
+    pair = [frames for frames in examples()["pair"][1] if len(frames) == 5]
+    assert {frames[4] for frames in pair} == {b"3", b"4"}
 
 
 def test_other_json_in_the_doc_is_an_example():
     # A JSON body quoted anywhere else in protocol.md must be one that section 15 checks.
     text = doc()
     outside = text.replace(section_15(), "")
-    bodies = {show(frames[-1]) for frames in every_example()}
+    bodies = {show(body_of(frames)) for frames in every_example()}
     quoted = re.findall(r"`(\{\".*?\})`", outside)
     assert quoted, "the pattern finds nothing: has the doc's style changed?"
     for body in quoted:

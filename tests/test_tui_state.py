@@ -282,6 +282,18 @@ def test_connection_states_in_the_status_bar():
     assert state.status().connection == "connected"
 
 
+def test_a_pairs_switch_in_the_status_bar():
+    state = chat()
+    state.apply([ev.Connected("alice", "motd here")])
+    state.apply([ev.ConnectionLost(switching_to="127.0.0.1:5444")])
+    status = state.status()
+    assert status.connection == "connection lost, switching to 127.0.0.1:5444…" and status.lost
+    assert status.server == "127.0.0.1:5444"  # the server it tries now
+    assert state.rooms["#general"].window.lines[-1].text == "connection lost, switching to 127.0.0.1:5444…"
+    state.apply([ev.Connected("alice", "motd here", reconnected=True)])
+    assert state.status().connection == "reconnected" and state.status().server == "127.0.0.1:5444"
+
+
 def test_search_results_open_the_overlay_and_an_empty_answer_is_a_line():
     state = chat()
     results = ev.SearchResults("deploy", (ev.Found("#dev", 5, T0, "bob", "the deploy", ((4, 10),)),))

@@ -25,6 +25,7 @@ from zmqchat import protocol as p
 from zmqchat.cli import web as web_cli
 from zmqchat.client.sync import Client
 from zmqchat.endpoints import endpoints
+from zmqchat.errors import ZmqchatError
 from zmqchat.web import users as u
 from zmqchat.web import wire
 from zmqchat.web.gateway import (
@@ -619,13 +620,13 @@ def test_the_hub_shares_one_socket_pair_and_counts_subscriptions(chat, monkeypat
             assert rig.gw.hub.subscribed()[p.ALL_TOPIC] == 30
             received = rig.gw.hub.received
             decoded: list[bytes] = []
-            real = p.decode_server
+            real = p.decode_server_term
 
             def counting(frames):
                 decoded.append(frames[2])
                 return real(frames)
 
-            monkeypatch.setattr(p, "decode_server", counting)  # the hub calls it through the module
+            monkeypatch.setattr(p, "decode_server_term", counting)  # the hub calls it through the module
             await tabs[0].send({"kind": "say", "id": "x", "room": "#general", "text": "one broadcast"})
             await asyncio.gather(*(b.kind("message", text="one broadcast") for b in tabs))
             monkeypatch.undo()
@@ -665,6 +666,19 @@ def test_the_flags_match_the_other_commands():
                                         "ZMQCHAT_TRUSTED_PROXY": "10.0.0.1,10.0.0.2"})
     args = parser.parse_args([])
     assert (args.http_port, args.auth, args.trusted_proxy) == (9999, "users", ["10.0.0.1", "10.0.0.2"])
+
+
+def test_the_gateway_takes_a_pair_of_servers():
+    args = web_cli.build_parser().parse_args(["--servers", "127.0.0.1:4444,127.0.0.1:5444"])
+    config = web_cli.config_from(args)
+    assert [s.label for s in config.servers] == ["127.0.0.1:4444", "127.0.0.1:5444"]
+    assert (config.in_endpoint, config.out_endpoint) == ("tcp://127.0.0.1:4444", "tcp://127.0.0.1:4445")
+    hub = Gateway(config).hub
+    assert [s.out_endpoint for s in hub.servers] == ["tcp://127.0.0.1:4445", "tcp://127.0.0.1:5445"]
+    assert web_cli.config_from(web_cli.build_parser().parse_args([])).servers == ()  # one server, as before
+    both = web_cli.build_parser().parse_args(["--servers", "127.0.0.1:4444", "--in-endpoint", "ipc:///tmp/x"])
+    with pytest.raises(ZmqchatError, match="either --servers or --in-endpoint"):
+        web_cli.config_from(both)
 
 
 def test_the_command_line_serves_and_warns_on_open_auth_beyond_loopback(chat, tmp_path):

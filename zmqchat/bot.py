@@ -198,7 +198,8 @@ def _log_state(name: str, event: ev.Event) -> None:
     if isinstance(event, ev.Connected):
         log.info("%s: %s", name, "reconnected" if event.reconnected else "connected")
     elif isinstance(event, ev.ConnectionLost):
-        log.warning("%s: connection lost, retrying", name)
+        log.warning("%s: connection lost, %s", name,
+                    f"switching to {event.switching_to}" if event.switching_to else "retrying")
     elif isinstance(event, ev.Error):
         log.warning("%s: server said: %s", name, event.message)
 

@@ -28,9 +28,11 @@ class Connected(Event):
 
 @dataclass(frozen=True)
 class ConnectionLost(Event):
-    """Nothing heard from the server for a while; the client keeps retrying."""
+    """Nothing heard from the server for a while (or another server of a pair took over); the client keeps
+    retrying. ``switching_to``: the server of a pair it tries now ("" with one server)."""
 
     type: ClassVar[str] = "connection_lost"
+    switching_to: str = ""
 
 
 @dataclass(frozen=True)

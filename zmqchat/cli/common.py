@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from ..client.servers import server_list
 from ..endpoints import DEFAULT_HOST, DEFAULT_PORT
 from ..errors import ZmqchatError
 
@@ -38,6 +39,8 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ: dict[str, str] 
         elif action.type is not None:
             try:
                 value = action.type(raw)
+            except argparse.ArgumentTypeError as exc:  # a type that says what is wrong
+                parser.error(f"{env_name(action.dest)}={raw!r}: {exc}")
             except (TypeError, ValueError):
                 parser.error(f"{env_name(action.dest)}={raw!r} is not a valid {action.dest}")
         else:
@@ -55,16 +58,40 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
                        help="server's PULL port; its PUB is port+1 (default: %(default)s)")
     group.add_argument("--in-endpoint", help="full endpoint of the server's PULL, e.g. ipc:///tmp/chat-in")
     group.add_argument("--out-endpoint", help="full endpoint of the server's PUB, e.g. ipc:///tmp/chat-out")
+    group.add_argument("--servers", type=servers_arg, metavar="HOST:PORT,HOST:PORT",
+                       help="the two servers of a hot-standby pair (each its PULL port; its PUB is port+1), "
+                       "instead of --host/--port: the client follows whichever is active")
     group.add_argument("--curve-secret", help="your CURVE secret key file (NAME.key_secret)")
-    group.add_argument("--server-key", help="the server's CURVE public key file (NAME.key)")
+    group.add_argument("--server-key", help="the server's CURVE public key file (NAME.key); with --servers, one "
+                       "for all or a comma-separated list, one per server in order")
     group.add_argument("--connect-timeout", type=float, default=5.0,
                        help="seconds to wait for the server's welcome (default: %(default)s)")
 
 
+def servers_arg(text: str) -> list[str]:
+    """``--servers``: a comma-separated list of HOST:PORT, checked (argparse reports a bad one)."""
+    try:
+        return [server.label for server in server_list(text)]
+    except ZmqchatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def server_keys(args: argparse.Namespace) -> str | list[str] | None:
+    """``--server-key``: one file, or with ``--servers`` a comma-separated list of files, one per server."""
+    key = args.server_key
+    if key and getattr(args, "servers", None) and "," in key:
+        return [item.strip() for item in key.split(",") if item.strip()]
+    return key
+
+
 def client_kwargs(args: argparse.Namespace) -> dict:
     """Client(...) keyword arguments from parsed connection flags."""
-    return {"host": args.host, "port": args.port, "in_endpoint": args.in_endpoint, "out_endpoint": args.out_endpoint,
-            "curve_secret": args.curve_secret, "server_key": args.server_key, "connect_timeout": args.connect_timeout}
+    kwargs = {"host": args.host, "port": args.port, "in_endpoint": args.in_endpoint, "out_endpoint": args.out_endpoint,
+              "curve_secret": args.curve_secret, "server_key": server_keys(args),
+              "connect_timeout": args.connect_timeout}
+    if getattr(args, "servers", None):
+        kwargs["servers"] = args.servers
+    return kwargs
 
 
 def setup_logging(level: str) -> None:

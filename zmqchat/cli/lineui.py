@@ -27,7 +27,7 @@ from prompt_toolkit.styles import Style
 
 from .. import events as ev
 from ..client.commands import WORDS, Error, Help, Quit, Reply, run_line
-from ..client.display import clean, clock_time, event_line, mentions, name_colour
+from ..client.display import clean, clock_time, event_line, lost_line, mentions, name_colour
 from ..client.sync import Client
 from ..errors import ZmqchatError
 
@@ -78,6 +78,7 @@ class ChatUI:
         self.clock = clock
         self.state = "connected" if client.connected else "connecting"
         self._state_since = clock()
+        self._switching_to = ""  # the server of a pair tried since the connection was lost
         self.exit_status: int | None = None
         self.failure: BaseException | None = None
         self._toolbar_seen: tuple = ()
@@ -254,6 +255,7 @@ class ChatUI:
             self._set_state("reconnected" if event.reconnected else "connected")
         elif isinstance(event, ev.ConnectionLost):
             self._set_state("lost")
+            self._switching_to = event.switching_to
         elif isinstance(event, ev.Error) and event.fatal:
             self.exit_status = 1
 
@@ -264,7 +266,7 @@ class ChatUI:
     def status(self) -> str:
         """What the toolbar says about the connection."""
         if self.state == "lost":
-            return "connection lost, retrying…"
+            return lost_line(self._switching_to)
         if self.state == "reconnected" and self.clock() - self._state_since > RECONNECTED_FOR:
             self.state = "connected"
         return self.state

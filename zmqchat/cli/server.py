@@ -242,6 +242,8 @@ def serve(args: argparse.Namespace) -> int:
             log.info("pair: peer link bound at %s, peer at %s; %s", server.peer_bind,  # type: ignore[attr-defined]
                      server.peer_connect, server.status)  # type: ignore[attr-defined]
             log.info("history: %s (last %d messages per room)", path, args.history)
+            if server.metrics is not None:
+                log.info("metrics: http://%s:%d/metrics", server.metrics_at[0], server.metrics.port)
         else:
             _ready_single()
 

@@ -20,12 +20,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..client.sync import _load_curve
+from ..client.servers import server_list
+from ..client.sync import _load_curve, load_keys
 from ..endpoints import endpoints
 from ..errors import ZmqchatError
 from ..web import users as u
 from ..web.gateway import CLAIM_RATE, LINGER, Config, serve
-from .common import add_connection_flags, apply_env_defaults, run_main
+from .common import add_connection_flags, apply_env_defaults, run_main, server_keys
 
 USER_COMMANDS = ("adduser", "passwd", "deluser")
 DEFAULT_HTTP_PORT = 8080
@@ -131,8 +132,15 @@ def config_from(args: argparse.Namespace) -> Config:
         except ValueError as exc:
             raise ZmqchatError(f"--trusted-proxy {address!r} is not an IP address") from exc
     origins = frozenset(o.strip().rstrip("/") for item in args.allowed_origin for o in item.split(",") if o.strip())
-    in_endpoint, out_endpoint = endpoints(args.host, args.port, args.in_endpoint, args.out_endpoint)
-    return Config(in_endpoint=in_endpoint, out_endpoint=out_endpoint, curve=_load_curve(args.curve_secret, args.server_key),
+    if args.servers:
+        if args.in_endpoint or args.out_endpoint:
+            raise ZmqchatError("give either --servers or --in-endpoint/--out-endpoint, not both")
+        curve, servers = load_keys(args.curve_secret, server_keys(args), server_list(args.servers))
+        in_endpoint, out_endpoint = servers[0].in_endpoint, servers[0].out_endpoint
+    else:
+        in_endpoint, out_endpoint = endpoints(args.host, args.port, args.in_endpoint, args.out_endpoint)
+        curve, servers = _load_curve(args.curve_secret, args.server_key), []
+    return Config(in_endpoint=in_endpoint, out_endpoint=out_endpoint, curve=curve, servers=tuple(servers),
                   http_host=args.http_host, http_port=args.http_port, auth=args.auth,
                   users_file=Path(args.users) if args.users else None, tls=tls, trusted_proxies=proxies,
                   allowed_origins=origins, rooms=(args.room if args.room.startswith("#") else "#" + args.room,),
@@ -155,8 +163,9 @@ def run_gateway(args: argparse.Namespace) -> int:
               "free name; use --auth users --users FILE to require passwords", file=sys.stderr, flush=True)
 
     def ready(url: str) -> None:
-        print(f"zmqchat-web: serving {url} (auth {config.auth}; chat server {config.in_endpoint})",
-              file=sys.stderr, flush=True)
+        where = (f"chat servers {', '.join(s.label for s in config.servers)}" if len(config.servers) > 1
+                 else f"chat server {config.in_endpoint}")
+        print(f"zmqchat-web: serving {url} (auth {config.auth}; {where})", file=sys.stderr, flush=True)
 
     asyncio.run(serve(config, ready))
     return 0

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import zmq
@@ -32,17 +32,16 @@ from ..endpoints import DEFAULT_HOST, DEFAULT_PORT
 from ..errors import ConnectError, ZmqchatError
 from .session import ClientSession
 from .sync import (
-    CLOSE_LINGER_MS,
     HANDSHAKE_GRACE,
     SUB_HWM,
     TICK,
     Client,
+    KeyFile,
+    Links,
+    ServerItem,
     SessionView,
-    _load_curve,
     apply_subscriptions,
     handshake_problem,
-    no_answer,
-    open_sockets,
 )
 
 RECV_BATCH = 1000  # messages read per round: then the timers run and the loop's other tasks get a turn
@@ -54,32 +53,32 @@ class AsyncClient(SessionView):
 
     def __init__(self, name: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, in_endpoint: str | None = None,
                  out_endpoint: str | None = None, rooms: list[str] | tuple[str, ...] = ("#general",),
-                 curve_secret: str | Path | None = None, server_key: str | Path | None = None,
+                 curve_secret: str | Path | None = None, server_key: KeyFile | Sequence[KeyFile] | None = None,
                  connect_timeout: float = 5.0, context: zmq.Context | None = None,
-                 rcvhwm: int = SUB_HWM) -> None:
+                 rcvhwm: int = SUB_HWM, servers: Sequence[ServerItem] | str | None = None) -> None:
+        """The sync ``Client``'s arguments (``servers``: a hot-standby pair's, see there)."""
         self._own_context = context is None
         if context is not None and not isinstance(context, zmq.asyncio.Context):
             context = zmq.asyncio.Context(context)  # a shadow: one context may serve sync and async clients
         self._context = context or zmq.asyncio.Context()
         try:
             # A sync Client that is never started holds the argument checks both shells share (name, rooms,
-            # message sizes). Without sockets its actions only queue in the session, which the pump moves.
+            # message sizes) and the servers and keys. Without sockets its actions only queue in the session,
+            # which the pump moves.
             self._checks = Client(name, host=host, port=port, in_endpoint=in_endpoint, out_endpoint=out_endpoint,
                                   rooms=rooms, connect_timeout=connect_timeout, context=self._context,
-                                  connect=False, rcvhwm=rcvhwm)
-            self._curve = _load_curve(curve_secret, server_key)
+                                  connect=False, rcvhwm=rcvhwm, servers=servers, curve_secret=curve_secret,
+                                  server_key=server_key)
         except BaseException:
             if self._own_context:
                 self._context.term()  # a bad name or key leaks nothing
             raise
         self.session: ClientSession = self._checks.session
-        self.in_endpoint, self.out_endpoint = self._checks.in_endpoint, self._checks.out_endpoint
+        self._curve = self._checks._curve
         self.connect_timeout = connect_timeout
         self.rcvhwm = rcvhwm
         self._queue: deque[ev.Event] = deque()  # unbounded, as the sync Client's: dropping would lose events
-        self._push: zmq.asyncio.Socket | None = None
-        self._sub: zmq.asyncio.Socket | None = None
-        self._monitor: zmq.asyncio.Socket | None = None
+        self._links: Links | None = None
         self._handshake_problem = ""
         self._welcome: ev.Connected | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,29 +87,58 @@ class AsyncClient(SessionView):
         self._outcome: asyncio.Future | None = None  # a connect() waiting: the welcome or the fatal refusal
         self._failure: BaseException | None = None  # what stopped the pump, if it stopped on its own
 
+    # -- where (the sync Client's, on the session we share)
+
+    @property
+    def servers(self) -> list[str]:
+        """The servers this client knows, by label (``HOST:PORT``)."""
+        return self._checks.servers
+
+    @property
+    def server(self) -> str:
+        """The server our PUSH goes to, by label (the active, once connected)."""
+        return self._checks.server
+
+    @property
+    def in_endpoint(self) -> str:
+        """The PULL endpoint of the server our PUSH goes to."""
+        return self._checks.in_endpoint
+
+    @property
+    def out_endpoint(self) -> str:
+        """The PUB endpoint of the server our PUSH goes to (the SUB hears every server's)."""
+        return self._checks.out_endpoint
+
+    @property
+    def _push(self) -> zmq.asyncio.Socket | None:
+        return None if self._links is None else self._links.push
+
+    @property
+    def _sub(self) -> zmq.asyncio.Socket | None:
+        return None if self._links is None else self._links.sub
+
+    @property
+    def _monitor(self) -> zmq.asyncio.Socket | None:
+        return None if self._links is None else self._links.monitor
+
     # -- connection
 
     async def start(self) -> None:
         """Create the sockets, subscribe, send the first hello and start the pump; returns at once."""
-        if self._push is not None:
+        if self._links is not None:
             return
         if self._context.closed:
             raise ZmqchatError("client is closed")
         self._loop = loop = asyncio.get_running_loop()
         self._news = loop.create_future()
-        try:
-            self._open_sockets()
-        except BaseException:
-            self._close_sockets(0)  # e.g. a malformed endpoint: nothing stays half open
-            raise
+        self._open_sockets()  # closes what it opened if it fails (e.g. a malformed endpoint)
         self.session.start()
         self._flush()
         self._pump_task = loop.create_task(self._pump(), name=f"zmqchat pump ({self.name})")
 
     def _open_sockets(self) -> None:
-        """The two sockets and the handshake monitor, set up as the sync Client sets them up."""
-        self._push, self._sub, self._monitor = open_sockets(self._context, self.in_endpoint, self.out_endpoint,
-                                                            self.rcvhwm, self._curve)
+        """The sockets and the handshake monitor, set up as the sync Client sets them up."""
+        self._links = Links(self._context, self._checks._servers, self.session.server, self.rcvhwm, self._curve)
 
     async def connect(self, timeout: float | None = None) -> ev.Connected:
         """Start and wait for the server's welcome (at once if it has come: connecting twice is harmless).
@@ -139,8 +167,7 @@ class AsyncClient(SessionView):
                 raise ConnectError(f"the client stopped: {self._failure}") from self._failure
             remaining = deadline - loop.time()
             if remaining <= 0 or (self._handshake_problem and timeout - remaining > HANDSHAKE_GRACE):
-                raise ConnectError(self._handshake_problem or no_answer(self.in_endpoint, timeout,
-                                                                        self._curve is not None))
+                raise ConnectError(self._handshake_problem or self._checks._no_answer(timeout, self._links))
             await asyncio.wait({outcome}, timeout=min(remaining, TICK))  # TICK: the grace is checked too
         answer = outcome.result()
         if isinstance(answer, ev.Error):
@@ -368,6 +395,8 @@ class AsyncClient(SessionView):
     def _flush(self) -> None:
         session = self.session
         apply_subscriptions(session, self._sub)
+        if self._links is not None:
+            self._links.follow(session, self._checks._servers)
         if session.outgoing and self._push is not None:
             for frames in session.outgoing:
                 # With NOBLOCK (and no send ever awaited) the future is done at once.
@@ -419,14 +448,9 @@ class AsyncClient(SessionView):
             await asyncio.wait({task})  # not ``await task``: that would raise the task's CancelledError here
 
     def _close_sockets(self, linger: float) -> None:
-        if self._monitor is not None and self._sub is not None:
-            self._sub.disable_monitor()
-            self._monitor.close(linger=0)
-        linger_ms = int(min(linger, CLOSE_LINGER_MS / 1000) * 1000)
-        for sock in (self._push, self._sub):
-            if sock is not None:
-                sock.close(linger=linger_ms)
-        self._push = self._sub = self._monitor = None
+        links, self._links = self._links, None
+        if links is not None:
+            links.close(linger)
         self._notify()  # iterators and waiters see that we are closed
 
 

@@ -75,6 +75,11 @@ def topic_line(event: ev.Topic) -> str:
     return f"-- topic of {event.room}: {clean(event.text)} (set by {clean(event.by)})"
 
 
+def lost_line(switching_to: str = "") -> str:
+    """What a lost connection looks like: where the client tries now, for a pair's client."""
+    return f"connection lost, switching to {clean(switching_to)}…" if switching_to else "connection lost, retrying…"
+
+
 def event_line(event: ev.Event) -> str | None:
     """One readable line (or a few) for any event; None for events that need no text."""
     if isinstance(event, ev.Message):
@@ -86,7 +91,7 @@ def event_line(event: ev.Event) -> str | None:
         head = "reconnected" if event.reconnected else f"Connected as {clean(event.name)}"
         return head if event.reconnected else f"{head}\n{clean(event.motd)}"
     if isinstance(event, ev.ConnectionLost):
-        return "connection lost, retrying…"
+        return lost_line(event.switching_to)
     if isinstance(event, ev.Who):
         return "\n".join(f"{room}: {', '.join(map(clean, names)) or '(nobody)'}" for room, names in event.rooms.items()) \
             or "you are in no room"

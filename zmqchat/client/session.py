@@ -1,8 +1,13 @@
-"""The client's rules, sans-IO: handshake, heartbeats, ordering per room, gap recovery, resend.
+"""The client's rules, sans-IO: handshake, heartbeats, ordering per room, gap recovery, resend, and which
+server of a hot-standby pair to talk to.
 
 ``ClientSession`` never touches a socket. The I/O shell (``zmqchat.client.sync``) feeds it the frames that
 arrive on SUB (``receive``) and the passage of time (``tick``), and moves what it queues: frames for PUSH
-(``outgoing``), topics to (un)subscribe (``subscriptions``) and events for the user (``events``).
+(``outgoing``), topics to (un)subscribe (``subscriptions``) and events for the user (``events``). With
+several servers (``servers``) the shell's SUB hears them all and its PUSH goes to ``servers[server]``: when
+the session changes ``server`` (the active was lost, a standby named the active, another server took over)
+the shell moves the PUSH. Every server message carries its server's term: a lower one than the highest
+seen comes from a deposed active and is dropped.
 """
 
 from __future__ import annotations
@@ -15,8 +20,13 @@ from dataclasses import dataclass, field
 
 from .. import events as ev
 from .. import protocol as p
+from ..errors import ZmqchatError
+from .servers import MAX_SERVERS, label, parse_server, same_server
 
 HELLO_RETRY = 0.25  # seconds between hellos until the welcome arrives
+LOST_HELLO_RETRY = 1.0  # seconds between hellos while the connection is lost
+FAST_HELLOS_FOR = 1.0  # seconds of HELLO_RETRY hellos after moving to another server of a pair (its PUSH is new)
+ROTATE_AFTER = 2.0  # seconds of unanswered hellos to one server of a pair before the next one is tried
 RESEND_AFTER = 5.0  # seconds before an unacknowledged message is sent again
 GAP_CHUNK = 200  # messages asked for per gap request: small enough to pass the server's PUB queue
 HISTORY_RETRY = 3.0  # seconds before an unanswered history request is asked again
@@ -65,8 +75,17 @@ class ClientSession:
 
     def __init__(self, name: str, rooms: list[str] | tuple[str, ...] = ("#general",),
                  clock: Callable[[], float] = time.monotonic, session_id: str | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, servers: list[str] | None = None,
+                 discover: bool = True) -> None:
+        """``servers``: the labels (``HOST:PORT``) of the servers to use, a pair's in any order; None or []
+        for one server. ``discover``: a standby's answer naming an active not in ``servers`` adds it."""
         self.name = name
+        self.servers: list[str] = list(servers or [])
+        self.server = 0  # index in ``servers`` of the one our PUSH goes to (the shell follows it)
+        self.discover = discover
+        self.term = 0  # the highest server term seen: a message with a lower one is from a deposed active
+        self.stale_frames = 0  # messages dropped for their lower term
+        self.standbys: set[str] = set()  # servers that answered our hello as the standby, since the last welcome
         self.clock = clock
         self.clock_ts = wall_clock
         self.session_id = session_id or secrets.token_hex(8)
@@ -93,6 +112,11 @@ class ClientSession:
         self._stop_and_wait = False
         self._last_throttle_notice = float("-inf")
         self._hello_nonces: deque[str] = deque(maxlen=HELLO_NONCES)  # our hellos' rids, newest last
+        self._hello_to: dict[str, int] = {}  # hello rid -> the server it went to
+        self._server_term = 0  # the term of the server that welcomed us
+        self._term_now = 0  # the term of the message being handled
+        self._at_server_since = clock()  # when we began saying hello to ``server``
+        self._told: set[tuple[str, str]] = set()  # (standby, active) notices given since the last welcome
         self._requests = 0  # counter behind the rid of every other request
         # rid -> [request, when first sent, when to ask again (None: not told busy)]: the user's requests
         self._asked: OrderedDict[str, list] = OrderedDict()
@@ -124,7 +148,7 @@ class ClientSession:
         for room in self.rooms:
             self.subscriptions.append((True, p.room_topic(room)))
         self.state = "connecting"
-        self._last_heard = self.clock()
+        self._last_heard = self._at_server_since = self.clock()
         self._hello()
 
     @property
@@ -145,9 +169,12 @@ class ClientSession:
         last = {room: s.last for room, s in self.rooms.items() if s.joined}
         nonce = secrets.token_hex(8)
         self._hello_nonces.append(nonce)
+        self._hello_to[nonce] = self.server
+        if len(self._hello_to) > 2 * HELLO_NONCES:
+            self._hello_to = {n: self._hello_to[n] for n in self._hello_nonces if n in self._hello_to}
         first = next(iter(self.pending.values())).counter if self.pending else self._counter + 1
         self._send(p.Hello(session=self.session_id, name=self.name, rooms=list(self.rooms), last_seq=last,
-                           epoch=self.epoch, rid=nonce, unacked=first))
+                           epoch=self.epoch, rid=nonce, unacked=first, term=self.term))
         self._last_hello = self.clock()
 
     def _rid(self) -> str:
@@ -158,16 +185,17 @@ class ClientSession:
         """Timers: hello retries, heartbeats, loss detection, resends, unanswered history requests."""
         now = self.clock()
         if self.state in ("connecting", "lost"):
-            if now - self._last_hello >= (HELLO_RETRY if self.state == "connecting" else 1.0):
+            if len(self.servers) > 1 and now - self._at_server_since >= ROTATE_AFTER:
+                self._switch((self.server + 1) % len(self.servers))  # unanswered: never stick to a dead one
+                self._hello()
+            elif now - self._last_hello >= self._hello_interval(now):
                 self._hello()
             if self.state == "connecting":
                 return
         if self.state not in ("connected", "closing"):
             return
         if now - self._last_heard > self.heartbeat_interval * LOST_AFTER_MISSES:
-            self.state = "lost"
-            self.events.append(ev.ConnectionLost())
-            self._hello()
+            self._lose()
             return
         if now - self._last_sent >= self.heartbeat_interval:
             self._send(p.Ping(session=self.session_id))
@@ -191,9 +219,76 @@ class ClientSession:
                 self._send(p.Join(session=self.session_id, room=room, last_seq=sync.last if sync.last else -1,
                                   rid=sync.rid))
 
+    def _hello_interval(self, now: float) -> float:
+        if self.state == "connecting":
+            return HELLO_RETRY
+        if len(self.servers) > 1 and now - self._at_server_since < FAST_HELLOS_FOR:
+            return HELLO_RETRY  # a new PUSH drops what it is given before its connection is up
+        return LOST_HELLO_RETRY
+
     def _resend(self, pend: Pending, now: float) -> None:
         pend.sent_at = now
         self._send(pend.msg)
+
+    # -- which server
+
+    @property
+    def server_label(self) -> str:
+        """The label of the server our PUSH goes to ("" with no labels)."""
+        return self.servers[self.server] if self.server < len(self.servers) else ""
+
+    def _switch(self, index: int) -> None:
+        self.server = index
+        self._at_server_since = self.clock()
+
+    def _lose(self, hello: bool = True) -> None:
+        """Our server is gone: with a pair, move to the next server and say hello there (that hello is the
+        client's vote a standby needs before it takes over)."""
+        self.state = "lost"
+        switching_to = ""
+        if len(self.servers) > 1:
+            self._switch((self.server + 1) % len(self.servers))
+            switching_to = self.servers[self.server]
+        else:
+            self._at_server_since = self.clock()
+        self.events.append(ev.ConnectionLost(switching_to=switching_to))
+        if hello:
+            self._hello()
+
+    def switch_to(self, index: int) -> None:
+        """Point the PUSH at ``servers[index]`` (the gateway's hub moves all its sessions together: they
+        share one PUSH). A connected session counts its server as lost and says hello at the new one."""
+        if not 0 <= index < max(1, len(self.servers)):
+            raise ValueError(f"no server {index} (there are {len(self.servers)})")
+        if index == self.server:
+            return
+        if self.state in ("connected", "closing"):
+            self.state = "lost"
+            self._switch(index)
+            self.events.append(ev.ConnectionLost(switching_to=self.server_label))
+            self._hello()
+        elif self.state in ("connecting", "lost"):
+            self._switch(index)
+            self._hello()
+        else:
+            self._switch(index)
+
+    def _server_index(self, address: str) -> int | None:
+        """The index of the server ``address`` (HOST:PORT) names, added to ``servers`` if new and allowed;
+        None if it cannot be used."""
+        if not self.servers:
+            return None  # our own server has no label: a list cannot be made around it
+        for index, known in enumerate(self.servers):
+            if same_server(known, address):
+                return index
+        if not self.discover or len(self.servers) >= MAX_SERVERS:
+            return None
+        try:
+            host, port = parse_server(address)
+        except ZmqchatError:
+            return None  # garbage from a server: nothing to switch to
+        self.servers.append(label(host, port))
+        return len(self.servers) - 1
 
     # -- user actions
 
@@ -310,14 +405,29 @@ class ClientSession:
     def receive(self, frames: list[bytes]) -> None:
         """Handle one message from the SUB socket."""
         try:
-            _topic, msg = p.decode_server(frames)
+            _topic, msg, term = p.decode_server_term(frames)
         except p.ProtocolError:
             self.bad_frames += 1
             return
-        self.receive_message(msg)
+        self.receive_message(msg, term)
 
-    def receive_message(self, msg: p.Message) -> None:
-        """Handle one server message already decoded (a loop that decodes once for many sessions)."""
+    def receive_message(self, msg: p.Message, term: int = 0) -> None:
+        """Handle one server message already decoded (a loop that decodes once for many sessions); ``term``
+        is its server's, from the message's last frame."""
+        if term < self.term:
+            if not (type(msg) is p.Welcome and msg.rid in self._hello_nonces and (msg.epoch != self.epoch or term == 0)):
+                self.stale_frames += 1  # a deposed active still publishing: nothing it says counts
+                return
+            # An answer to our own hello from another history (a pair set up anew) or from a single server
+            # (term 0): terms count within one pair's history only, so this one starts ours over.
+            self.term = term
+        if type(msg) is p.ServerHeartbeat and msg.role == "standby":
+            return  # a standby's beat proves nothing of the active: no liveness, its seqs are not ours
+        if type(msg) is p.ErrorReply and msg.code == p.ERR_NOT_ACTIVE:
+            self._on_not_active(msg)  # a standby's answer: neither liveness nor its term
+            return
+        self.term = max(self.term, term)
+        self._term_now = term
         self._last_heard = self.clock()
         if self.state == "lost" and not isinstance(msg, (p.Welcome, p.ErrorReply)):
             # the server is back but does not know us yet: hello goes out from tick()
@@ -333,6 +443,12 @@ class ClientSession:
             self.foreign_replies += 1  # a welcome for somebody else's hello on our session topic
             return
         if self.state != "connected":
+            sent_to = self._hello_to.get(msg.rid, self.server)
+            if sent_to != self.server:
+                self._switch(sent_to)  # the server an earlier hello went to is the active after all
+            self._server_term = self._term_now
+            self._told.clear()
+            self.standbys.clear()
             self.heartbeat_interval = msg.heartbeat_interval
             self.max_text_bytes = msg.max_text_bytes
             self.max_message_bytes = msg.max_message_bytes
@@ -345,6 +461,7 @@ class ClientSession:
             self.epoch = msg.epoch
             # Answered: these nonces are public now (the welcome carried one), so none may count again.
             self._hello_nonces.clear()
+            self._hello_to.clear()
             self.events.append(ev.Connected(msg.name, msg.motd, reconnected=self._was_connected))
             self.state = "connected"
             self._was_connected = True
@@ -580,6 +697,35 @@ class ClientSession:
         fatal = msg.code in FATAL_CODES and self.state != "connected"  # and ``ours``, checked above
         self.events.append(ev.Error(msg.code, msg.message, fatal=fatal, mid=msg.mid))
 
+    def _on_not_active(self, msg: p.ErrorReply) -> None:
+        """A standby answered our hello: go to the active it names at once, else try the next server after
+        the usual wait (the active may come back, or this standby take over on a later hello: our vote)."""
+        sent_to = self._hello_to.get(msg.rid)
+        if sent_to is None:
+            self.foreign_replies += 1
+            return
+        if self.state not in ("connecting", "lost") or sent_to != self.server:
+            return  # an answer to a hello from before we moved on
+        standby = self.server_label or "the server"
+        self.standbys.add(standby)
+        target = self._server_index(msg.active) if msg.active else None
+        if target is not None and target != sent_to:
+            self._notice_once(standby, msg.active, f"{standby} is the standby; switching to {self.servers[target]}")
+            self._switch(target)
+            self._hello()
+        elif msg.active and target is None:
+            self._notice_once(standby, msg.active, f"{standby} is the standby; the active is {msg.active}, "
+                              "which is not one of the servers given")
+        elif not msg.active:
+            more = "; trying the other server" if len(self.servers) == 2 else (
+                "; trying the next server" if len(self.servers) > 2 else "; asking again")
+            self._notice_once(standby, "", f"{standby} is the standby and does not know the active{more}")
+
+    def _notice_once(self, standby: str, active: str, text: str) -> None:
+        if (standby, active) not in self._told:  # a standby answers every hello: tell the user once
+            self._told.add((standby, active))
+            self.events.append(ev.Notice(text))
+
     def _resend_from(self, counter: int) -> None:
         """The server never got message ``counter``: send it and the later ones again, in order (one at a
         time under stop-and-wait)."""
@@ -605,6 +751,10 @@ class ClientSession:
         self.events.append(ev.Closed())
 
     def _on_ServerHeartbeat(self, msg: p.ServerHeartbeat) -> None:
+        if (msg.role == "active" and self.state == "connected" and self._term_now > self._server_term
+                and len(self.servers) > 1):
+            self._lose()  # another server took over since our welcome: ours is deposed (two: the other one)
+            return
         for room, newest in msg.seqs.items():
             sync = self.rooms.get(room)
             if sync is not None and isinstance(newest, int) and newest > sync.newest:
@@ -615,5 +765,4 @@ class ClientSession:
     def _on_Shutdown(self, msg: p.Shutdown) -> None:
         self.events.append(ev.ServerShutdown(msg.message))
         if self.state == "connected":
-            self.state = "lost"
-            self.events.append(ev.ConnectionLost())
+            self._lose(hello=len(self.servers) > 1)  # alone: hellos resume from tick(), as it comes back

@@ -8,6 +8,10 @@ between them and the session, and offers the Python API that the terminal client
         for event in chat.events(timeout=10):
             print(event)
 
+With a hot-standby pair (``servers=["10.0.0.1:4444", "10.0.0.2:4444"]``) the SUB connects to every server's
+PUB and the PUSH to the one the session points at (``Links``): when the session moves, the PUSH is closed
+(what it held for the lost server is dropped) and a new one connects to the other server.
+
 The sockets belong to the thread that created the Client; use it from that thread only.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import zmq
@@ -25,6 +29,7 @@ from .. import keys
 from .. import protocol as p
 from ..endpoints import DEFAULT_HOST, DEFAULT_PORT, endpoints
 from ..errors import ConnectError, ZmqchatError
+from .servers import Server, label, names, server_from, server_list
 from .session import ClientSession
 
 TICK = 0.05  # seconds: the longest the loop sleeps before running the session's timers
@@ -34,6 +39,9 @@ PUSH_HWM = 10_000
 SUB_HWM = 1000
 HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+ServerItem = str | tuple[str, int]  # "HOST:PORT" or (host, port)
+KeyFile = str | Path
 
 
 class SessionView:
@@ -65,9 +73,12 @@ class Client(SessionView):
 
     def __init__(self, name: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, in_endpoint: str | None = None,
                  out_endpoint: str | None = None, rooms: list[str] | tuple[str, ...] = ("#general",),
-                 curve_secret: str | Path | None = None, server_key: str | Path | None = None,
+                 curve_secret: str | Path | None = None, server_key: KeyFile | Sequence[KeyFile] | None = None,
                  connect_timeout: float = 5.0, context: zmq.Context | None = None, connect: bool = True,
-                 rcvhwm: int = SUB_HWM) -> None:
+                 rcvhwm: int = SUB_HWM, servers: Sequence[ServerItem] | str | None = None) -> None:
+        """``servers``: the servers of a hot-standby pair (``"HOST:PORT"`` or ``(host, port)``, each its PULL
+        port), instead of ``host``/``port``/endpoints; ``server_key`` is then one key file for all, or one
+        per server, in order."""
         problem = p.name_problem(name)
         if problem:
             raise ZmqchatError(f"invalid name {name!r}: {problem}")
@@ -75,33 +86,76 @@ class Client(SessionView):
         for room in rooms:
             if p.room_problem(room):
                 raise ZmqchatError(p.room_problem(room) or "")
-        self.in_endpoint, self.out_endpoint = endpoints(host, port, in_endpoint, out_endpoint)
-        self.session = ClientSession(name, rooms)
+        if servers:
+            if in_endpoint or out_endpoint:
+                raise ZmqchatError("give either servers or in/out endpoints, not both")
+            found = server_list(servers)
+        else:
+            ins, outs = endpoints(host, port, in_endpoint, out_endpoint)
+            found = [Server(ins if in_endpoint or out_endpoint else label(host, port), ins, outs)]
+        # before the context: a bad key leaks nothing
+        self._curve, self._servers = load_keys(curve_secret, server_key, found)
+        self.session = ClientSession(name, rooms, servers=[s.label for s in self._servers],
+                                     discover=not _per_server_keys(server_key))
         self.connect_timeout = connect_timeout
         self.rcvhwm = rcvhwm
-        self._curve = _load_curve(curve_secret, server_key)  # before the context: a bad key leaks nothing
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._queue: deque[ev.Event] = deque()
-        self._push: zmq.Socket | None = None
-        self._sub: zmq.Socket | None = None
+        self._links: Links | None = None
         self._poller = zmq.Poller()
-        self._monitor: zmq.Socket | None = None
         self._handshake_problem = ""
         self._welcome: ev.Connected | None = None
         if connect:
             self.connect()
 
+    # -- where
+
+    @property
+    def servers(self) -> list[str]:
+        """The servers this client knows, by label (``HOST:PORT``; one, or a pair's two, or more)."""
+        return list(self.session.servers)
+
+    @property
+    def server(self) -> str:
+        """The server our PUSH goes to, by label (the active, once connected)."""
+        return self.session.server_label
+
+    @property
+    def in_endpoint(self) -> str:
+        """The PULL endpoint of the server our PUSH goes to."""
+        return self._current().in_endpoint
+
+    @property
+    def out_endpoint(self) -> str:
+        """The PUB endpoint of the server our PUSH goes to (the SUB hears every server's)."""
+        return self._current().out_endpoint
+
+    def _current(self) -> Server:
+        follow_servers(self._servers, self.session)
+        return self._servers[min(self.session.server, len(self._servers) - 1)]
+
+    @property
+    def _push(self) -> zmq.Socket | None:
+        return None if self._links is None else self._links.push
+
+    @property
+    def _sub(self) -> zmq.Socket | None:
+        return None if self._links is None else self._links.sub
+
+    @property
+    def _monitor(self) -> zmq.Socket | None:
+        return None if self._links is None else self._links.monitor
+
     # -- connection
 
     def start(self) -> None:
         """Create the sockets, subscribe, and send the first hello; returns at once."""
-        if self._push is not None:
+        if self._links is not None:
             return
-        self._push, self._sub, self._monitor = open_sockets(self._context, self.in_endpoint, self.out_endpoint,
-                                                            self.rcvhwm, self._curve)
-        self._poller.register(self._monitor, zmq.POLLIN)
-        self._poller.register(self._sub, zmq.POLLIN)
+        self._links = Links(self._context, self._servers, self.session.server, self.rcvhwm, self._curve)
+        self._poller.register(self._links.monitor, zmq.POLLIN)
+        self._poller.register(self._links.sub, zmq.POLLIN)
         self.session.start()
         self._flush()
 
@@ -116,8 +170,9 @@ class Client(SessionView):
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or (self._handshake_problem and timeout - remaining > HANDSHAKE_GRACE):
+                problem = self._handshake_problem or self._no_answer(timeout)
                 self.close(linger=0)
-                raise ConnectError(self._handshake_problem or no_answer(self.in_endpoint, timeout, self._curve is not None))
+                raise ConnectError(problem)
             found = self._pump(min(remaining, TICK))
             for event in found:
                 if isinstance(event, ev.Error) and event.fatal:
@@ -139,14 +194,9 @@ class Client(SessionView):
             deadline = time.monotonic() + linger
             while self.session.state != "closed" and time.monotonic() < deadline:
                 self._queue.extend(self._pump(deadline - time.monotonic()))
-        if self._monitor is not None and self._sub is not None:
-            self._sub.disable_monitor()
-            self._monitor.close(linger=0)
-        linger_ms = int(min(linger, CLOSE_LINGER_MS / 1000) * 1000)
-        for sock in (self._push, self._sub):
-            if sock is not None:
-                sock.close(linger=linger_ms)
-        self._push = self._sub = self._monitor = None
+        links, self._links = self._links, None
+        if links is not None:
+            links.close(linger)
         if self._own_context:
             self._context.term()
 
@@ -302,9 +352,21 @@ class Client(SessionView):
         self.session.events = []
         return found
 
+    def _no_answer(self, timeout: float, links: Links | None = None) -> str:
+        """Why connect() gave up, naming the servers tried: the endpoint of one, the labels of a pair's."""
+        links = links or self._links
+        if len(self._servers) == 1:
+            where = self._servers[0].in_endpoint
+        else:
+            tried = links.tried if links is not None else {self.session.server}
+            where = names([s.label for n, s in enumerate(self._servers) if n in tried])
+        return no_answer(where, timeout, self._curve is not None, self.session.standbys)
+
     def _flush(self) -> None:
         session = self.session
         apply_subscriptions(session, self._sub)
+        if self._links is not None:
+            self._links.follow(session, self._servers)
         if session.outgoing and self._push is not None:
             for frames in session.outgoing:
                 try:
@@ -326,27 +388,108 @@ class Client(SessionView):
                                                         self._handshake_problem)
 
 
-def open_sockets(ctx: zmq.Context, in_endpoint: str, out_endpoint: str, rcvhwm: int,
-                 curve: tuple[bytes, bytes, bytes] | None) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket]:
-    """A client's PUSH (to the server's PULL) and SUB (from its PUB), connected, and the SUB's handshake
-    monitor; the same for the poll-loop and the asyncio client (``ctx`` decides which kind of socket)."""
-    sub = ctx.socket(zmq.SUB)
+Curve = tuple[bytes, bytes, bytes]  # (our secret, our public, the server's public), z85
+
+
+def _setup(sock: zmq.Socket, curve: Curve | None, server_key: bytes | None) -> None:
+    sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    if curve is not None:
+        sock.curve_secretkey, sock.curve_publickey = curve[0], curve[1]
+        sock.curve_serverkey = server_key or curve[2]
+
+
+def open_push(ctx: zmq.Context, server: Server, curve: Curve | None) -> zmq.Socket:
+    """A client's PUSH, connected to ``server``'s PULL (and to nothing else: a PUSH deals out among peers)."""
     push = ctx.socket(zmq.PUSH)
     # IMMEDIATE: never queue for a server that is not there; the session resends what matters.
     push.setsockopt(zmq.IMMEDIATE, 1)
     push.setsockopt(zmq.SNDHWM, PUSH_HWM)
-    sub.setsockopt(zmq.RCVHWM, rcvhwm)  # bounded: what overflows is recovered from history
-    for sock in (push, sub):
-        sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        if curve is not None:
-            sock.curve_secretkey, sock.curve_publickey, sock.curve_serverkey = curve
-    # A failed handshake is silent; the monitor turns it into a clear error for connect().
-    monitor = sub.get_monitor_socket(HANDSHAKE_FAILURES)
-    sub.connect(out_endpoint)
-    push.connect(in_endpoint)
-    return push, sub, monitor
+    _setup(push, curve, server.key)
+    push.connect(server.in_endpoint)
+    return push
+
+
+def connect_sub(sub: zmq.Socket, server: Server, curve: Curve | None) -> None:
+    """Connect ``sub`` to ``server``'s PUB too, with that server's CURVE key (taken at connect time)."""
+    if curve is not None:
+        sub.curve_serverkey = server.key or curve[2]
+    sub.connect(server.out_endpoint)
+
+
+class Links:
+    """A client's sockets: one SUB connected to every server's PUB, one PUSH to the server the session
+    points at, and the SUB's handshake monitor. The same for the poll loop, the asyncio client and the
+    gateway's hub (``ctx`` decides which kind of socket)."""
+
+    def __init__(self, ctx: zmq.Context, servers: list[Server], index: int, rcvhwm: int,
+                 curve: Curve | None) -> None:
+        self.ctx, self.curve = ctx, curve
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, rcvhwm)  # bounded: what overflows is recovered from history
+        _setup(self.sub, curve, None)
+        # A failed handshake is silent; the monitor turns it into a clear error for connect().
+        self.monitor = self.sub.get_monitor_socket(HANDSHAKE_FAILURES)
+        self.push: zmq.Socket | None = None
+        self.at = -1  # the index of the server the PUSH goes to
+        self.heard: list[Server] = []  # the servers the SUB is connected to, in order
+        self.tried: set[int] = set()  # every server the PUSH went to
+        try:
+            for server in servers:
+                self.hear(server)
+            self.point(servers, index)
+        except BaseException:
+            self.close(0)  # e.g. a malformed endpoint: nothing stays half open
+            raise
+
+    def hear(self, server: Server) -> None:
+        connect_sub(self.sub, server, self.curve)
+        self.heard.append(server)
+
+    def point(self, servers: list[Server], index: int) -> None:
+        """Move the PUSH to ``servers[index]``: linger 0, since what it holds was meant for the other one."""
+        if self.push is not None:
+            self.push.close(linger=0)
+            self.push = None
+        self.push = open_push(self.ctx, servers[index], self.curve)
+        self.at = index
+        self.tried.add(index)
+
+    def follow(self, session: ClientSession, servers: list[Server]) -> None:
+        """Hear every server ``session`` knows (a standby may have named a new one) and push to its choice."""
+        follow_servers(servers, session)
+        for server in servers[len(self.heard):]:
+            self.hear(server)
+        if session.server != self.at and session.server < len(servers):
+            self.point(servers, session.server)
+
+    def close(self, linger: float) -> None:
+        if self.monitor is not None:
+            self.sub.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+        linger_ms = int(min(linger, CLOSE_LINGER_MS / 1000) * 1000)
+        for sock in (self.push, self.sub):
+            if sock is not None:
+                sock.close(linger=linger_ms)
+        self.push = None
+
+
+def follow_servers(servers: list[Server], session: ClientSession) -> None:
+    """Add to ``servers`` those the session learnt of from a standby naming the active (the session learns
+    none when every server has a key of its own: one key serves them all)."""
+    for name in session.servers[len(servers):]:
+        servers.append(server_from(name))
+
+
+def open_sockets(ctx: zmq.Context, in_endpoint: str, out_endpoint: str, rcvhwm: int,
+                 curve: Curve | None) -> tuple[zmq.Socket, zmq.Socket, zmq.Socket]:
+    """A client's PUSH (to the server's PULL) and SUB (from its PUB), connected, and the SUB's handshake
+    monitor: the ``Links`` of one server, as three sockets."""
+    links = Links(ctx, [Server(in_endpoint, in_endpoint, out_endpoint)], 0, rcvhwm, curve)
+    assert links.push is not None and links.monitor is not None
+    return links.push, links.sub, links.monitor
 
 
 def apply_subscriptions(session: ClientSession, sub: zmq.Socket | None) -> None:
@@ -357,9 +500,11 @@ def apply_subscriptions(session: ClientSession, sub: zmq.Socket | None) -> None:
         session.subscriptions.clear()
 
 
-def no_answer(in_endpoint: str, timeout: float, curve: bool) -> str:
-    """Why connect() gave up when nothing answered."""
-    return (f"no answer from a zmqchat server at {in_endpoint} within {timeout:g}s"
+def no_answer(where: str, timeout: float, curve: bool, standbys: set[str] | frozenset[str] = frozenset()) -> str:
+    """Why connect() gave up when nothing answered ``where`` (a server, or "A or B"); ``standbys``: those
+    that answered as a pair's standby."""
+    told = f" ({names(sorted(standbys))} answered as the standby)" if standbys else ""
+    return (f"no answer from a zmqchat server at {where} within {timeout:g}s{told}"
             + (" (check --server-key and that your key is authorized)" if curve else ""))
 
 
@@ -382,3 +527,25 @@ def _load_curve(secret: str | Path | None, server_key: str | Path | None) -> tup
         raise ZmqchatError("CURVE needs both --curve-secret (your key) and --server-key (the server's public key)")
     public, secret_key = keys.load_secret(secret)
     return secret_key, public, keys.load_public(server_key)
+
+
+def _per_server_keys(server_key: KeyFile | Sequence[KeyFile] | None) -> bool:
+    return server_key is not None and not isinstance(server_key, (str, Path)) and len(server_key) > 1
+
+
+def load_keys(secret: str | Path | None, server_key: KeyFile | Sequence[KeyFile] | None,
+              servers: list[Server]) -> tuple[Curve | None, list[Server]]:
+    """The CURVE keys from certificate files: (our secret, our public, the first server's public) or None,
+    and ``servers`` each with its own key when ``server_key`` lists one per server."""
+    if not _per_server_keys(server_key):
+        one = server_key if server_key is None or isinstance(server_key, (str, Path)) else server_key[0]
+        return _load_curve(secret, one), servers
+    assert server_key is not None and not isinstance(server_key, (str, Path))
+    if len(server_key) != len(servers):
+        raise ZmqchatError(f"{len(server_key)} server keys for {len(servers)} servers: give one key for all, "
+                           "or one per server, in the same order")
+    curve = _load_curve(secret, server_key[0])
+    assert curve is not None
+    keyed = [Server(s.label, s.in_endpoint, s.out_endpoint, keys.load_public(path))
+             for s, path in zip(servers, server_key)]
+    return curve, keyed

@@ -33,6 +33,12 @@ COUNTERS = {
     "errors": "internal errors (each logged)",
 }
 GAUGES = {"clients": "sessions connected", "rooms": "rooms with members", "history": "messages held in memory"}
+PAIR_GAUGES = {  # only a server of a hot-standby pair has these (docs/cluster.md)
+    "pair_active": "1 while this server is the pair's active, else 0",
+    "pair_term": "the pair's term this server knows (grows at each takeover)",
+    "pair_position": "replication position of the newest batch in this server's store",
+    "pair_in_sync": "1 while the other server is in sync (active: its standby acknowledges; standby: it follows)",
+}
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
@@ -58,6 +64,11 @@ class _CoreCollector(Collector):
             family = GaugeMetricFamily(f"zmqchat_{name}", text)
             family.add_metric([], stats.get(name, 0))
             yield family
+        for name, text in PAIR_GAUGES.items():
+            if name in stats:
+                family = GaugeMetricFamily(f"zmqchat_{name}", text)
+                family.add_metric([], stats[name])
+                yield family
 
 
 class Metrics:

@@ -139,6 +139,19 @@ def merge(batches: list[Batch], number: int) -> Batch:
     return out
 
 
+def standby_beat(ts: float, term: int) -> list[bytes]:
+    """What a server that is not active publishes each heartbeat interval: its role, no seqs, its term."""
+    return p.encode_server(p.ALL_TOPIC, p.ServerHeartbeat(ts=ts, role=STANDBY), p.term_frame(term))
+
+
+def not_active(session: str, rid: str, role: str, active: str, term: int) -> list[bytes]:
+    """A not-active server's answer to a client (on its session topic), naming the active when known."""
+    where = f"; the active is {active}" if active else "; no active server is known yet"
+    what = "the standby" if role == STANDBY else "not active yet (starting)"
+    reply = p.ErrorReply(code=p.ERR_NOT_ACTIVE, message=f"this server is {what}{where}", rid=rid, active=active)
+    return p.encode_server(p.session_topic(session), reply, p.term_frame(term))
+
+
 def _ts_mid(body: bytes) -> tuple[float, str]:
     """The time and message id a stored body holds (the store's columns beside it)."""
     try:

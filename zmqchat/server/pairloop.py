@@ -50,7 +50,9 @@ from .pair import (
     decode,
     encode,
     merge,
+    not_active,
     peer_state,
+    standby_beat,
 )
 from .storage import Batch, Store, StoreError
 
@@ -59,6 +61,7 @@ log = logging.getLogger("zmqchat.server")
 PEER_HWM = 100_000  # peer messages queued for a slow standby before sends fail (then the active goes alone)
 NOT_ACTIVE_PER_SECOND = 2000  # answers a standby gives clients that think it active; the rest are dropped
 HANDOVER_WAIT = 1.0  # seconds a stopping active waits for the standby's last acknowledgements
+STANDBY_COMMIT_ROWS = 5000  # rows a standby commits in one transaction at most (a catch-up comes in 500s)
 FORCED_SKIP = 1_000_000  # numbers skipped per room when an out-of-sync standby is forced active
 
 
@@ -115,6 +118,14 @@ class PairServer(Server):
             return "standby, in sync" if self.follower.streaming else "standby, catching up"
         return self.roles.role
 
+    def _metrics_snapshot(self) -> dict[str, int]:
+        """The core's counters (while active) and the pair's gauges, read on the scraping thread."""
+        core = self.core
+        replica, follower = self.replica, self.follower
+        in_sync = replica.in_sync if replica is not None else follower.streaming if follower is not None else False
+        return {**(core.snapshot() if core is not None else {}), "pair_active": int(self.roles.role == ACTIVE),
+                "pair_term": self.roles.term, "pair_position": self.roles.position, "pair_in_sync": int(in_sync)}
+
     # -- running
 
     def run(self, on_ready: Callable[[], None] | None = None) -> None:
@@ -128,7 +139,7 @@ class PairServer(Server):
             if self.metrics_at is not None:
                 from .metrics import Metrics
 
-                self.metrics = Metrics(lambda: self.core.snapshot() if self.core is not None else {}, *self.metrics_at)
+                self.metrics = Metrics(self._metrics_snapshot, *self.metrics_at)
             self._run_sockets(None, on_ready)  # type: ignore[arg-type]
         finally:
             if self.metrics is not None:
@@ -213,6 +224,7 @@ class PairServer(Server):
                 out = core.flush()
                 for frames in out:
                     _send_frames(pub, frames)
+                self.roles.position = self.replica.position
                 if self.metrics is not None:
                     self.metrics.observe(core.take_commit_time(), len(out))
             else:
@@ -220,8 +232,7 @@ class PairServer(Server):
                     self._standby_drain(pull, pub, now, curve, by_address)
                 if now >= next_beat and self.core is None:
                     next_beat = now + self.config.heartbeat_interval
-                    _send_frames(pub, p.encode_server(p.ALL_TOPIC, p.ServerHeartbeat(ts=time.time(), role=STANDBY),
-                                                      p.term_frame(self.roles.term)))
+                    _send_frames(pub, standby_beat(time.time(), self.roles.term))
                 if (self.follower is not None and self.follower.due() and self.roles.peer is not None
                         and self.roles.peer.role == ACTIVE):
                     info = self.store.load(1)
@@ -253,7 +264,10 @@ class PairServer(Server):
 
     def _peer_frames(self, peer_in: zmq.Socket, peer_out: zmq.Socket, now: float) -> None:
         pending: list[Batch] = []
+        rows = 0  # in pending
         for _ in range(BATCH):
+            if rows >= STANDBY_COMMIT_ROWS:
+                break  # commit this much now: a long transaction would delay the state messages the active awaits
             try:
                 frames = peer_in.recv_multipart(_NOBLOCK)
             except zmq.Again:
@@ -262,7 +276,9 @@ class PairServer(Server):
                 kind, header, bodies = decode(frames)
                 if len(bodies) > MAX_PEER_FRAMES and kind not in (b"batch", b"synced"):
                     raise PeerError("too many frames")
+                held = len(pending)
                 self._peer_message(kind, header, bodies, pending, now)
+                rows = rows + len(pending[-1].messages) if len(pending) > held else 0 if not pending else rows
             except PeerError as exc:
                 self.peer_dropped += 1
                 log.debug("peer link: dropped: %s", exc)
@@ -393,7 +409,7 @@ class PairServer(Server):
             self._epoch = self.core.sequencer.epoch
             if self.authorized_keys is not None:
                 self.core.bind_keys(self.bound_names)
-            log.warning("pair: ACTIVE (term %d), serving clients; running alone until the standby is in sync",
+            log.warning("pair: ACTIVE (term %d), serving clients; running alone until a standby has caught up",
                         self.roles.term)
         else:
             if self.core is not None:
@@ -440,7 +456,6 @@ class PairServer(Server):
     def _standby_drain(self, pull: zmq.Socket, pub: zmq.Socket, now: float, curve: bool, by_address: bool) -> None:
         """Not active: a hello is a client's vote (taken over on, when the rules allow) or is told whom to
         reach; other messages from clients that think this server active are told the same, within a budget."""
-        term = p.term_frame(self.roles.term)
         for _ in range(BATCH):
             try:
                 key, address = None, ""
@@ -478,11 +493,8 @@ class PairServer(Server):
                 peer = self.roles.peer
                 known = peer is not None and peer.role == ACTIVE and not self.roles.peer_silent(now)
                 active = (peer.client or self.peer_client) if known else ""  # type: ignore[union-attr]
-                where = f"; the active is {active}" if active else "; no active server is known yet"
-                what = "the standby" if self.roles.role == STANDBY else "not active yet (starting)"
-                reply = p.ErrorReply(code=p.ERR_NOT_ACTIVE, message=f"this server is {what}{where}",
-                                     rid=getattr(msg, "rid", ""), active=active)
-                _send_frames(pub, p.encode_server(p.session_topic(msg.session), reply, term))  # type: ignore[attr-defined]
+                _send_frames(pub, not_active(msg.session, getattr(msg, "rid", ""), self.roles.role, active,  # type: ignore[attr-defined]
+                                             self.roles.term))
 
     def _log_notices(self) -> None:
         for source in (self.roles, self.replica):

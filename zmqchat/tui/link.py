@@ -132,7 +132,8 @@ class ClientLink:
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self.name = client.name
-        self.server = client.in_endpoint
+        # one server: its endpoint, as always; a pair's: the label of the one we are connected to
+        self.server = client.in_endpoint if len(client.servers) < 2 else client.server
         self.commands = Commands(client)
 
     def joined(self) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .. import events as ev
-from ..client.display import PRESENCE_WORDS, clean, event_line, mentions, topic_line
+from ..client.display import PRESENCE_WORDS, clean, event_line, lost_line, mentions, topic_line
 
 MAX_LINES = 5_000  # lines kept per room at its live end; older ones are fetched again on demand
 TRIM_SLACK = 500  # lines allowed over MAX_LINES before a trim, so trimming is amortised, not per message
@@ -292,7 +292,7 @@ class Status:
     """What the status bar says."""
 
     name: str
-    connection: str  # "connecting", "connected", "connection lost, retrying…", "reconnected"
+    connection: str  # "connecting", "connected", "connection lost, retrying…" (or "…, switching to X…"), "reconnected"
     lost: bool
     server: str
     latency_ms: int | None
@@ -313,6 +313,7 @@ class ChatState:
         self.current = ""
         self.connection = "connecting"
         self._connection_since = clock()
+        self._switching_to = ""  # the server of a pair tried since the connection was lost
         self.latency: float | None = None  # seconds: the last echo of one of our messages
         self.pending: dict[str, tuple[Line, str, float]] = {}  # mid -> (line, room, sent at)
         self.known_rooms: set[str] = set()  # from /rooms replies, for #completion
@@ -650,6 +651,9 @@ class ChatState:
 
     def _on_lost(self, event: ev.ConnectionLost, effects: Effects) -> None:
         self._set_connection("lost")
+        self._switching_to = event.switching_to
+        if event.switching_to:
+            self.server = event.switching_to  # the server of the pair we try now: the status bar names it
         self.note(event_line(event) or "", "notice")
 
     def _on_shutdown(self, event: ev.ServerShutdown, effects: Effects) -> None:
@@ -706,7 +710,7 @@ class ChatState:
         self._connection_since = self.clock()
 
     def status(self) -> Status:
-        words = {"lost": "connection lost, retrying…"}
+        words = {"lost": lost_line(self._switching_to)}
         return Status(self.name, words.get(self.connection, self.connection), self.connection == "lost",
                       self.server, None if self.latency is None else round(self.latency * 1000),
                       len(self.pending))

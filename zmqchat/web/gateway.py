@@ -31,6 +31,7 @@ from aiohttp import web
 
 from .. import events as ev
 from .. import protocol as p
+from ..client.servers import Server
 from ..errors import ZmqchatError
 from ..server.ratelimit import RateLimiter, TokenBucket
 from . import users as u
@@ -80,6 +81,7 @@ class Config:
     in_endpoint: str
     out_endpoint: str
     curve: tuple[bytes, bytes, bytes] | None = None
+    servers: tuple[Server, ...] = ()  # a hot-standby pair's, instead of the one at in/out_endpoint
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     auth: str = "open"  # or "users"
@@ -163,7 +165,7 @@ class Gateway:
     def __init__(self, config: Config, clock=time.monotonic) -> None:
         self.config = config
         self.clock = clock
-        self.hub = Hub(config.in_endpoint, config.out_endpoint, curve=config.curve)
+        self.hub = Hub(config.in_endpoint, config.out_endpoint, curve=config.curve, servers=config.servers or None)
         self.people: dict[str, Person] = {}
         self.logins = u.Logins(clock)
         self.guard = u.LoginGuard()
@@ -239,7 +241,7 @@ class Gateway:
 
     async def healthz(self, request: web.Request) -> web.Response:
         ok = self.hub.reachable
-        return web.json_response({"ok": ok, "server": self.config.in_endpoint,
+        return web.json_response({"ok": ok, "server": self.hub.in_endpoint,
                                   "problem": "" if ok else (self.hub.handshake_problem or "no heartbeat from the server"),
                                   "people": len(self.people), "tabs": sum(map(len, self.tabs.values()))},
                                  status=200 if ok else 503)

@@ -14,7 +14,10 @@ so all the sessions of a gateway share the hub's PUSH and SUB:
 - what the sessions queue (frames, subscriptions, events) is moved after every round, and events go to
   the session's ``Member`` (the gateway's per-name object), which renders them for its browsers.
 
-The sockets are ``client.sync.open_sockets``'s, so they are set up as every other client's.
+The sockets are ``client.sync.Links``, so they are set up as every other client's. With a hot-standby pair
+the SUB hears both servers and the one PUSH goes to the server the sessions agree on: when one session moves
+(its server was lost, a standby named the active), the hub moves the PUSH and every other session with it
+(``ClientSession.switch_to``), so no session's frames go to a server it is not talking to.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .. import events as ev
 from .. import protocol as p
+from ..client.servers import Server
 from ..client.session import LOST_AFTER_MISSES, ClientSession
-from ..client.sync import handshake_problem, open_sockets
+from ..client.sync import Links, follow_servers, handshake_problem
 
 log = logging.getLogger("zmqchat.web")
 
@@ -50,17 +54,23 @@ class Member(Protocol):
     def deliver(self, events: list[ev.Event]) -> None: ...
 
 
-def deliver(session: ClientSession, msg: p.Message) -> None:
+def deliver(session: ClientSession, msg: p.Message, term: int = 0) -> None:
     """``session.receive(frames)`` for a message already decoded once for every session on its topic."""
-    session.receive_message(msg)
+    session.receive_message(msg, term)
 
 
 class Hub:
     """Many ``ClientSession``s over one PUSH and one SUB. Use it from the event loop that started it."""
 
     def __init__(self, in_endpoint: str, out_endpoint: str, *, curve: tuple[bytes, bytes, bytes] | None = None,
-                 context: zmq.asyncio.Context | None = None, rcvhwm: int = HUB_RCVHWM, tick: float = HUB_TICK) -> None:
-        self.in_endpoint, self.out_endpoint = in_endpoint, out_endpoint
+                 context: zmq.asyncio.Context | None = None, rcvhwm: int = HUB_RCVHWM, tick: float = HUB_TICK,
+                 servers: list[Server] | tuple[Server, ...] | None = None) -> None:
+        """``servers``: a hot-standby pair's (each with its CURVE key when they differ), instead of the one
+        server at ``in_endpoint``/``out_endpoint``."""
+        self.servers: list[Server] = list(servers or [Server(in_endpoint, in_endpoint, out_endpoint)])
+        self.server = 0  # the index of the server the PUSH goes to
+        self.labels = [server.label for server in self.servers]  # every session's ``servers``: one list
+        self.discover = all(s.key is None for s in self.servers)  # a new server's key would be unknown
         self.curve = curve
         self._own_context = context is None
         self.context = context or zmq.asyncio.Context()
@@ -69,9 +79,7 @@ class Hub:
         self.members: dict[Member, None] = {}  # in the order added
         self._routes: dict[bytes, dict[Member, int]] = {}  # topic -> member -> its subscriptions to it
         self._topics: dict[Member, Counter[bytes]] = {}  # member -> topic -> count (to let go on removal)
-        self._push: zmq.asyncio.Socket | None = None
-        self._sub: zmq.asyncio.Socket | None = None
-        self._monitor: zmq.asyncio.Socket | None = None
+        self._links: Links | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.handshake_problem = ""
@@ -80,17 +88,37 @@ class Hub:
         self.received = 0  # publications read
         self.delivered = 0  # (publication, session) hand-overs
 
+    @property
+    def in_endpoint(self) -> str:
+        """The PULL of the server the PUSH goes to."""
+        return self.servers[self.server].in_endpoint
+
+    @property
+    def out_endpoint(self) -> str:
+        return self.servers[self.server].out_endpoint
+
+    @property
+    def _push(self) -> zmq.asyncio.Socket | None:
+        return None if self._links is None else self._links.push
+
+    @property
+    def _sub(self) -> zmq.asyncio.Socket | None:
+        return None if self._links is None else self._links.sub
+
+    @property
+    def _monitor(self) -> zmq.asyncio.Socket | None:
+        return None if self._links is None else self._links.monitor
+
     # -- life
 
     async def start(self) -> None:
         """Open the sockets, subscribe to the broadcast topic (heartbeats tell whether the server is
         reachable) and start the pump."""
-        if self._push is not None:
+        if self._links is not None:
             return
         self._loop = asyncio.get_running_loop()
-        self._push, self._sub, self._monitor = open_sockets(self.context, self.in_endpoint, self.out_endpoint,
-                                                            self.rcvhwm, self.curve)
-        self._sub.setsockopt(zmq.SUBSCRIBE, p.ALL_TOPIC)  # the hub's own: never counted, never dropped
+        self._links = Links(self.context, self.servers, self.server, self.rcvhwm, self.curve)
+        self._links.sub.setsockopt(zmq.SUBSCRIBE, p.ALL_TOPIC)  # the hub's own: never counted, never dropped
         self._task = self._loop.create_task(self._pump(), name="zmqchat-web hub")
 
     async def close(self, linger: float = 1.0) -> None:
@@ -111,12 +139,9 @@ class Hub:
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
-        if self._sub is not None:
-            self._sub.disable_monitor()
-        for sock in (self._monitor, self._push, self._sub):
-            if sock is not None:
-                sock.close(linger=0 if sock is self._monitor else 200)
-        self._push = self._sub = self._monitor = None
+        links, self._links = self._links, None
+        if links is not None:
+            links.close(0.2)
         if self._own_context:
             await asyncio.to_thread(self.context.term)
 
@@ -128,10 +153,15 @@ class Hub:
     # -- members
 
     def add(self, member: Member) -> None:
-        """Start ``member``'s session on the shared sockets (subscriptions first, then its hello)."""
+        """Start ``member``'s session on the shared sockets (subscriptions first, then its hello), on the
+        servers the hub uses and the one its PUSH goes to."""
         self.members[member] = None
         self._topics[member] = Counter()
-        member.session.start()
+        session = member.session
+        session.servers = self.labels  # one list for all: a server one session learns of, all know
+        session.discover = self.discover
+        session.switch_to(self.server)
+        session.start()
         self.flush(member)
 
     def remove(self, member: Member) -> None:
@@ -147,6 +177,8 @@ class Hub:
         the member. Call after every action on the session."""
         session = member.session
         for _ in range(FLUSH_ROUNDS):
+            if member in self._topics:
+                self._follow(member)
             if session.subscriptions:
                 if member in self._topics:
                     for subscribe, topic in session.subscriptions:
@@ -167,6 +199,26 @@ class Hub:
                 return
             found, session.events = session.events, []
             member.deliver(found)
+
+    def _follow(self, member: Member) -> None:
+        """Go where ``member``'s session went: hear the servers it learnt of, move the PUSH to its server,
+        and every other session with it (they share the PUSH)."""
+        session = member.session
+        learnt = len(session.servers) > len(self.servers)  # a standby named an active we did not know
+        moved = session.server != self.server and session.server < len(session.servers)
+        if not (learnt or moved):
+            return
+        follow_servers(self.servers, session)
+        if self._links is not None:
+            self._links.follow(session, self.servers)  # hears the new ones, and pushes where the session goes
+        if not moved:
+            return
+        log.info("zmqchat-web: talking to %s now", self.servers[session.server].label)
+        self.server = session.server
+        for other in list(self.members):
+            if other is not member and other.session.server != self.server:
+                other.session.switch_to(self.server)
+                self.flush(other)
 
     def _subscribe(self, member: Member, topic: bytes) -> None:
         holders = self._routes.setdefault(topic, {})
@@ -236,23 +288,28 @@ class Hub:
             except zmq.Again:
                 return
             self.received += 1
-            self.last_heard = self._loop.time() if self._loop is not None else 0.0
             self._route(frames, touched)
 
     def _route(self, frames: list[bytes], touched: dict[Member, None]) -> None:
         """Decode one publication once and hand it to each session subscribed to its topic."""
         holders = self._routes.get(frames[0]) if frames else None
-        if not holders:
-            return  # the hub's own heartbeat subscription, with no session listening
+        if not holders and frames and frames[0] != p.ALL_TOPIC:
+            self._heard()
+            return  # a topic let go a moment ago
         try:
-            _topic, msg = p.decode_server(frames)
+            _topic, msg, term = p.decode_server_term(frames)
         except p.ProtocolError:
             self.bad_frames += 1
             return
-        for member in list(holders):
-            deliver(member.session, msg)
+        if not (type(msg) is p.ServerHeartbeat and msg.role == "standby"):
+            self._heard()  # a standby's beat says nothing of the server we talk to (the hub's own topic, too)
+        for member in list(holders or ()):
+            deliver(member.session, msg, term)
             touched[member] = None
-        self.delivered += len(holders)
+        self.delivered += len(holders or ())
+
+    def _heard(self) -> None:
+        self.last_heard = self._loop.time() if self._loop is not None else 0.0
 
     async def _on_monitor(self) -> None:
         assert self._monitor is not None

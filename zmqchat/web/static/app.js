@@ -391,8 +391,9 @@ const handlers = {
     setServer(true);
     if (event.reconnected) system("reconnected to the chat server", "notice");
   },
-  connection_lost() {
+  connection_lost(event) {
     setServer(false);
+    if (event.switching_to) system(`connection lost, switching to ${event.switching_to}\u2026`, "notice");
   },
   shutdown(event) {
     system(`server: ${event.message}`, "notice");
