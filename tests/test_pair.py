@@ -43,6 +43,7 @@ def link(replica: Replica, follower: Follower, standby: MemoryStore | SqliteStor
             standby.submit(batch)
             if kind == b"synced":
                 standby.set_term(follower.term, follower.terms)
+                standby.skip(follower.skipped, follower.floor)
             if follower.streaming:
                 replica.on_ack(pair.decode(follower.ack())[1])
 
@@ -421,3 +422,47 @@ def test_whatever_the_peer_sends_only_peer_error_comes_out(kind, header, bodies)
             handle()
         except PeerError:
             pass
+
+
+def test_a_forced_skip_numbers_old_rooms_past_it_and_new_rooms_above_the_floor(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    store = SqliteStore(path, search=False)
+    store.load(10)
+    body = p.encode_body(p.RoomMessage(room="#a", seq=1, ts=1.0, sender="al", text="hi", mid="s.1"))
+    store.submit(Batch(1, [("#a", 1, 1.0, "s.1", body)]))
+    store.skip({"#a": [(2, 1001)]}, 1000)
+    store.close()
+    core = ServerCore(ServerConfig(rate=0), SqliteStore(path, search=False), clock=FakeClock())
+    send(core, p.Hello(session="s1", name="al", rooms=["#a", "#new"]))
+    core.flush()
+    say(core, 1, room="#a")
+    say(core, 2, room="#new")
+    assert room_seqs(core.flush()) == [1002, 1001]
+    assert core.sequencer.lost("#a", 1, 1002) == [(2, 1001)]
+    assert core.sequencer.lost("#new", 0, 1001) == [(1, 1000)]  # never ours: a deposed active may have used them
+    core.sequencer.store.close()
+
+
+def test_the_numbers_an_active_never_gives_out_are_copied_to_its_standby(clock):
+    inner = MemoryStore(100)
+    inner.skip({"#general": [(1, 50)]}, 500)
+    replica = Replica(inner, clock, timeout=1.0)
+    core = ServerCore(ServerConfig(rate=0), replica, clock=clock, term=1, role=ACTIVE)
+    replica.start_term(1)
+    hello(core)
+    say(core, 1)
+    assert room_seqs(core.flush()) == [51]
+    standby, follower = MemoryStore(100), Follower(clock)
+    sync(replica, follower, standby, core)
+    assert standby.lost("#general", 0, 100) == [(1, 50)] and standby.load(1).floor == 500
+
+
+def test_a_forced_term_is_at_least_the_wall_clock(clock):
+    forced = roles(clock, term=3, empty=False)
+    forced.forced = True
+    assert forced.tick(clock()) == ACTIVE
+    forced.became(ACTIVE, clock(), wall=1_796_000_000.7)
+    assert forced.term == 1_796_000_000
+    normal = roles(clock, term=3)
+    normal.became(ACTIVE, clock())
+    assert normal.term == 4

@@ -570,8 +570,9 @@ class ClientSession:
             missing = max(0, msg.upto - sync.last - held)
             for first, last in msg.lost:  # numbers the server skipped: never sent, or lost with its disk
                 lost += max(0, min(last, msg.upto) - max(first, sync.last + 1) + 1)
-                self.events.append(ev.Notice(f"{msg.room}: the server lost messages {first}-{last} (its disk "
-                                             "lost its last writes); any of them you had not seen are gone"))
+                self.events.append(ev.Notice(f"{msg.room}: the server lost messages {first}-{last} (its disk lost its "
+                                             "last writes, or a server was forced active without them); any of them "
+                                             "you had not seen are gone"))
         for seq in sorted(s for s in sync.buffer if s <= msg.upto):
             message, history = sync.buffer.pop(seq)
             self.events.append(self._event(message, history and backlog))

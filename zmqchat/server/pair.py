@@ -295,9 +295,14 @@ class Roles:
             return False
         return True
 
-    def became(self, role: str, now: float) -> None:
-        if role == ACTIVE:  # a new term, above any this server has heard of
+    def became(self, role: str, now: float, wall: float | None = None) -> None:
+        """The loop moved to ``role``. Active: a new term, above any this server has heard of; forced
+        (``wall``: the wall clock, in seconds), at least the wall clock's seconds, so that a term started by
+        an operator's order is above any the other server may have started unheard (clocks in step)."""
+        if role == ACTIVE:
             self.term = max(self.term, self.peer.term if self.peer else 0) + 1
+            if wall is not None:
+                self.term = max(self.term, min(int(wall), p.MAX_SAFE_INT))
         self.role = role
         self.in_sync = False
         self.forced = False
@@ -330,6 +335,8 @@ class Replica:
         self._acked = 0  # position
         self._cursor: dict[str, int] = {}  # catch-up: room -> newest seq sent
         self._tops: dict[str, int] = {}  # room -> newest seq in the inner store (all it was handed)
+        self._skipped: dict[str, list[tuple[int, int]]] = {}  # numbers the store never gave out (power cut, force)
+        self._floor = 0
         self._synced_at = 0  # catch-up ends at this position
         self._heard = clock()
         self.sent_batches = 0
@@ -341,6 +348,7 @@ class Replica:
         loaded = self.inner.load(recent)
         self.position, self.terms, self.term = loaded.position, dict(loaded.terms), loaded.term
         self._tops = dict(loaded.tops)
+        self._skipped, self._floor = loaded.skipped, loaded.floor  # they change only when a store opens
         return loaded
 
     def submit(self, batch: Batch) -> None:
@@ -450,7 +458,9 @@ class Replica:
         snapshot = Batch(0, position=self.position)  # the standby replaces its producers with these
         snapshot.producers = {row[0]: row for row in producers}
         snapshot.topics = {row[0]: row for row in topics}
-        self.outbox.append(batch_frames(b"synced", self.nonce, snapshot, {"term": self.term, "terms": self.terms}))
+        skipped = {room: [list(r) for r in ranges] for room, ranges in self._skipped.items() if ranges}
+        self.outbox.append(batch_frames(b"synced", self.nonce, snapshot, {"term": self.term, "terms": self.terms,
+                                                                          "sk": skipped, "fl": self._floor}))
         self._synced_at = self.position
         self.streaming = True
         self._waiting.clear()
@@ -510,6 +520,8 @@ class Follower:
         self.epoch = ""  # the active's epoch, to adopt when empty
         self.term = 0
         self.terms: dict[int, int] = {}
+        self.skipped: dict[str, list[tuple[int, int]]] = {}  # the active's numbers never given out, to copy
+        self.floor = 0
         self.dropped = 0  # stale or malformed peer messages
 
     def sync(self, term: int, position: int, epoch: str, empty: bool, tops: dict[str, int]) -> list[bytes] | None:
@@ -544,8 +556,16 @@ class Follower:
             if type(terms) is not dict or not all(type(k) is str and k.isdigit() and type(v) is int
                                                  for k, v in terms.items()):
                 raise PeerError("synced: bad terms")
+            skipped = header.get("sk") or {}
+            if type(skipped) is not dict or not all(
+                    type(ranges) is list and all(type(r) is list and len(r) == 2 and type(r[0]) is int
+                                                 and type(r[1]) is int and 1 <= r[0] <= r[1] for r in ranges)
+                    for ranges in skipped.values()):
+                raise PeerError("synced: bad skipped ranges")
             self.term = _int(header, "term")
             self.terms = {int(k): v for k, v in terms.items()}
+            self.skipped = {room: [(r[0], r[1]) for r in ranges] for room, ranges in skipped.items()}
+            self.floor = _int(header, "fl")
             self.streaming = True
             self.position = batch.position
             return batch

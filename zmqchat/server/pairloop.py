@@ -372,6 +372,7 @@ class PairServer(Server):
             self.store.submit(batch)
             if follower.streaming and follower.term and follower.term != self.store_term:
                 self.store.set_term(follower.term, follower.terms)  # the newest term, before any ack says so
+                self.store.skip(follower.skipped, follower.floor)  # and the numbers the active never gives out
                 self.store_term = follower.term
                 self.roles.term = max(self.roles.term, follower.term)
         except StoreError as exc:
@@ -389,19 +390,22 @@ class PairServer(Server):
         if role == self.roles.role:
             return
         if role == ACTIVE:
-            if self.roles.forced and not self.roles.in_sync and not self.roles.empty:
+            forced = self.roles.forced and not self.roles.in_sync
+            if forced and not self.roles.empty:
                 # an operator's order, without all the old active numbered: never reuse a number clients saw
+                tops = self.store.load(1).tops
                 try:
-                    rooms = self.store.skip_ahead(FORCED_SKIP)
-                    log.warning("pair: forced while not in sync: %d numbers skipped in each of %d rooms (clients "
-                                "are told they may be lost)", FORCED_SKIP, rooms)
+                    self.store.skip({room: [(top + 1, top + FORCED_SKIP)] for room, top in tops.items()}, FORCED_SKIP)
+                    log.warning("pair: forced while not in sync: %d numbers skipped in each of %d rooms, and new "
+                                "rooms number from above it (clients are told they may be lost)", FORCED_SKIP,
+                                len(tops))
                 except StoreError as exc:
                     log.error("pair: could not skip numbers ahead: %s", exc)
             self.follower = None
             self.store.close()
             self.replica = Replica(self.make_store(True), time.monotonic, self.peer_timeout)
             self.store = self.replica
-            self.roles.became(ACTIVE, now)
+            self.roles.became(ACTIVE, now, time.time() if forced else None)
             self.core = ServerCore(self.config, self.replica, term=self.roles.term, role=ACTIVE)
             self.core.pair_status = lambda: self.status
             self.replica.start_term(self.roles.term)

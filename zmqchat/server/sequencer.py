@@ -42,6 +42,7 @@ class Sequencer:
         self._unsettled: deque[tuple[int, dict[str, int]]] = deque()  # (batch, room -> its newest seq)
         self._batch_tops: dict[str, int] = {}  # room -> newest seq in the open batch
         self._topics: dict[str, TopicRow] = dict(loaded.topics)
+        self._floor = loaded.floor  # a room new to the store numbers from above this
 
     # -- writing
 
@@ -50,7 +51,7 @@ class Sequencer:
         """Give the next sequence number of ``room`` to a message; ``make_body(seq)`` returns its encoded
         body. It is durable once its batch is (``waiting_for()``, ``settle()``); ``key`` is stored with it,
         and ``words`` (sender, text) go to the search index."""
-        seq = self._last.get(room, 0) + 1
+        seq = self._last.get(room, self._floor) + 1
         body = make_body(seq)
         self._last[room] = seq
         recent = self._recent.get(room)

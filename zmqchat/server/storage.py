@@ -60,6 +60,8 @@ class Loaded:
     position: int = 0  # the replication position of the newest batch held (a pair's; 0 alone)
     term: int = 0  # the newest term this store served or followed (a pair's takeover count)
     terms: dict[int, int] = field(default_factory=dict)  # term -> the first position written in it
+    skipped: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # room -> numbers never given out here
+    floor: int = 0  # a room new to this store starts numbering above this (set by a forced takeover's skip)
 
 
 class Store(Protocol):
@@ -90,10 +92,11 @@ class Store(Protocol):
     def set_term(self, term: int, terms: dict[int, int]) -> None:
         """Save the pair's current term and each term's first position, durably, now."""
 
-    def skip_ahead(self, count: int) -> int:
-        """Skip ``count`` numbers after the newest of every room, recorded as lost (``lost()``), durably, now;
-        returns the rooms. (A standby forced active without what its active numbered last never reuses a
-        number clients may have seen.)"""
+    def skip(self, ranges: dict[str, list[tuple[int, int]]], floor: int = 0) -> None:
+        """Record ``ranges`` (room -> (first, last)) as numbers never to be given out (``lost()`` names them),
+        and number rooms new to this store from above ``floor``; durably, now. (A standby copies its active's;
+        one forced active without what its active numbered last skips ahead, so it never reuses a number
+        clients may have seen.)"""
 
     def adopt(self, epoch: str) -> None:
         """Take ``epoch`` as its own (a standby copying its active); only while it holds no message."""

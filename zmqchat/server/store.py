@@ -219,25 +219,26 @@ class MemoryStore:
         self._position = 0
         self._term = 0
         self._terms: dict[int, int] = {}
-        self._skips: dict[str, tuple[int, int]] = {}  # room -> the range skip_ahead() skipped last
+        self._skips: dict[str, list[tuple[int, int]]] = {}  # room -> ranges skip() recorded
+        self._floor = 0
 
     def load(self, recent: int) -> Loaded:
         tops = {room: rows[-1][0] for room, rows in self._rooms.items() if rows}
-        for room, (_first, last) in self._skips.items():
-            tops[room] = max(tops.get(room, 0), last)
+        for room, ranges in self._skips.items():
+            tops[room] = max([tops.get(room, 0)] + [last for _first, last in ranges])
         return Loaded(self.epoch, tops,
                       {room: [(seq, body) for seq, body, _n in list(rows)[-recent:]] for room, rows in self._rooms.items()},
                       sorted(self._producers.values(), key=itemgetter(5)), self.retention, dict(self._topics),
-                      self._position, self._term, dict(self._terms))
+                      self._position, self._term, dict(self._terms),
+                      {room: list(ranges) for room, ranges in self._skips.items()}, self._floor)
 
     def set_term(self, term: int, terms: dict[int, int]) -> None:
         self._term, self._terms = term, dict(terms)
 
-    def skip_ahead(self, count: int) -> int:
-        for room, rows in self._rooms.items():
-            top = max(rows[-1][0] if rows else 0, self._skips.get(room, (0, 0))[1])
-            self._skips[room] = (top + 1, top + count)
-        return len(self._rooms)
+    def skip(self, ranges: dict[str, list[tuple[int, int]]], floor: int = 0) -> None:
+        for room, new in ranges.items():
+            self._skips[room] = sorted(set(self._skips.get(room, []) + [tuple(r) for r in new]))  # type: ignore[misc]
+        self._floor = max(self._floor, floor)
 
     def adopt(self, epoch: str) -> None:
         if any(self._rooms.values()):
@@ -259,6 +260,8 @@ class MemoryStore:
             rows = self._rooms.get(room)
             if rows is None:
                 rows = self._rooms[room] = deque(maxlen=self.retention)
+                if self._floor and room not in self._skips:
+                    self._skips[room] = [(1, self._floor)]
             self._arrivals += 1
             rows.append((seq, body, self._arrivals))
         self._durable = batch.number
@@ -279,9 +282,7 @@ class MemoryStore:
         return [(seq, body) for seq, body, _n in islice(rows, start, end)] if start < end else []
 
     def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
-        first, last = self._skips.get(room, (0, 0))
-        first, last = max(first, after + 1), min(last, upto)
-        return [(first, last)] if first and first <= last else []
+        return _clip(self._skips.get(room, ()), after, upto)
 
     def search(self, terms: list[q.Term], sender: str, room: str, limit: int) -> list[Found]:
         """By brute force over every message held: enough for tests and a --no-persist server."""
@@ -329,6 +330,7 @@ class SqliteStore:
         self._last_write = 0.0  # monotonic time of the last commit, read by the checkpointer
         self.epoch = secrets.token_hex(8)  # replaced by the file's own at load()
         self.position = 0  # a pair's replication position of the newest batch on disk
+        self._room_floor = 0  # rooms new to this file start numbering above this (a forced takeover's skip)
         self.term = 0
         self.terms: dict[int, int] = {}
 
@@ -339,7 +341,8 @@ class SqliteStore:
             self._recent = max(1, min(recent, self.retention))
             self._open(self.path)
         return Loaded(self.epoch, dict(self._newest), self._loaded_rows, list(self._producers), self.retention,
-                      dict(self._topics), self.position, self.term, dict(self.terms))
+                      dict(self._topics), self.position, self.term, dict(self.terms),
+                      {room: list(ranges) for room, ranges in self._skipped.items()}, self._room_floor)
 
     @property
     def index_path(self) -> Path:
@@ -499,14 +502,16 @@ class SqliteStore:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (self.epoch,))
         else:
             self.epoch = row[0]
-        pair = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('position', 'term', 'terms')").fetchall())
+        pair = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('position', 'term', 'terms', 'room_floor')")
+                    .fetchall())
         try:
+            self._room_floor = int(pair.get("room_floor", 0))
             self.position = int(pair.get("position", 0))
             self.term = int(pair.get("term", 0))
             self.terms = {int(k): int(v) for k, v in json.loads(pair.get("terms", "{}")).items()}
         except (TypeError, ValueError, AttributeError):
             damage.add("meta", "pair position or term")
-            self.position, self.term, self.terms = 0, 0, {}
+            self.position, self.term, self.terms, self._room_floor = 0, 0, {}, 0
 
     def _load_room(self, db: sqlite3.Connection, room: str,
                    damage: _Damage) -> tuple[list[tuple[int, bytes]], int, list[int]]:
@@ -585,6 +590,8 @@ class SqliteStore:
                 blocks[room] = (block, now)
                 reserve[room] = min(seq + block - 1, MAX_SEQ)
         trim = [room for room, n in untrimmed.items() if n >= max(64, self.retention // 8)]
+        # a room new to this file after a forced takeover's skip: the numbers below its first were never ours
+        floored = [room for room in tops if self._room_floor and room not in self._newest and room not in self._skipped]
         synced = bool(reserve)
         try:
             if synced:  # the WAL is fsynced at this commit, and everything written before it with it
@@ -599,6 +606,8 @@ class SqliteStore:
                 db.executemany("INSERT OR REPLACE INTO topics VALUES (?, ?, ?, ?, ?)", batch.topics.values())
             if batch.position:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('position', ?)", (str(batch.position),))
+            for room in floored:
+                self._record_skipped(db, room, [(1, self._room_floor)])
             for room in trim:
                 self._trim(db, room, max(self._newest.get(room, 0), tops.get(room, 0)))
             db.execute("COMMIT")
@@ -665,21 +674,25 @@ class SqliteStore:
             self._indexer = _Indexer(self.path, self.index_path, self.epoch, self.retention, {}, {})
             self._indexer.start()
 
-    def skip_ahead(self, count: int) -> int:
+    def skip(self, ranges: dict[str, list[tuple[int, int]]], floor: int = 0) -> None:
         if self._db is None:
             raise StoreError(f"history database {self.path}: not open")
         db = self._db
+        tops: dict[str, int] = {}
         try:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN")
-            skipped = {}
-            for room, top in self._newest.items():
-                last = min(top + count, MAX_SEQ)
-                if last > top:
-                    self._record_skipped(db, room, [(top + 1, last)])
-                    skipped[room] = last
+            for room, new in ranges.items():
+                known = set(self._skipped.get(room, []))
+                fresh = [(first, min(last, MAX_SEQ)) for first, last in new if (first, last) not in known
+                         and 1 <= first <= last]
+                if fresh:
+                    self._record_skipped(db, room, fresh)
+                    tops[room] = max(last for _first, last in fresh)
             db.executemany("INSERT OR REPLACE INTO reservations VALUES (?, ?)",
-                           [(room, max(last, self._reserved.get(room, 0))) for room, last in skipped.items()])
+                           [(room, max(top, self._reserved.get(room, 0))) for room, top in tops.items()])
+            if floor > self._room_floor:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('room_floor', ?)", (str(floor),))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -689,10 +702,10 @@ class SqliteStore:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("PRAGMA synchronous=NORMAL")
-        for room, last in skipped.items():
-            self._newest[room] = last
-            self._reserved[room] = max(last, self._reserved.get(room, 0))
-        return len(skipped)
+        for room, top in tops.items():
+            self._newest[room] = max(top, self._newest.get(room, 0))
+            self._reserved[room] = max(top, self._reserved.get(room, 0))
+        self._room_floor = max(self._room_floor, floor)
 
     def _write_producers(self, db: sqlite3.Connection, batch: Batch) -> None:
         if batch.expire_before is not None:  # before the saves: a producer saved meanwhile stays
@@ -811,12 +824,17 @@ class SqliteStore:
         return self._indexer is None or self._indexer.wait(timeout)
 
     def lost(self, room: str, after: int, upto: int) -> list[tuple[int, int]]:
-        out = []
-        for first, last in self._skipped.get(room, ()):
-            first, last = max(first, after + 1), min(last, upto)
-            if first <= last:
-                out.append((first, last))
-        return out
+        return _clip(self._skipped.get(room, ()), after, upto)
+
+
+def _clip(ranges: Iterable[tuple[int, int]], after: int, upto: int) -> list[tuple[int, int]]:
+    """The parts of (first, last) ``ranges`` with ``after < seq <= upto``."""
+    out = []
+    for first, last in ranges:
+        first, last = max(first, after + 1), min(last, upto)
+        if first <= last:
+            out.append((first, last))
+    return out
 
 
 class _Checkpointer(threading.Thread):
