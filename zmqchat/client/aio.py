@@ -38,6 +38,7 @@ from .sync import (
     Client,
     KeyFile,
     Links,
+    OnLinks,
     ServerItem,
     SessionView,
     apply_subscriptions,
@@ -47,7 +48,7 @@ from .sync import (
 RECV_BATCH = 1000  # messages read per round: then the timers run and the loop's other tasks get a turn
 
 
-class AsyncClient(SessionView):
+class AsyncClient(SessionView, OnLinks):
     """A chat client for asyncio programs. Raises ConnectError (a ZmqchatError) when it cannot connect;
     the actions raise ZmqchatError for bad arguments, exactly as the sync ``Client``'s do."""
 
@@ -108,18 +109,6 @@ class AsyncClient(SessionView):
     def out_endpoint(self) -> str:
         """The PUB endpoint of the server our PUSH goes to (the SUB hears every server's)."""
         return self._checks.out_endpoint
-
-    @property
-    def _push(self) -> zmq.asyncio.Socket | None:
-        return None if self._links is None else self._links.push
-
-    @property
-    def _sub(self) -> zmq.asyncio.Socket | None:
-        return None if self._links is None else self._links.sub
-
-    @property
-    def _monitor(self) -> zmq.asyncio.Socket | None:
-        return None if self._links is None else self._links.monitor
 
     # -- connection
 

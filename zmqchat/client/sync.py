@@ -68,7 +68,25 @@ class SessionView:
         return len(self.session.pending)
 
 
-class Client(SessionView):
+class OnLinks:
+    """``_push``, ``_sub`` and ``_monitor``: the sockets of ``self._links`` (None while there are none)."""
+
+    _links: Links | None
+
+    @property
+    def _push(self) -> zmq.Socket | None:
+        return None if self._links is None else self._links.push
+
+    @property
+    def _sub(self) -> zmq.Socket | None:
+        return None if self._links is None else self._links.sub
+
+    @property
+    def _monitor(self) -> zmq.Socket | None:
+        return None if self._links is None else self._links.monitor
+
+
+class Client(SessionView, OnLinks):
     """A chat client for people and bots. Raises ConnectError (a ZmqchatError) when it cannot connect."""
 
     def __init__(self, name: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, in_endpoint: str | None = None,
@@ -134,18 +152,6 @@ class Client(SessionView):
     def _current(self) -> Server:
         follow_servers(self._servers, self.session)
         return self._servers[min(self.session.server, len(self._servers) - 1)]
-
-    @property
-    def _push(self) -> zmq.Socket | None:
-        return None if self._links is None else self._links.push
-
-    @property
-    def _sub(self) -> zmq.Socket | None:
-        return None if self._links is None else self._links.sub
-
-    @property
-    def _monitor(self) -> zmq.Socket | None:
-        return None if self._links is None else self._links.monitor
 
     # -- connection
 

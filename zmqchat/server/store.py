@@ -33,7 +33,7 @@ import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
@@ -641,23 +641,30 @@ class SqliteStore:
         return self._durable
 
     def set_term(self, term: int, terms: dict[int, int]) -> None:
+        with self._synced_write() as db:
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           [("term", str(term)), ("terms", json.dumps({str(k): v for k, v in terms.items()}))])
+        self.term, self.terms = term, dict(terms)
+
+    @contextlib.contextmanager
+    def _synced_write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction, fsynced at its commit; StoreError (and nothing kept) if the database refuses."""
         if self._db is None:
             raise StoreError(f"history database {self.path}: not open")
+        db = self._db
         try:
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                 [("term", str(term)), ("terms", json.dumps({str(k): v for k, v in terms.items()}))])
-            self._db.execute("COMMIT")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN")
+            yield db
+            db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
             raise StoreError(f"history database {self.path}: {exc}") from exc
         finally:
             with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA synchronous=NORMAL")
-        self.term, self.terms = term, dict(terms)
+                db.execute("PRAGMA synchronous=NORMAL")
 
     def adopt(self, epoch: str) -> None:
         if self._db is None:
@@ -675,13 +682,8 @@ class SqliteStore:
             self._indexer.start()
 
     def skip(self, ranges: dict[str, list[tuple[int, int]]], floor: int = 0) -> None:
-        if self._db is None:
-            raise StoreError(f"history database {self.path}: not open")
-        db = self._db
         tops: dict[str, int] = {}
-        try:
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN")
+        with self._synced_write() as db:
             for room, new in ranges.items():
                 known = set(self._skipped.get(room, []))
                 fresh = [(first, min(last, MAX_SEQ)) for first, last in new if (first, last) not in known
@@ -693,15 +695,6 @@ class SqliteStore:
                            [(room, max(top, self._reserved.get(room, 0))) for room, top in tops.items()])
             if floor > self._room_floor:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('room_floor', ?)", (str(floor),))
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            raise StoreError(f"history database {self.path}: {exc}") from exc
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("PRAGMA synchronous=NORMAL")
         for room, top in tops.items():
             self._newest[room] = max(top, self._newest.get(room, 0))
             self._reserved[room] = max(top, self._reserved.get(room, 0))

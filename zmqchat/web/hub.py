@@ -35,7 +35,7 @@ from .. import events as ev
 from .. import protocol as p
 from ..client.servers import Server
 from ..client.session import LOST_AFTER_MISSES, ClientSession
-from ..client.sync import Links, follow_servers, handshake_problem
+from ..client.sync import Links, OnLinks, follow_servers, handshake_problem
 
 log = logging.getLogger("zmqchat.web")
 
@@ -59,7 +59,7 @@ def deliver(session: ClientSession, msg: p.Message, term: int = 0) -> None:
     session.receive_message(msg, term)
 
 
-class Hub:
+class Hub(OnLinks):
     """Many ``ClientSession``s over one PUSH and one SUB. Use it from the event loop that started it."""
 
     def __init__(self, in_endpoint: str, out_endpoint: str, *, curve: tuple[bytes, bytes, bytes] | None = None,
@@ -96,18 +96,6 @@ class Hub:
     @property
     def out_endpoint(self) -> str:
         return self.servers[self.server].out_endpoint
-
-    @property
-    def _push(self) -> zmq.asyncio.Socket | None:
-        return None if self._links is None else self._links.push
-
-    @property
-    def _sub(self) -> zmq.asyncio.Socket | None:
-        return None if self._links is None else self._links.sub
-
-    @property
-    def _monitor(self) -> zmq.asyncio.Socket | None:
-        return None if self._links is None else self._links.monitor
 
     # -- life
 
