@@ -69,11 +69,12 @@ class Browser:
         async with self.http.post(self.url("/api/login"), json=body, headers=headers) as response:
             return response.status, await response.json()
 
-    async def connect(self, rooms: dict | None = None, epoch: str = "", room: str = "", resume: bool = True) -> None:
+    async def connect(self, rooms: dict | None = None, epoch: str = "", room: str = "", resume: bool = True,
+                      term: int = 0) -> None:
         self.ws = await self.http.ws_connect(self.url("/ws"), headers=self.headers())
         self.events, self._taken = [], set()
         if resume:
-            await self.send({"kind": "resume", "rooms": rooms or {}, "epoch": epoch, "room": room})
+            await self.send({"kind": "resume", "rooms": rooms or {}, "epoch": epoch, "room": room, "term": term})
 
     async def send(self, command: dict) -> None:
         assert self.ws is not None
@@ -455,11 +456,13 @@ def test_gateway_restart_resumes_from_the_page_numbers(chat):
             await asyncio.to_thread(term.close)
         async with gateway(chat.port) as rig:  # a new gateway: it knows nobody
             alice = rig.browser()
-            resume = {"rooms": {"#general": last}, "epoch": epoch, "room": "#general"}
+            # the page also knew a term (from a pair, say): a single server (term 0) answering this session's
+            # own hello with the same epoch starts the count over, so nothing is taken for a deposed active
+            resume = {"rooms": {"#general": last}, "epoch": epoch, "room": "#general", "term": 7}
             status, body = await alice.login("alice", resume=resume)
             assert status == 200, body
             await alice.connect(**resume)
-            await alice.kind("synced")
+            assert (await alice.kind("synced"))["term"] == 0
             got = [e for e in alice.events if e["type"] == "message"]
             assert [e["text"] for e in got] == [f"meanwhile {n}" for n in range(1, 8)]
             assert [e["seq"] for e in got] == list(range(last + 1, last + 8))

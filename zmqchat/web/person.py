@@ -146,6 +146,7 @@ class Person:
         if not resume.epoch:
             return
         self.session.epoch = self._epoch_told = resume.epoch
+        self.session.term = max(self.session.term, resume.term)  # a deposed active cannot win us back
         for room, seq in resume.rooms.items():
             sync = self.session.rooms.get(room)
             if sync is not None:
@@ -169,6 +170,7 @@ class Person:
         topics = {room: {"text": t.text, "by": t.by, "ts": t.ts} for room, t in self.session.topics.items()
                   if room in rooms and t.text}
         tab.send(gateway_event("welcome", name=self.name, rooms=rooms, room=tab.room, epoch=self.session.epoch,
+                               term=self.session.term,
                                connected=self.session.connected, topics=topics,
                                max_text_bytes=self.session.max_text_bytes,
                                motd=self.welcome.motd if self.welcome else ""))
@@ -477,7 +479,7 @@ class Person:
                 if not caught_up:
                     continue
             tab.awaiting_sync = False
-            tab.send(gateway_event("synced", epoch=self.session.epoch,
+            tab.send(gateway_event("synced", epoch=self.session.epoch, term=self.session.term,
                                    rooms={room: self.session.rooms[room].last for room in self.joined()}))
 
     # -- time

@@ -58,12 +58,14 @@ class Command:
 @dataclass(frozen=True)
 class Resume(Command):
     """First message of every connection: where the page stands. ``rooms``: room -> the last seq it has
-    (contiguously) of each; ``epoch``: the history epoch those numbers belong to; ``room``: its current room."""
+    (contiguously) of each; ``epoch``: the history epoch those numbers belong to; ``term``: the newest
+    server term it was told (a pair's: a server of a lower one is a deposed active); ``room``: its current room."""
 
     KIND: ClassVar[str] = "resume"
     rooms: dict = field(default_factory=dict)
     epoch: str = ""
     room: str = ""
+    term: int = 0
 
 
 @dataclass(frozen=True)

@@ -266,6 +266,7 @@ const handlers = {
     me.maxTextBytes = event.max_text_bytes;
     if (store.epoch && event.epoch && event.epoch !== store.epoch) resetRooms();
     if (event.epoch) store.epoch = event.epoch;
+    if (Number.isInteger(event.term)) store.term = event.term;
     for (const name of [...store.rooms.keys()]) if (!event.rooms.includes(name)) dropRoom(name);
     for (const name of event.rooms) addRoom(name);
     for (const [name, topic] of Object.entries(event.topics || {})) store.room(name).topic = topic;
@@ -278,6 +279,7 @@ const handlers = {
   },
   synced(event) {
     if (event.epoch) store.epoch = event.epoch;
+    if (Number.isInteger(event.term)) store.term = event.term;
     for (const [name, last] of Object.entries(event.rooms || {})) {
       const room = store.rooms.get(name);
       if (room && (room.contig === null || room.contig < last) && room.newest >= last) room.contig = last;

@@ -47,6 +47,7 @@ export class Room {
 export class Store {
   constructor() {
     this.epoch = "";
+    this.term = 0; // the newest server term the gateway told us (a pair's takeover count)
     this.current = "";
     this.rooms = new Map(); // name -> Room, in the order joined
     this.pending = []; // {id, room, text, mid, state: "sending" | "failed", reason, serial}
@@ -72,7 +73,7 @@ export class Store {
   resume() {
     const rooms = {};
     for (const [name, room] of this.rooms) if (room.contig !== null) rooms[name] = room.contig;
-    return { rooms, epoch: this.epoch, room: this.current };
+    return { rooms, epoch: this.epoch, term: this.term, room: this.current };
   }
 
   save() {
@@ -95,6 +96,7 @@ export class Store {
     }
     if (!state || typeof state !== "object") return;
     this.epoch = typeof state.epoch === "string" ? state.epoch : "";
+    this.term = Number.isInteger(state.term) && state.term >= 0 ? state.term : 0;
     this.current = typeof state.room === "string" ? state.room : "";
     this.counter = Number.isInteger(state.counter) ? state.counter : 0;
     if (typeof state.tabId === "string") this.tabId = state.tabId;
@@ -111,6 +113,7 @@ export class Store {
 
   clear() {
     this.epoch = "";
+    this.term = 0;
     this.current = "";
     this.rooms.clear();
     this.pending = [];
