@@ -33,7 +33,7 @@ from .loop import (
     PEER_ZAP_DOMAIN,
     Server,
     _raw_recv,
-    _recv_rest,
+    _recv_message,
     _send_frames,
 )
 from .pair import (
@@ -467,9 +467,9 @@ class PairServer(Server):
                     first = _raw_recv(pull, _NOBLOCK, False)
                     address = first.get("Peer-Address") if by_address else ""
                     key = first.get("User-Id") if curve else None
-                    frames = _recv_rest(pull, [first.bytes])
+                    frames = _recv_message(pull, first)
                 else:
-                    frames = _recv_rest(pull, [_raw_recv(pull, _NOBLOCK)])
+                    frames = _recv_message(pull, _raw_recv(pull, _NOBLOCK, False))
             except zmq.Again:
                 return
             if frames is None:
