@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Micro-benchmarks behind two figures of docs/benchmarks.md, each alone on this machine:
+
+    python scripts/microbench.py recv    # draining 3-frame messages: getsockopt(RCVMORE) vs Frame.more
+    python scripts/microbench.py fts     # the search index's FTS5 insert, per row, for a few table layouts
+
+Process CPU time per message (or row), several runs each, printed with their spread. Nothing here is a
+test; the server does not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+
+
+def recv(runs: int, count: int) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    push.setsockopt(zmq.SNDHWM, 0)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push.connect(f"tcp://127.0.0.1:{port}")
+    message = [b"zmqchat/3", b"msg", b"x" * 178]
+    raw_recv, raw_get = zmq.backend.Socket.recv, zmq.backend.Socket.get
+    noblock, rcvmore = int(zmq.NOBLOCK), int(zmq.RCVMORE)
+
+    def by_getsockopt() -> int:
+        n = 0
+        while True:
+            try:
+                frames = [raw_recv(pull, noblock)]
+            except zmq.Again:
+                return n
+            while raw_get(pull, rcvmore):
+                frames.append(raw_recv(pull, noblock))
+            n += 1
+
+    def by_frame_more() -> int:
+        n = 0
+        while True:
+            try:
+                frame = raw_recv(pull, noblock, False)
+            except zmq.Again:
+                return n
+            frames = [frame.bytes]
+            while frame.more:
+                frame = raw_recv(pull, noblock, False)
+                frames.append(frame.bytes)
+            n += 1
+
+    results: dict[str, list[float]] = {"getsockopt(RCVMORE)": [], "Frame.more": []}
+    try:
+        for _ in range(runs):
+            for name, drain in (("getsockopt(RCVMORE)", by_getsockopt), ("Frame.more", by_frame_more)):
+                for _ in range(count):
+                    push.send_multipart(message)
+                while pull.poll(100) == 0:
+                    pass
+                time.sleep(0.5)  # let the I/O thread queue the rest: what is timed is the drain alone
+                started = time.process_time()
+                n = drain()
+                results[name].append(1e6 * (time.process_time() - started) / max(1, n))
+    finally:
+        ctx.destroy(linger=0)
+    for name, values in results.items():
+        print(f"{name:22} {statistics.median(values):5.2f} us a message (median of {runs}; "
+              f"{min(values):.2f}-{max(values):.2f})")
+
+
+LAYOUTS = {
+    "as the server has it": "fts5(text, sender, room, seq UNINDEXED, ts UNINDEXED, "
+                            "tokenize = 'unicode61 remove_diacritics 2')",
+    "columnsize=0": "fts5(text, sender, room, seq UNINDEXED, ts UNINDEXED, "
+                    "tokenize = 'unicode61 remove_diacritics 2', columnsize=0)",
+    "only the text indexed": "fts5(text, sender UNINDEXED, room UNINDEXED, seq UNINDEXED, ts UNINDEXED, "
+                             "tokenize = 'unicode61 remove_diacritics 2')",
+}
+
+
+def fts(rows: int) -> None:
+    rng = random.Random(1)
+    vocabulary = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+                  for _ in range(5000)]
+    data = [(" ".join(rng.choice(vocabulary) for _ in range(15)), f"user{i % 50}", "#general", i, 1.7e9 + i)
+            for i in range(rows)]
+    print(f"SQLite {sqlite3.sqlite_version}, {rows:,} rows of 15 words from a 5,000-word vocabulary, "
+          "2,000 rows a transaction (as the index thread writes them)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, layout in LAYOUTS.items():
+            path = os.path.join(tmp, f"{len(name)}.sqlite3")
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(f"CREATE VIRTUAL TABLE words USING {layout}")
+            started = time.process_time()
+            for k in range(0, rows, 2000):
+                db.execute("BEGIN")
+                db.executemany("INSERT INTO words VALUES (?, ?, ?, ?, ?)", data[k:k + 2000])
+                db.execute("COMMIT")
+            took = time.process_time() - started
+            db.close()
+            print(f"{name:24} {1e6 * took / rows:5.1f} us a row, {os.path.getsize(path) / 1e6:.0f} MB")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["recv", "fts"])
+    ap.add_argument("--runs", type=int, default=4, help="recv: runs of each way (default: %(default)s)")
+    ap.add_argument("--count", type=int, default=100_000, help="messages or rows (default: %(default)s)")
+    args = ap.parse_args()
+    if args.what == "recv":
+        recv(args.runs, args.count)
+    else:
+        fts(args.count)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
