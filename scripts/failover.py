@@ -40,7 +40,7 @@ class Server:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "zmqchat.cli.server", "--port", str(self.port),
                                           "--peer", f"127.0.0.1:{self.peer}", "--data-dir", str(self.data),
-                                          "--stats-interval", "0"], stdin=subprocess.DEVNULL,
+                                          "--stats-interval", "0", "--rate", "0"], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=log, env=env)
 
     def text(self) -> str:
