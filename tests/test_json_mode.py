@@ -20,8 +20,8 @@ FIELDS = {  # the documented fields of each event type (docs/client.md)
     "error": {"code", "message", "fatal", "mid"},
     "shutdown": {"message"},
     "topic": {"room", "text", "by", "ts"},
-    "search": {"query", "results", "more"},
-    "page": {"room", "before", "messages", "start"},
+    "search": {"query", "results", "more", "rid"},
+    "page": {"room", "before", "messages", "start", "rid"},
 }
 
 

@@ -262,6 +262,36 @@ def test_rooms_commands_topic_who_search_and_pages(chat):
     asyncio.run(body())
 
 
+def test_two_tabs_searching_one_query_with_other_filters_each_get_their_own_answer(chat):
+    chat.server()
+
+    async def body():
+        async with gateway(chat.port) as rig:
+            tab1 = rig.browser()
+            await joined(tab1, "alice")
+            tab2 = Browser(rig.server)
+            tab2.http = tab1.http  # the same person's second tab: one session
+            await tab2.connect()
+            await tab2.kind("synced")
+            await tab1.send({"kind": "line", "id": "j", "room": "#general", "text": "/join #dev"})
+            await tab1.kind("joined", room="#dev")
+            for n, room in enumerate(("#general", "#dev")):
+                await tab1.send({"kind": "say", "id": f"s{n}", "room": room, "text": f"deploy from {room}"})
+                await tab1.kind("message", id=f"s{n}")
+            for _ in range(50):  # the index may lag the newest batch: until both are found
+                await tab1.send({"kind": "search", "query": "deploy"})
+                if len((await tab1.kind("search"))["results"]) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            await tab1.send({"kind": "search", "query": "deploy", "room": "#general"})
+            await tab2.send({"kind": "search", "query": "deploy", "room": "#dev"})
+            one, two = await tab1.kind("search"), await tab2.kind("search")
+            assert [r["text"] for r in one["results"]] == ["deploy from #general"]
+            assert [r["text"] for r in two["results"]] == ["deploy from #dev"]
+
+    asyncio.run(body())
+
+
 def test_bad_input_gets_an_error_or_a_close_never_an_exception(chat):
     chat.server()
 

@@ -73,6 +73,7 @@ class Page(Event):
     before: int
     messages: tuple = ()  # of Message, each with history=True
     start: bool = False
+    rid: str = ""  # the request's id, as page() returned it
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class SearchResults(Event):
     query: str
     results: tuple = ()  # of Found
     more: bool = False
+    rid: str = ""  # the request's id, as search() returned it
 
 
 @dataclass(frozen=True)

@@ -516,14 +516,14 @@ class ClientSession:
         rows = self._done_browsing(msg.room, msg.rid) or []
         self.events.append(ev.Page(msg.room, msg.before, tuple(self._event(row, True) for row in rows
                                                               if msg.before <= 0 or row.seq < msg.before),
-                                   msg.start))
+                                   msg.start, msg.rid))
 
     def _on_SearchReply(self, msg: p.SearchReply) -> None:
         if self._asked.pop(msg.rid, None) is None:
             return  # not ours (another session's topic) or answered already
         self.events.append(ev.SearchResults(msg.query, tuple(
             ev.Found(r["room"], r["seq"], float(r["ts"]), r["sender"], r["text"],
-                     tuple((start, end) for start, end in r["marks"])) for r in msg.results), msg.more))
+                     tuple((start, end) for start, end in r["marks"])) for r in msg.results), msg.more, msg.rid))
 
     def _on_Topic(self, msg: p.Topic) -> None:
         if msg.by == self.name:  # ours, set: a topic publication carries no rid, so the room says which

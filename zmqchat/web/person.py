@@ -130,7 +130,8 @@ class Person:
         self.answers: OrderedDict[str, Answer] = OrderedDict()  # page id -> what became of it
         self.by_mid: dict[str, str] = {}  # our message id -> the page's id, until echoed or refused
         self.pages: dict[tuple[str, int], list[Waiter]] = {}  # (room, before) -> tabs waiting for that page
-        self.searches: dict[str, list[tuple[Tab, float]]] = {}  # query -> tabs waiting
+        self.searches: dict[tuple, list[tuple[Tab, float]]] = {}  # (query, sender, room, limit) -> tabs waiting
+        self.search_rids: dict[str, tuple] = {}  # rid of a search asked -> its key in searches
         self._mention = mention_pattern(name)
         self._delivering = False
         self._epoch_told = ""
@@ -196,8 +197,8 @@ class Person:
         self.tabs.pop(tab, None)
         for waiters in self.pages.values():
             waiters[:] = [w for w in waiters if w.tab is not tab]
-        for query in list(self.searches):
-            self.searches[query] = [(t, until) for t, until in self.searches[query] if t is not tab]
+        for key in list(self.searches):
+            self.searches[key] = [(t, until) for t, until in self.searches[key] if t is not tab]
         if not self.tabs:
             self.idle_since = self.clock()
 
@@ -311,11 +312,14 @@ class Person:
         self._search(tab, cmd.query, cmd.sender, p.normalise_room(cmd.room) if cmd.room else "", cmd.limit)
 
     def _search(self, tab: Tab, query: str, sender: str, room: str, limit: int) -> str:
-        waiting = self.searches.setdefault(query, [])
+        key = (query, sender, room, limit)
+        waiting = self.searches.setdefault(key, [])
         waiting.append((tab, self.clock() + ASK_WAIT))
         if len(waiting) > 1:
-            return ""  # the same query is already asked: its answer goes to every tab waiting
-        return self.checks.search(query, sender, room, limit)
+            return ""  # the same search is already asked: its answer goes to every tab waiting
+        rid = self.checks.search(query, sender, room, limit)
+        self.search_rids[rid] = key
+        return rid
 
     def _on_topic(self, tab: Tab, cmd: wire.SetTopic) -> None:
         self.checks.set_topic(cmd.text, cmd.room)
@@ -405,7 +409,8 @@ class Person:
         tab.fills = max(0, tab.fills - 1)
 
     def _ev_search(self, event: ev.SearchResults) -> None:
-        waiting = self.searches.pop(event.query, [])
+        key = self.search_rids.pop(event.rid, None)  # the request it answers, exactly (filters and all)
+        waiting = self.searches.pop(key, []) if key is not None else []
         tabs = [tab for tab, _ in waiting if tab in self.tabs] or list(self.tabs)
         text = render(event)
         for tab in tabs:
@@ -499,10 +504,12 @@ class Person:
                     self._filled(waiter.tab)
                 waiter.tab.send(gateway_event("error", code="no_answer", message=f"{key[0]}: the server did not "
                                               "send the older messages asked for", fatal=False, mid=""))
-        for query in list(self.searches):
-            self.searches[query] = [(tab, until) for tab, until in self.searches[query] if now < until]
-            if not self.searches[query]:
-                del self.searches[query]
+        for key in list(self.searches):
+            self.searches[key] = [(tab, until) for tab, until in self.searches[key] if now < until]
+            if not self.searches[key]:
+                del self.searches[key]
+        live = set(self.searches)
+        self.search_rids = {rid: key for rid, key in self.search_rids.items() if key in live}
         self._check_synced()
 
 
