@@ -439,3 +439,19 @@ def test_the_events_say_where_we_went():
     lost = ev.ConnectionLost(switching_to=B)
     assert lost.to_dict() == {"type": "connection_lost", "switching_to": B}
     assert dataclasses.replace(lost, switching_to="") == ev.ConnectionLost()
+
+
+def test_resume_from_starts_where_an_earlier_session_stood(clock):
+    session = make_session(clock)
+    session.resume_from({"#general": 41, "#elsewhere": 7}, "e1", term=3)
+    session.start()
+    (first,) = hellos(session)
+    assert (first.last_seq, first.epoch, first.term) == ({"#general": 41}, "e1", 3)
+    welcome(session, term=3)
+    deliver(session, end(41, 41), 3)
+    deliver(session, live(42), 3)
+    assert texts(events(session)) == ["t42"]  # on from 41: no backlog, nothing twice
+    other = make_session(clock)
+    other.resume_from({"#general": 41}, "")  # no epoch: the numbers mean nothing; a fresh start
+    other.start()
+    assert hellos(other)[0].last_seq == {}

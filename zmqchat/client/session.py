@@ -151,6 +151,20 @@ class ClientSession:
         self._last_heard = self._at_server_since = self.clock()
         self._hello()
 
+    def resume_from(self, rooms: dict[str, int], epoch: str, term: int = 0) -> None:
+        """Before ``start``: begin where an earlier session of ours stood (a page that knew ``rooms``' last
+        seqs in ``epoch``, under ``term``), so that the first hello asks for what came after, not a backlog.
+        Rooms not among the session's are left alone."""
+        if not epoch:
+            return
+        self.epoch = epoch
+        self.term = max(self.term, term)  # a deposed active cannot win us back
+        for room, seq in rooms.items():
+            sync = self.rooms.get(room)
+            if sync is not None and isinstance(seq, int) and seq >= 0:
+                sync.last = sync.newest = seq
+                sync.joined = True
+
     @property
     def connected(self) -> bool:
         return self.state == "connected"

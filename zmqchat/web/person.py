@@ -140,19 +140,10 @@ class Person:
 
     def _start_from(self, resume: wire.Resume) -> None:
         """Start where the tab stands: its rooms count as joined up to its numbers, so the first hello asks
-        for what came after (the session's catch-up) instead of a backlog.
-
-        ``ClientSession`` takes no such numbers; this sets its ``rooms`` and ``epoch`` before ``start``. The
-        clean seam is a ``ClientSession(..., resume={room: seq}, epoch=...)`` (see docs/web.md)."""
-        if not resume.epoch:
-            return
-        self.session.epoch = self._epoch_told = resume.epoch
-        self.session.term = max(self.session.term, resume.term)  # a deposed active cannot win us back
-        for room, seq in resume.rooms.items():
-            sync = self.session.rooms.get(room)
-            if sync is not None:
-                sync.last = sync.newest = seq
-                sync.joined = True
+        for what came after (the session's catch-up) instead of a backlog."""
+        if resume.epoch:
+            self._epoch_told = resume.epoch
+            self.session.resume_from(resume.rooms, resume.epoch, resume.term)
 
     # -- tabs
 
