@@ -292,6 +292,13 @@ def test_the_peer_link_cut_alone_makes_no_second_active(pair):
         b.expect("the active is silent on the peer link", stream="err", timeout=15)
         sent = run_round(pair, clients, "l1", kill=None, watch=clients["c0"])
         check_round(clients, sent, "l1")  # the clients still reach the active: it serves them alone
+        # a client that starts now and asks the standby first is no vote: it is sent on, to the active
+        late = Proc(script("zmqchat-client") + ["--name", "late", "--json", "--servers",
+                                                f"127.0.0.1:{b_port},127.0.0.1:{a_port}"])
+        pair.procs.append(late)
+        late.expect('"type": "connected"', timeout=15)
+        late.send("late hello")
+        clients["c0"].expect('"text": "late hello"')
         assert b.count("pair: ACTIVE", stream="err") == 0
         for client in clients.values():
             assert client.count('"type": "connection_lost"') == 0

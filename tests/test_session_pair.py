@@ -455,3 +455,19 @@ def test_resume_from_starts_where_an_earlier_session_stood(clock):
     other.resume_from({"#general": 41}, "")  # no epoch: the numbers mean nothing; a fresh start
     other.start()
     assert hellos(other)[0].last_seq == {}
+
+
+def test_a_hello_is_a_vote_only_after_the_active_was_lost_or_a_server_found_dead(clock):
+    fresh = make_session(clock)
+    fresh.start()
+    assert [h.vote for h in hellos(fresh)] == [False]  # a client just started that asks the standby first
+    clock.advance(ROTATE_AFTER + 0.01)
+    fresh.tick()  # servers[0] never answered: dead to us, so the other one may take over on our hello
+    assert fresh.server == 1 and hellos(fresh)[-1].vote is True
+    welcome(fresh, term=2)
+    lose(fresh, clock)
+    assert hellos(fresh)[-1].vote is True  # lost the active: our hello to the other one is a vote
+    welcome(fresh, term=3)
+    clock.advance(0.5)
+    beat(fresh, term=3)
+    assert fresh.connected and fresh._vote is False  # welcomed: no longer voting

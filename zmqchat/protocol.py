@@ -183,6 +183,7 @@ class Hello(Message):
     rid: str = ""  # a fresh nonce per hello: only a welcome or error echoing it is an answer to us
     unacked: int = 1  # counter of our oldest unacknowledged message (or of the next one we will send)
     term: int = 0  # the highest server term we have seen (a pair's takeover count): a lower server is stale
+    vote: bool = False  # we lost the active (or found the other server dead): a pair's standby may take over
 
 
 @_client

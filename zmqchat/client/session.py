@@ -114,6 +114,9 @@ class ClientSession:
         self._hello_nonces: deque[str] = deque(maxlen=HELLO_NONCES)  # our hellos' rids, newest last
         self._hello_to: dict[str, int] = {}  # hello rid -> the server it went to
         self._server_term = 0  # the term of the server that welcomed us
+        # Our hellos are a vote (Binary Star's) only once we lost the active or found a server dead: a client
+        # that has just started and happens to ask the standby first must not make it take over.
+        self._vote = False
         self._term_now = 0  # the term of the message being handled
         self._at_server_since = clock()  # when we began saying hello to ``server``
         self._told: set[tuple[str, str]] = set()  # (standby, active) notices given since the last welcome
@@ -188,7 +191,7 @@ class ClientSession:
             self._hello_to = {n: self._hello_to[n] for n in self._hello_nonces if n in self._hello_to}
         first = next(iter(self.pending.values())).counter if self.pending else self._counter + 1
         self._send(p.Hello(session=self.session_id, name=self.name, rooms=list(self.rooms), last_seq=last,
-                           epoch=self.epoch, rid=nonce, unacked=first, term=self.term))
+                           epoch=self.epoch, rid=nonce, unacked=first, term=self.term, vote=self._vote))
         self._last_hello = self.clock()
 
     def _rid(self) -> str:
@@ -201,6 +204,7 @@ class ClientSession:
         if self.state in ("connecting", "lost"):
             if len(self.servers) > 1 and now - self._at_server_since >= ROTATE_AFTER:
                 self._switch((self.server + 1) % len(self.servers))  # unanswered: never stick to a dead one
+                self._vote = True  # that one is dead to us: the other may take over if it is a standby
                 self._hello()
             elif now - self._last_hello >= self._hello_interval(now):
                 self._hello()
@@ -259,6 +263,7 @@ class ClientSession:
         """Our server is gone: with a pair, move to the next server and say hello there (that hello is the
         client's vote a standby needs before it takes over)."""
         self.state = "lost"
+        self._vote = True  # a standby that cannot hear the active either may take over on our hello
         switching_to = ""
         if len(self.servers) > 1:
             self._switch((self.server + 1) % len(self.servers))
@@ -278,6 +283,7 @@ class ClientSession:
             return
         if self.state in ("connected", "closing"):
             self.state = "lost"
+            self._vote = True
             self._switch(index)
             self.events.append(ev.ConnectionLost(switching_to=self.server_label))
             self._hello()
@@ -461,6 +467,7 @@ class ClientSession:
             if sent_to != self.server:
                 self._switch(sent_to)  # the server an earlier hello went to is the active after all
             self._server_term = self._term_now
+            self._vote = False
             self._told.clear()
             self.standbys.clear()
             self.heartbeat_interval = msg.heartbeat_interval

@@ -35,7 +35,8 @@ VERSION = b"zmqchat-peer/1"
 HEARTBEAT = 0.2  # seconds between state messages on the peer link (clients hear from the server once a second)
 MISSES = 5  # peer heartbeats missed before the peer counts as silent
 CATCH_UP_ROWS = 500  # rows per catch-up message: reading them is a bounded step of the loop
-SYNC_RETRY = 1.0  # seconds before a standby asks again to be caught up
+CATCH_UP_WINDOW = 8  # catch-up messages in flight at most: a slow link paces the catch-up, never queues it all
+SYNC_RETRY = 1.0  # seconds without a word of the catch-up before a standby asks again
 MAX_PEER_FRAMES = CATCH_UP_ROWS + 3  # frames of one peer message, at most (a batch may be longer: checked)
 
 STARTING, ACTIVE, STANDBY = "starting", "active", "standby"
@@ -67,7 +68,7 @@ def decode(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
 
 def _int(header: dict, name: str) -> int:
     value = header.get(name, 0)
-    if type(value) is not int or value < 0:
+    if type(value) is not int or not 0 <= value <= p.MAX_SAFE_INT:
         raise PeerError(f"peer field {name!r} must be a count")
     return value
 
@@ -95,14 +96,14 @@ def batch_of(header: dict, bodies: list[bytes], number: int) -> Batch:
     messages = []
     for head, body in zip(heads, bodies):
         if not (type(head) is list and len(head) == 4 and type(head[0]) is str and p.room_problem(head[0]) is None
-                and type(head[1]) is int and 1 <= head[1] <= p.MAX_SAFE_INT
-                and type(head[2]) in (int, float) and type(head[3]) is str):
+                and type(head[1]) is int and 1 <= head[1] <= p.MAX_SAFE_INT and _time(head[2])
+                and type(head[3]) is str):
             raise PeerError("batch: bad message head")
         messages.append((head[0], head[1], float(head[2]), head[3], body))
     producers = header.get("pr") or {}
     topics = header.get("tp") or {}
     expire = header.get("x")
-    if type(producers) is not dict or type(topics) is not dict or not (expire is None or type(expire) in (int, float)):
+    if type(producers) is not dict or type(topics) is not dict or not (expire is None or _time(expire)):
         raise PeerError("batch: bad producers, topics or expiry")
     batch = Batch(number, messages, expire_before=None if expire is None else float(expire), position=_int(header, "p"))
     for producer, row in producers.items():
@@ -120,9 +121,23 @@ _PRODUCER_ROW = (str, str, int, str, int, float)  # producer, identity, next, ro
 _TOPIC_ROW = (str, str, str, float, str)  # room, text, by, ts, owner
 
 
+def _time(value: object) -> bool:
+    """A time in seconds as a store keeps it: a finite number, not absurdly far off."""
+    return type(value) in (int, float) and abs(value) <= 1e15  # type: ignore[arg-type] (NaN compares false)
+
+
 def _typed(row: list, types: tuple[type, ...]) -> bool:
-    return len(row) == len(types) and all(
-        type(value) is typ or (typ is float and type(value) is int) for value, typ in zip(row, types))
+    """Each value of ``row`` of its type (an int for a float too); integers within 0 .. MAX_SAFE_INT,
+    floats finite, as the store keeps them."""
+    if len(row) != len(types):
+        return False
+    for value, typ in zip(row, types):
+        if typ is float:
+            if not _time(value):
+                return False
+        elif type(value) is not typ or (typ is int and not 0 <= value <= p.MAX_SAFE_INT):
+            return False
+    return True
 
 
 def merge(batches: list[Batch], number: int) -> Batch:
@@ -150,6 +165,18 @@ def not_active(session: str, rid: str, role: str, active: str, term: int) -> lis
     what = "the standby" if role == STANDBY else "not active yet (starting)"
     reply = p.ErrorReply(code=p.ERR_NOT_ACTIVE, message=f"this server is {what}{where}", rid=rid, active=active)
     return p.encode_server(p.session_topic(session), reply, p.term_frame(term))
+
+
+def rows_top(tops: dict[str, int], skipped: dict[str, list[tuple[int, int]]]) -> dict[str, int]:
+    """Room -> the newest number a store holds a row for: its top, below whatever it skipped at the top
+    (numbers reserved before a power cut count as skipped: the rows above them it never got)."""
+    out = {}
+    for room, top in tops.items():
+        for first, last in sorted(skipped.get(room, ()), reverse=True):
+            if first <= top <= last:
+                top = first - 1
+        out[room] = top
+    return out
 
 
 def _ts_mid(body: bytes) -> tuple[float, str]:
@@ -341,6 +368,8 @@ class Replica:
         self._heard = clock()
         self.sent_batches = 0
         self.stale = 0  # acknowledgements of another catch-up, or malformed
+        self._chunks_sent = self._chunks_acked = 0  # catch-up messages sent and committed by the standby
+        self.went_alone = False  # set by go_alone() when it stopped a stream: the loop says so at once
 
     # -- Store
 
@@ -364,7 +393,7 @@ class Replica:
 
     def durable(self) -> int:
         local = self.inner.durable()
-        if self.in_sync:
+        if self.streaming:  # from the catch-up's end on, every batch waits for the standby's acknowledgement
             while self._waiting and self._waiting[0][1] <= self._acked:
                 self._waiting.popleft()
             # everything before the first batch the standby has yet to acknowledge
@@ -433,15 +462,20 @@ class Replica:
         if not empty and not self.prefix(_int(header, "term"), _int(header, "position")):
             reset = True  # it holds batches this history never had (it was an active that was deposed)
         self._cursor = {room: 0 if reset else min(theirs.get(room, 0), top) for room, top in self._tops.items()}
+        self._chunks_sent = self._chunks_acked = 0
         self.outbox.append(encode(b"start", {"s": nonce, "epoch": epoch, "reset": reset, "term": self.term}))
         self._heard = self.clock()
 
-    def catch_up(self, producers: list[Producer], topics: list[TopicRow]) -> bool:
-        """One bounded step of a catch-up (reads the store); True while there is more. When every room has
-        reached what the store holds now, the standby is told the position live batches follow (with the
-        producers and topics as they are now: a later batch saves any of them again, harmlessly)."""
+    def catch_up(self, producers: list[Producer], topics: list[TopicRow], settled: bool = True) -> bool:
+        """One bounded step of a catch-up (reads the store); True while there is more. At most
+        CATCH_UP_WINDOW messages are unacknowledged at once. When every room has reached what the store
+        holds now, the standby is told the position live batches follow, with the producers and topics as
+        they are now, which must hold nothing beyond that position: call it only when every message
+        sequenced so far was handed to the store (``settled``), i.e. right after the core's flush."""
         if not self.nonce or self.streaming:
             return False
+        if self._chunks_sent - self._chunks_acked >= CATCH_UP_WINDOW:
+            return False  # paced by the standby's acknowledgements
         for room, top in self._tops.items():
             done = self._cursor.get(room, 0)
             if done >= top:
@@ -454,7 +488,10 @@ class Replica:
             self._cursor[room] = rows[-1][0]
             batch = Batch(0, [(room, seq, *_ts_mid(body), body) for seq, body in rows])
             self.outbox.append(batch_frames(b"rows", self.nonce, batch))
+            self._chunks_sent += 1
             return True
+        if not settled or self._chunks_sent > self._chunks_acked:
+            return False  # the rows first; and a snapshot only of what the store holds
         snapshot = Batch(0, position=self.position)  # the standby replaces its producers with these
         snapshot.producers = {row[0]: row for row in producers}
         snapshot.topics = {row[0]: row for row in topics}
@@ -467,10 +504,13 @@ class Replica:
         return False
 
     def on_ack(self, header: dict) -> None:
-        if _str(header, "s") != self.nonce or not self.streaming:
+        if not self.nonce or _str(header, "s") != self.nonce:
             self.stale += 1
             return
         self._heard = self.clock()
+        if not self.streaming:  # the catch-up's: how many of its messages the standby has committed
+            self._chunks_acked = max(self._chunks_acked, min(_int(header, "c"), self._chunks_sent))
+            return
         self._acked = max(self._acked, _int(header, "p"))
         if not self.in_sync and self._acked >= self._synced_at:
             self.in_sync = True
@@ -484,14 +524,16 @@ class Replica:
 
     def tick(self) -> None:
         now = self.clock()
-        if self.in_sync and self._waiting and now - self._waiting[0][2] > self.timeout:
+        if self.streaming and self._waiting and now - self._waiting[0][2] > self.timeout:
             self.go_alone(f"the standby acknowledged nothing for {self.timeout:g} s")
         elif (self.nonce or self.in_sync) and now - self._heard > self.timeout:
             self.go_alone(f"the standby is silent for {self.timeout:g} s")
 
     def go_alone(self, why: str) -> None:
-        if self.in_sync:
+        if self.in_sync or self.streaming:
             self.notices.append(f"{why}: running alone (publishing after this server's own commit)")
+            # the loop tells the standby (a state message saying so) before it publishes anything more
+            self.went_alone = True
         self.in_sync = self.streaming = False
         self.nonce = ""
         self._waiting.clear()
@@ -516,6 +558,8 @@ class Follower:
         self.applied = 0  # batches committed since the start of this catch-up
         self.refused = ""  # why the active would not replicate to us ("" it would)
         self.asked_at = float("-inf")
+        self.activity = float("-inf")  # when the last word of the current catch-up came (or it was asked)
+        self.chunks = 0  # catch-up messages received for the current request
         self.reset = False  # the active said our store must start over
         self.epoch = ""  # the active's epoch, to adopt when empty
         self.term = 0
@@ -527,10 +571,11 @@ class Follower:
     def sync(self, term: int, position: int, epoch: str, empty: bool, tops: dict[str, int]) -> list[bytes] | None:
         """The sync request to send, when one is due (none while caught up or refused)."""
         now = self.clock()
-        if self.streaming or self.refused or now - self.asked_at < SYNC_RETRY:
+        if not self.due():
             return None
-        self.asked_at = now
+        self.asked_at = self.activity = now
         self.nonce = secrets.token_hex(8)
+        self.chunks = 0
         return encode(b"sync", {"s": self.nonce, "term": term, "position": position, "epoch": epoch, "empty": empty,
                                 "tops": tops})
 
@@ -539,6 +584,7 @@ class Follower:
         if header.get("s") != self.nonce or not self.nonce:
             self.dropped += 1
             return None
+        self.activity = self.clock()  # the catch-up is moving: no need to ask again
         if kind == b"start":
             self.epoch = _str(header, "epoch")
             self.reset = header.get("reset") is True
@@ -548,7 +594,9 @@ class Follower:
             self.refused = str(header.get("why", ""))[:300]
             return None
         if kind == b"rows":
-            return batch_of(header, bodies, 0)
+            batch = batch_of(header, bodies, 0)
+            self.chunks += 1
+            return batch
         if kind == b"synced":
             batch = batch_of(header, bodies, 0)
             batch.expire_before = float("inf")  # the producers are replaced by the snapshot
@@ -574,7 +622,7 @@ class Follower:
             if batch.position != self.position + 1:
                 self.dropped += 1  # out of order: the stream broke; ask again
                 self.streaming = False
-                self.asked_at = float("-inf")
+                self.asked_at = self.activity = float("-inf")
                 return None
             self.position = batch.position
             return batch
@@ -582,14 +630,15 @@ class Follower:
         return None
 
     def due(self) -> bool:
-        """Whether a sync request is due (see ``sync``)."""
-        return not self.streaming and not self.refused and self.clock() - self.asked_at >= SYNC_RETRY
+        """Whether a sync request is due: not following, and nothing heard of the last one for SYNC_RETRY."""
+        return not self.streaming and not self.refused and self.clock() - self.activity >= SYNC_RETRY
 
     def ack(self) -> list[bytes]:
-        return encode(b"ack", {"s": self.nonce, "p": self.position})
+        """What was committed: the newest live position, and (while catching up) the catch-up messages."""
+        return encode(b"ack", {"s": self.nonce, "p": self.position, "c": self.chunks})
 
     def lost_stream(self) -> None:
         """The active went silent or away: ask again when it is back."""
         self.streaming = False
         self.nonce = ""
-        self.asked_at = float("-inf")
+        self.asked_at = self.activity = float("-inf")

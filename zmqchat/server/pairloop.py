@@ -52,6 +52,7 @@ from .pair import (
     merge,
     not_active,
     peer_state,
+    rows_top,
     standby_beat,
 )
 from .storage import Batch, Store, StoreError
@@ -219,11 +220,15 @@ class PairServer(Server):
                     self._drain(pull, core, curve, by_address)
                 core.tick()
                 self.replica.tick()
-                if catching_up:
-                    self.replica.catch_up(core.producers.rows(), core.sequencer.topic_rows())
+                if self.replica.went_alone:  # the standby hears it before anything is published alone
+                    self.replica.went_alone = False
+                    self._send_peer(peer_out, self.roles.state(self._epoch, False, now))
                 out = core.flush()
                 for frames in out:
                     _send_frames(pub, frames)
+                if catching_up:  # after the flush: the snapshot then holds nothing the store does not
+                    self.replica.catch_up(core.producers.rows(), core.sequencer.topic_rows(),
+                                          core.sequencer.settled())
                 self.roles.position = self.replica.position
                 if self.metrics is not None:
                     self.metrics.observe(core.take_commit_time(), len(out))
@@ -236,8 +241,9 @@ class PairServer(Server):
                 if (self.follower is not None and self.follower.due() and self.roles.peer is not None
                         and self.roles.peer.role == ACTIVE):
                     info = self.store.load(1)
+                    have = rows_top(info.tops, info.skipped)  # rows it holds, not numbers it skipped
                     request = self.follower.sync(info.term, info.position, info.epoch,
-                                                 not any(info.tops.values()), info.tops)
+                                                 not any(info.tops.values()), have)
                     if request is not None:
                         self._send_peer(peer_out, request)
             if self.replica is not None:
@@ -336,6 +342,12 @@ class PairServer(Server):
         if follower.reset:
             self._move_aside()
         info = self.store.load(1)
+        if not follower.reset:  # what it skipped above its rows (a reboot's guess) comes from the active now
+            try:
+                self.store.unskip(rows_top(info.tops, info.skipped))
+            except StoreError as exc:
+                log.error("pair: %s", exc)
+            info = self.store.load(1)
         if info.epoch != follower.epoch:
             try:
                 self.store.adopt(follower.epoch)
@@ -360,6 +372,7 @@ class PairServer(Server):
                         "%s.diverged-%s; starting over from the active", path, stamp)
         self.store = self.make_store(False)
         self.store.load(self.config.history_cache)
+        self.store_term = 0  # the new file has no term yet: the next synced writes it
 
     def _commit(self, pending: list[Batch], peer_out: zmq.Socket | None) -> None:
         """Commit what the active sent in one transaction, then acknowledge it (``peer_out``)."""
@@ -375,13 +388,13 @@ class PairServer(Server):
                 self.store.skip(follower.skipped, follower.floor)  # and the numbers the active never gives out
                 self.store_term = follower.term
                 self.roles.term = max(self.roles.term, follower.term)
-        except StoreError as exc:
-            log.error("pair: could not commit what the active sent: %s", exc)
+        except Exception as exc:  # noqa: BLE001 (StoreError, or what odd peer input made of a row: never fatal)
+            self._peer_errors.warn("pair: could not commit what the active sent: %s", exc)
             follower.lost_stream()
             return
         self.roles.position = follower.position
         self.roles.empty = False
-        if follower.streaming and peer_out is not None:
+        if peer_out is not None:  # live batches, or the catch-up's messages: what is committed
             self._send_peer(peer_out, follower.ack())
 
     # -- roles
@@ -393,9 +406,12 @@ class PairServer(Server):
             forced = self.roles.forced and not self.roles.in_sync
             if forced and not self.roles.empty:
                 # an operator's order, without all the old active numbered: never reuse a number clients saw
-                tops = self.store.load(1).tops
+                loaded = self.store.load(1)
+                tops = loaded.tops
+                # new rooms from above every number this store knows of (and above an earlier forced floor)
+                floor = max([loaded.floor, *tops.values()]) + FORCED_SKIP
                 try:
-                    self.store.skip({room: [(top + 1, top + FORCED_SKIP)] for room, top in tops.items()}, FORCED_SKIP)
+                    self.store.skip({room: [(top + 1, top + FORCED_SKIP)] for room, top in tops.items()}, floor)
                     log.warning("pair: forced while not in sync: %d numbers skipped in each of %d rooms, and new "
                                 "rooms number from above it (clients are told they may be lost)", FORCED_SKIP,
                                 len(tops))
@@ -449,10 +465,10 @@ class PairServer(Server):
             if peer_in.poll(20):
                 try:
                     kind, header, _bodies = decode(peer_in.recv_multipart())
+                    if kind == b"ack":
+                        replica.on_ack(header)
                 except PeerError:
                     continue
-                if kind == b"ack":
-                    replica.on_ack(header)
         if done and replica.in_sync:
             self._send_peer(peer_out, encode(b"handover", {"p": replica.position, "t": self.roles.term}))
             log.warning("pair: handed over to the standby")
@@ -479,7 +495,7 @@ class PairServer(Server):
             except p.ProtocolError:
                 continue
             self.roles.in_sync = self.follower is not None and self.follower.streaming
-            if isinstance(msg, p.Hello) and self.roles.vote(now):
+            if isinstance(msg, p.Hello) and msg.vote and self.roles.vote(now):
                 log.warning("pair: the active is silent on the link and a client cannot reach it either: "
                             "taking over")
                 self._become(ACTIVE, now)

@@ -105,6 +105,12 @@ class Sequencer:
         self._batch, self._batch_tops = Batch(batch.number + 1), {}
         return True
 
+    def settled(self) -> bool:
+        """Whether every message, producer state and topic so far was handed to the store (an expiry of old
+        producers may still wait: it changes nothing a snapshot of the live producers holds)."""
+        batch = self._batch
+        return not (batch.messages or batch.producers or batch.topics)
+
     def waiting_for(self) -> int:
         """The batch that holds everything appended so far: what is published after it must wait for it."""
         return self._batch.number if self._batch else self._number

@@ -98,6 +98,10 @@ class Store(Protocol):
         one forced active without what its active numbered last skips ahead, so it never reuses a number
         clients may have seen.)"""
 
+    def unskip(self, above: dict[str, int]) -> None:
+        """Forget the skipped numbers above ``above[room]`` (a standby about to be caught up: the active's
+        rows and skipped numbers replace its own guesses of what a power cut took)."""
+
     def adopt(self, epoch: str) -> None:
         """Take ``epoch`` as its own (a standby copying its active); only while it holds no message."""
 

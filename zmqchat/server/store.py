@@ -240,6 +240,11 @@ class MemoryStore:
             self._skips[room] = sorted(set(self._skips.get(room, []) + [tuple(r) for r in new]))  # type: ignore[misc]
         self._floor = max(self._floor, floor)
 
+    def unskip(self, above: dict[str, int]) -> None:
+        for room, top in above.items():
+            if room in self._skips:
+                self._skips[room] = [r for r in self._skips[room] if r[0] <= top]
+
     def adopt(self, epoch: str) -> None:
         if any(self._rooms.values()):
             raise StoreError("a store holding messages cannot take another epoch")
@@ -611,9 +616,9 @@ class SqliteStore:
             for room in trim:
                 self._trim(db, room, max(self._newest.get(room, 0), tops.get(room, 0)))
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            # Locked by another program, disk full, I/O error: nothing of the batch is kept on disk, and
-            # the sequencer hands it over again with the next one.
+        except Exception as exc:
+            # Locked by another program, disk full, I/O error (or a value SQLite cannot bind): nothing of the
+            # batch is kept on disk, and the sequencer hands it over again with the next one.
             with contextlib.suppress(sqlite3.Error):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -657,7 +662,7 @@ class SqliteStore:
             db.execute("BEGIN")
             yield db
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -665,6 +670,17 @@ class SqliteStore:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("PRAGMA synchronous=NORMAL")
+
+    def unskip(self, above: dict[str, int]) -> None:
+        dropped: dict[str, int] = {}
+        with self._synced_write() as db:
+            for room, top in above.items():
+                if any(first > top for first, _last in self._skipped.get(room, ())):
+                    db.execute("DELETE FROM skipped WHERE room = ? AND first > ?", (room, top))
+                    dropped[room] = top
+        for room, top in dropped.items():
+            self._skipped[room] = [r for r in self._skipped[room] if r[0] <= top]
+            self._newest[room] = max([top] + [last for _first, last in self._skipped[room]])
 
     def adopt(self, epoch: str) -> None:
         if self._db is None:
