@@ -295,7 +295,7 @@ def takeover() -> list[list[bytes]]:
     a.tick()
     out += [f for f in a.flush() if f[0] == p.ALL_TOPIC] + [standby_beat(T0 + 0.25, 3)]  # the SUB hears both
     b = ServerCore(PAIR, store, clock=lambda: T0 + 2.0, term=4, role="active")  # B's store is A's, replicated
-    vote = hello(last_seq={"#general": 41}, epoch=EPOCH, rid=NONCE2, unacked=42, term=3)
+    vote = hello(last_seq={"#general": 41}, epoch=EPOCH, rid=NONCE2, unacked=42, term=3, vote=True)
     for msg in (vote, say(42)):
         out.append(client(msg))
         b.receive(client(msg))
