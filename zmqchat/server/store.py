@@ -579,7 +579,6 @@ class SqliteStore:
         rows now and then. Raises StoreError if the database refuses: then nothing of it is on disk."""
         if self._db is None:
             raise StoreError(f"history database {self.path}: not open")
-        db = self._db
         tops: dict[str, int] = {}
         untrimmed = dict(self._untrimmed)  # rows per room since its last trim, applied once committed
         reserve: dict[str, int] = {}  # room -> reserved up to, written (and fsynced) with this batch
@@ -597,11 +596,10 @@ class SqliteStore:
         trim = [room for room, n in untrimmed.items() if n >= max(64, self.retention // 8)]
         # a room new to this file after a forced takeover's skip: the numbers below its first were never ours
         floored = [room for room in tops if self._room_floor and room not in self._newest and room not in self._skipped]
-        synced = bool(reserve)
-        try:
-            if synced:  # the WAL is fsynced at this commit, and everything written before it with it
-                db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN")
+        synced = bool(reserve)  # then the WAL is fsynced at this commit, and everything written before it
+        # Locked by another program, disk full, I/O error (or a value SQLite cannot bind): nothing of the
+        # batch is kept on disk (StoreError), and the sequencer hands it over again with the next one.
+        with self._transaction(fsync=synced) as db:
             db.executemany("INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?)", batch.messages)
             if synced:
                 db.executemany("INSERT OR REPLACE INTO reservations VALUES (?, ?)", reserve.items())
@@ -615,18 +613,6 @@ class SqliteStore:
                 self._record_skipped(db, room, [(1, self._room_floor)])
             for room in trim:
                 self._trim(db, room, max(self._newest.get(room, 0), tops.get(room, 0)))
-            db.execute("COMMIT")
-        except Exception as exc:
-            # Locked by another program, disk full, I/O error (or a value SQLite cannot bind): nothing of the
-            # batch is kept on disk, and the sequencer hands it over again with the next one.
-            with contextlib.suppress(sqlite3.Error):
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-            raise StoreError(f"history database {self.path}: {exc}") from exc
-        finally:
-            if synced:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("PRAGMA synchronous=NORMAL")
         for room in trim:
             del untrimmed[room]
         self._untrimmed = untrimmed
@@ -646,19 +632,21 @@ class SqliteStore:
         return self._durable
 
     def set_term(self, term: int, terms: dict[int, int]) -> None:
-        with self._synced_write() as db:
+        with self._transaction() as db:
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                            [("term", str(term)), ("terms", json.dumps({str(k): v for k, v in terms.items()}))])
         self.term, self.terms = term, dict(terms)
 
     @contextlib.contextmanager
-    def _synced_write(self) -> Iterator[sqlite3.Connection]:
-        """One transaction, fsynced at its commit; StoreError (and nothing kept) if the database refuses."""
+    def _transaction(self, fsync: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction (fsynced at its commit when ``fsync``); StoreError, and nothing of it kept, if
+        the database refuses it or a value cannot be written."""
         if self._db is None:
             raise StoreError(f"history database {self.path}: not open")
         db = self._db
         try:
-            db.execute("PRAGMA synchronous=FULL")
+            if fsync:
+                db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN")
             yield db
             db.execute("COMMIT")
@@ -668,12 +656,13 @@ class SqliteStore:
                     db.execute("ROLLBACK")
             raise StoreError(f"history database {self.path}: {exc}") from exc
         finally:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("PRAGMA synchronous=NORMAL")
+            if fsync:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA synchronous=NORMAL")
 
     def unskip(self, above: dict[str, int]) -> None:
         dropped: dict[str, int] = {}
-        with self._synced_write() as db:
+        with self._transaction() as db:
             for room, top in above.items():
                 if any(first > top for first, _last in self._skipped.get(room, ())):
                     db.execute("DELETE FROM skipped WHERE room = ? AND first > ?", (room, top))
@@ -699,7 +688,7 @@ class SqliteStore:
 
     def skip(self, ranges: dict[str, list[tuple[int, int]]], floor: int = 0) -> None:
         tops: dict[str, int] = {}
-        with self._synced_write() as db:
+        with self._transaction() as db:
             for room, new in ranges.items():
                 known = set(self._skipped.get(room, []))
                 fresh = [(first, min(last, MAX_SEQ)) for first, last in new if (first, last) not in known
