@@ -550,3 +550,54 @@ def test_from_the_catch_ups_end_every_batch_waits_for_the_standby(active, clock)
     assert room_seqs(core.flush()) == []  # the standby has not acknowledged the end: message 3 waits
     replica.on_ack({"s": replica.nonce, "p": replica.position, "c": 99})
     assert room_seqs(core.flush()) == [3] and replica.in_sync
+
+
+def test_a_second_forced_takeover_floors_new_rooms_above_every_number_known():
+    from zmqchat.server.storage import Loaded
+
+    first = Loaded("e", {"#a": 5}, {}, [], 100)
+    ranges, floor = pair.forced_skip(first, 1000)
+    assert ranges == {"#a": [(6, 1005)]} and floor == 1005
+    # later, forced again: rooms that numbered from the first floor are known; new ones go above all
+    again = Loaded("e", {"#a": 1007, "#x": 1003}, {}, [], 100, floor=1005)
+    ranges, floor = pair.forced_skip(again, 1000)
+    assert ranges == {"#a": [(1008, 2007)], "#x": [(1004, 2003)]} and floor == 2007
+
+
+def test_the_catch_up_is_paced_by_acknowledgements_and_not_asked_again_while_it_moves(clock):
+    replica = Replica(MemoryStore(100_000), clock, timeout=1.0)
+    core = ServerCore(ServerConfig(rate=0, work_rate=0, address_rate=0), replica, clock=clock, term=1, role=ACTIVE)
+    replica.start_term(1)
+    hello(core)
+    for n in range(1, 12 * pair.CATCH_UP_ROWS + 1):  # 12 messages' worth of rows
+        say(core, n)
+    core.flush()
+    follower = Follower(clock)
+    replica.on_sync(pair.decode(follower.sync(0, 0, "", True, {}))[1], core.sequencer.epoch)
+    for _ in range(50):  # nobody acknowledges: at most the window goes out
+        replica.catch_up(core.producers.rows(), core.sequencer.topic_rows(), core.sequencer.settled())
+    rows = [f for f in replica.outbox if f[1] == b"rows"]
+    assert len(rows) == pair.CATCH_UP_WINDOW
+    for frames in replica.outbox:  # the standby hears the start and the rows: the catch-up moves
+        follower.receive(*pair.decode(frames))
+    clock.advance(pair.SYNC_RETRY * 0.9)
+    assert not follower.due()  # still moving: asking again would queue the whole store twice
+    replica.on_ack(pair.decode(follower.ack())[1])
+    replica.outbox.clear()
+    replica.catch_up(core.producers.rows(), core.sequencer.topic_rows(), core.sequencer.settled())
+    assert [f[1] for f in replica.outbox] == [b"rows"]  # acknowledged: the next step goes
+    clock.advance(pair.SYNC_RETRY + 0.1)
+    assert follower.due()  # a second without a word: ask again
+
+
+def test_going_alone_mid_stream_is_told_before_anything_is_published(active, clock):
+    core, replica = active
+    standby, follower = MemoryStore(100), Follower(clock)
+    sync(replica, follower, standby, core)
+    hello(core)
+    say(core, 1)
+    core.flush()
+    replica.outbox.clear()  # not acknowledged
+    clock.advance(1.5)
+    replica.tick()
+    assert replica.went_alone and not replica.streaming  # the loop sends a state message now, then flushes

@@ -167,6 +167,14 @@ def not_active(session: str, rid: str, role: str, active: str, term: int) -> lis
     return p.encode_server(p.session_topic(session), reply, p.term_frame(term))
 
 
+def forced_skip(loaded: Loaded, count: int) -> tuple[dict[str, list[tuple[int, int]]], int]:
+    """What a store forced active without all its active numbered skips, so that it never gives out a number
+    clients may have seen: ``count`` numbers after each room's newest, and for rooms new to it a floor above
+    every number it knows of (an earlier forced floor included)."""
+    ranges = {room: [(top + 1, top + count)] for room, top in loaded.tops.items()}
+    return ranges, max([loaded.floor, *loaded.tops.values()]) + count
+
+
 def rows_top(tops: dict[str, int], skipped: dict[str, list[tuple[int, int]]]) -> dict[str, int]:
     """Room -> the newest number a store holds a row for: its top, below whatever it skipped at the top
     (numbers reserved before a power cut count as skipped: the rows above them it never got)."""

@@ -49,6 +49,7 @@ from .pair import (
     Roles,
     decode,
     encode,
+    forced_skip,
     merge,
     not_active,
     peer_state,
@@ -408,10 +409,8 @@ class PairServer(Server):
                 # an operator's order, without all the old active numbered: never reuse a number clients saw
                 loaded = self.store.load(1)
                 tops = loaded.tops
-                # new rooms from above every number this store knows of (and above an earlier forced floor)
-                floor = max([loaded.floor, *tops.values()]) + FORCED_SKIP
                 try:
-                    self.store.skip({room: [(top + 1, top + FORCED_SKIP)] for room, top in tops.items()}, floor)
+                    self.store.skip(*forced_skip(loaded, FORCED_SKIP))
                     log.warning("pair: forced while not in sync: %d numbers skipped in each of %d rooms, and new "
                                 "rooms number from above it (clients are told they may be lost)", FORCED_SKIP,
                                 len(tops))
