@@ -48,6 +48,16 @@ from .sync import (
 RECV_BATCH = 1000  # messages read per round: then the timers run and the loop's other tasks get a turn
 
 
+async def monitor_problem(monitor: zmq.asyncio.Socket, curve: bool, problem: str) -> str:
+    """What the handshake events queued on ``monitor`` say went wrong (``problem`` if none says more)."""
+    while True:
+        try:
+            event = await recv_monitor_message(monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return problem
+        problem = handshake_problem(event["event"], curve, problem)
+
+
 class AsyncClient(SessionView, OnLinks):
     """A chat client for asyncio programs. Raises ConnectError (a ZmqchatError) when it cannot connect;
     the actions raise ZmqchatError for bad arguments, exactly as the sync ``Client``'s do."""
@@ -397,13 +407,8 @@ class AsyncClient(SessionView, OnLinks):
 
     async def _on_monitor(self) -> None:
         assert self._monitor is not None
-        while True:
-            try:
-                event = await recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._handshake_problem = handshake_problem(event["event"], self._curve is not None,
-                                                                 self._handshake_problem)
+        self._handshake_problem = await monitor_problem(self._monitor, self._curve is not None,
+                                                        self._handshake_problem)
 
     # -- plumbing
 

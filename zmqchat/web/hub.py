@@ -29,13 +29,13 @@ from typing import Protocol
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import recv_monitor_message
 
 from .. import events as ev
 from .. import protocol as p
+from ..client.aio import monitor_problem
 from ..client.servers import Server
 from ..client.session import LOST_AFTER_MISSES, ClientSession
-from ..client.sync import Links, OnLinks, follow_servers, handshake_problem
+from ..client.sync import Links, OnLinks, follow_servers
 
 log = logging.getLogger("zmqchat.web")
 
@@ -301,10 +301,5 @@ class Hub(OnLinks):
 
     async def _on_monitor(self) -> None:
         assert self._monitor is not None
-        while True:
-            try:
-                event = await recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self.handshake_problem = handshake_problem(event["event"], self.curve is not None, self.handshake_problem)
+        self.handshake_problem = await monitor_problem(self._monitor, self.curve is not None, self.handshake_problem)
 
