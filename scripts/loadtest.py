@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "broadcast reaches them): no join announcements, whose fan-out grows as clients squared")
     ap.add_argument("--steady", type=float, default=5.0, help="seconds of heartbeats only, measured (default: %(default)s)")
     ap.add_argument("--broadcasts", type=int, default=5, help="messages to #general, 1 s apart (default: %(default)s)")
+    ap.add_argument("--standby", action="store_true",
+                    help="the server is the active of a pair, its standby on this machine too (implies --persist): "
+                    "every batch waits for the standby's commit; the standby's CPU and memory are reported apart")
     ap.add_argument("--persist", action=argparse.BooleanOptionalAction, default=False,
                     help="server history on disk (default: off)")
     ap.add_argument("--curve", action=argparse.BooleanOptionalAction, default=False, help="CURVE on (default: off)")
@@ -308,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="print one JSON summary object only")
     return ap
 
+
+
+def wait_log(path: Path, needle: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while needle not in path.read_text(errors="replace"):
+        if time.monotonic() > end:
+            raise SystemExit(f"no {needle!r} in {path} within {timeout}s")
+        time.sleep(0.05)
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -331,8 +342,10 @@ def main(argv: list[str] | None = None) -> int:
 
         c = make_curve(tmp)
         curve, server_secret = c["client"], c["server_secret_file"]
-    port = free_port_pair()
+    port = free_port_pair(count=3)
     in_ep, out_ep = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"
+    if args.standby:
+        args.persist = True
     argv_srv = [sys.executable, "-m", "zmqchat.cli.server", "--host", "127.0.0.1", "--port", str(port), "--quiet",
                 "--stats-interval", "0"]
     argv_srv += ["--data-dir", str(tmp / "data")] if args.persist else ["--no-persist"]
@@ -340,8 +353,25 @@ def main(argv: list[str] | None = None) -> int:
         argv_srv += ["--curve-secret", server_secret]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQCHAT_")}
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 (the server's output, closed at the end)
+    standby = standby_log = None
+    if args.standby:
+        other = free_port_pair(count=3)
+        while abs(other - port) < 3:
+            other = free_port_pair(count=3)
+        argv_b = [other if a == str(port) else a for a in map(str, argv_srv)]
+        argv_b[argv_b.index(str(tmp / "data"))] = str(tmp / "data-b")
+        argv_srv += ["--peer", f"127.0.0.1:{other}"]
+        argv_b += ["--peer", f"127.0.0.1:{port}"]
     server = subprocess.Popen(argv_srv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                               preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
+    if args.standby:
+        wait_log(tmp / "server.log", "pair: ACTIVE")
+        standby_log = open(tmp / "standby.log", "wb")  # noqa: SIM115 (closed at the end)
+        standby = subprocess.Popen([str(a) for a in argv_b], stdin=subprocess.DEVNULL, stdout=standby_log,
+                                   stderr=standby_log, env=env,
+                                   preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
+        wait_log(tmp / "server.log", "the standby is in sync")
+        say("pair: the standby is in sync; clients talk to the active")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     ctrls = []
@@ -464,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             "broadcast_max_ms": (vals[-1] / 1e6) if vals else float("nan"),
             "broadcast_server_cpu_s": cpu4 - cpu3,
             "server_rss_peak_mb": rss_mb(server.pid, "VmHWM"),
+            **({"standby_cpu_s": round(cpu_seconds(standby.pid), 1), "standby_rss_peak_mb": rss_mb(standby.pid, "VmHWM")}
+               if standby is not None else {}),
             "client_messages": dict(counts),
             "worker_rss_mb": [round(r["rss_mb"], 1) for r in reports.values()],
             "worker_cpu_s": [round(r["cpu_s"], 1) for r in reports.values()],
@@ -485,6 +517,15 @@ def main(argv: list[str] | None = None) -> int:
                 proc.join(3)
         if announcer is not None:
             announcer.close()
+        if standby is not None and standby.poll() is None:
+            standby.send_signal(signal.SIGTERM)  # by its pid
+            try:
+                standby.wait(20)
+            except subprocess.TimeoutExpired:
+                standby.kill()
+                standby.wait(5)
+        if standby_log is not None:
+            standby_log.close()
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
             try:
