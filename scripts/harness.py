@@ -11,7 +11,7 @@ from pathlib import Path
 
 from zmqchat.endpoints import free_port_pair
 
-__all__ = ["cpu_seconds", "die_with_parent", "free_port_pair", "machine", "pct", "rss_mb"]
+__all__ = ["children", "cpu_seconds", "die_with_parent", "free_port_pair", "machine", "pct", "rss_mb"]
 
 try:
     _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before any fork: the child only calls it
@@ -25,23 +25,41 @@ def die_with_parent() -> None:
         _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc (0.0 where /proc is missing)."""
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (the server's search index process, say)."""
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            out += [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def cpu_seconds(pid: int, tree: bool = True) -> float:
+    """utime + stime of a process from /proc (0.0 where /proc is missing); with ``tree``, and of every
+    process it started, the live ones and those it has waited for: a server's CPU is its index process's
+    too."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if tree else 0)
     except (OSError, IndexError, ValueError):
         return 0.0
+    own = ticks / os.sysconf("SC_CLK_TCK")
+    return own + (sum(cpu_seconds(child) for child in children(pid)) if tree else 0.0)
 
 
-def rss_mb(pid: int, key: str = "VmRSS") -> float:
+def rss_mb(pid: int, key: str = "VmRSS", tree: bool = True) -> float:
+    """Resident memory of a process in MB (``key`` VmHWM: its peak), with ``tree`` summed over the processes
+    it started that are alive (their peaks, for VmHWM, need not have been at the same moment)."""
+    total = 0.0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
+                total = int(line.split()[1]) / 1024
     except (OSError, ValueError):
         pass
-    return 0.0
+    return total + (sum(rss_mb(child, key) for child in children(pid)) if tree else 0.0)
 
 
 def pct(sorted_vals, q: float) -> float:

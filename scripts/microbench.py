@@ -3,6 +3,8 @@
 
     python scripts/microbench.py recv    # draining 3-frame messages: getsockopt(RCVMORE) vs Frame.more
     python scripts/microbench.py fts     # the search index's FTS5 insert, per row, for a few table layouts
+    python scripts/microbench.py gil     # a receive loop's CPU per message: alone, beside an FTS5-writing
+                                         # thread, beside an FTS5-writing process
 
 Process CPU time per message (or row), several runs each, printed with their spread. Nothing here is a
 test; the server does not run.
@@ -110,14 +112,96 @@ def fts(rows: int) -> None:
             print(f"{name:24} {1e6 * took / rows:5.1f} us a row, {os.path.getsize(path) / 1e6:.0f} MB")
 
 
+def _fts_writer(stop, rows) -> None:
+    """Writes FTS5 rows as the index does (2,000 a transaction) until ``stop`` is set; counts them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sqlite3.connect(os.path.join(tmp, "index.sqlite3"), isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"CREATE VIRTUAL TABLE words USING {LAYOUTS['as the server has it']}")
+        i = 0
+        while not stop.is_set():
+            data = [(f"B{j:010d} {1_700_000_000_000_000_000 + j:019d} " + "x" * 68, "bench", "#bench", j, 1.7e9)
+                    for j in range(i, i + 2000)]
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO words VALUES (?, ?, ?, ?, ?)", data)
+            db.execute("COMMIT")
+            i += 2000
+            with rows.get_lock():
+                rows.value += 2000
+        db.close()
+
+
+def gil(runs: int, count: int) -> None:
+    """The serving loop's situation: receiving (pyzmq lets go of the GIL on every frame) and decoding,
+    while something else writes the search index (sqlite3 lets go of it on every row)."""
+    import json
+    import multiprocessing
+    import threading
+
+    import zmq
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    pull.setsockopt(zmq.RCVHWM, 0)
+    push.setsockopt(zmq.SNDHWM, 0)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push.connect(f"tcp://127.0.0.1:{port}")
+    body = json.dumps({"session": "s" * 22, "room": "#bench", "text": "B0000000001 " + "x" * 88,
+                       "mid": "s.1"}).encode()
+    message = [b"zmqchat/3", b"say", body]
+    raw_recv, noblock = zmq.backend.Socket.recv, int(zmq.NOBLOCK)
+    results: dict[str, list[float]] = {"alone": [], "beside a thread": [], "beside a process": []}
+    mp = multiprocessing.get_context("spawn")
+    try:
+        for _ in range(runs):
+            for name, times in results.items():
+                for _ in range(count):
+                    push.send_multipart(message)
+                while pull.poll(100) == 0:
+                    pass
+                time.sleep(0.5)  # let the I/O thread queue the rest: what is timed is the drain alone
+                rows = mp.Value("q", 0)
+                stop = threading.Event() if name == "beside a thread" else mp.Event()
+                writer = (threading.Thread(target=_fts_writer, args=(stop, rows)) if name == "beside a thread"
+                          else mp.Process(target=_fts_writer, args=(stop, rows)) if name == "beside a process"
+                          else None)
+                if writer is not None:
+                    writer.start()
+                    while rows.value == 0:  # it has started writing
+                        time.sleep(0.01)
+                started, n = time.thread_time(), 0
+                while True:
+                    try:
+                        frame = raw_recv(pull, noblock, False)
+                    except zmq.Again:
+                        break
+                    while frame.more:
+                        frame = raw_recv(pull, noblock, False)
+                    json.loads(frame.bytes)
+                    n += 1
+                times.append(1e6 * (time.thread_time() - started) / max(1, n))
+                stop.set()
+                if writer is not None:
+                    writer.join()
+    finally:
+        ctx.destroy(linger=0)
+    print(f"receive + decode, {count:,} 3-frame messages; CPU time of the receiving thread alone")
+    for name, values in results.items():
+        print(f"{name:18} {statistics.median(values):5.2f} us a message (median of {runs}; "
+              f"{min(values):.2f}-{max(values):.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["recv", "fts"])
+    ap.add_argument("what", choices=["recv", "fts", "gil"])
     ap.add_argument("--runs", type=int, default=4, help="recv: runs of each way (default: %(default)s)")
     ap.add_argument("--count", type=int, default=100_000, help="messages or rows (default: %(default)s)")
     args = ap.parse_args()
     if args.what == "recv":
         recv(args.runs, args.count)
+    elif args.what == "gil":
+        gil(args.runs, args.count)
     else:
         fts(args.count)
     return 0

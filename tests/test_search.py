@@ -1,9 +1,15 @@
-"""Search: the query language (pure), the FTS5 index beside the history (its own file and thread), and the
-in-memory store agreeing with it. Real SQLite files; waits are bounded (``wait_indexed``), never sleeps."""
+"""Search: the query language (pure), the FTS5 index beside the history (its own file, written by a process
+of its own), and the in-memory store agreeing with it. Real SQLite files and processes; waits are bounded
+(``wait_indexed``, a pidfd), never sleeps."""
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +18,7 @@ from hypothesis import strategies as st
 from zmqchat import protocol as p
 from zmqchat.server import search as q
 from zmqchat.server.sequencer import Sequencer
-from zmqchat.server.store import Batch, MemoryStore, SqliteStore
+from zmqchat.server.store import Batch, MemoryStore, SqliteStore, StoreError
 
 
 def body(room: str, seq: int, text: str, sender: str = "alice") -> bytes:
@@ -207,3 +213,97 @@ def test_without_the_index_search_says_it_is_off(tmp_path):
     assert (reply.code, reply.message) == (p.ERR_UNAVAILABLE, "search is off on this server")
     store.close()
     assert not (tmp_path / "h.search.sqlite3").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the index's process
+
+
+def ended_within(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (any, not only a child) has ended within ``timeout`` seconds."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def test_the_index_process_ends_with_the_store(tmp_path):
+    store = SqliteStore(tmp_path / "h.sqlite3", 100)
+    fill(store, ["hello there"])
+    assert store.wait_indexed(10)
+    pid = store._indexer.pid
+    assert pid is not None and pid != os.getpid()
+    store.close()
+    assert ended_within(pid, 10)
+
+
+def test_the_index_process_ends_when_the_server_is_killed(tmp_path):
+    code = ("import sys\n"
+            "from zmqchat.server.sequencer import Sequencer\n"
+            "from zmqchat.server.store import SqliteStore\n"
+            "store = SqliteStore(sys.argv[1], 100)\n"
+            "Sequencer(store, 100)\n"
+            "assert store.wait_indexed(10)\n"
+            "print(store._indexer.pid, flush=True)\n"
+            "sys.stdin.read()\n")
+    server = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "h.sqlite3")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        assert select.select([server.stdout], [], [], 30)[0], "the store did not open"
+        pid = int(server.stdout.readline())
+        server.kill()  # -9: no close(), no goodbye; the index process sees its input end
+        server.wait(10)
+        assert ended_within(pid, 10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        server.stdin.close()
+        server.stdout.close()
+
+
+def test_a_dead_index_process_fails_search_but_not_the_history(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    store = SqliteStore(path, 100)
+    seq = fill(store, ["written before"])
+    assert store.wait_indexed(10)
+    pid = store._indexer.pid
+    os.kill(pid, signal.SIGKILL)
+    assert ended_within(pid, 10)
+    with pytest.raises(StoreError, match="index process ended"):
+        store.search(q.parse("written"), "", "", 10)
+    seq.append("#a", 1.0, "k", lambda n: body("#a", n, "written after"))
+    seq.submit()  # the history goes on without its index
+    assert [s for s, _body in store.read("#a", 0, 0, 10, False)] == [1, 2]
+    store.close()
+    again = SqliteStore(path, 100)  # a restart indexes what the dead process missed
+    Sequencer(again, 100)
+    assert again.wait_indexed(10)
+    assert texts_of(again.search(q.parse("written"), "", "", 10)) == ["written after", "written before"]
+    again.close()
+
+
+def test_a_dead_index_process_is_started_again_and_catches_up(tmp_path):
+    now = [100.0]
+    store = SqliteStore(tmp_path / "h.sqlite3", 100, clock=lambda: now[0])
+    seq = fill(store, ["one"])
+    assert store.wait_indexed(10)
+    pid = store._indexer.pid
+    os.kill(pid, signal.SIGKILL)
+    assert ended_within(pid, 10)
+    for text in ("two", "three"):  # the first batch it misses starts the clock
+        seq.append("#a", 1.0, "k", lambda n, text=text: body("#a", n, f"number {text}"))
+        seq.submit()
+        now[0] += 20
+    with pytest.raises(StoreError):
+        store.search(q.parse("number"), "", "", 10)
+    seq.append("#a", 1.0, "k", lambda n: body("#a", n, "number four"))
+    seq.submit()  # 40 s after: a new process, which indexes what the history holds
+    assert store._indexer.pid != pid
+    assert store.wait_indexed(10)
+    assert texts_of(store.search(q.parse("number"), "", "", 10)) == ["number four", "number three", "number two"]
+    store.close()

@@ -754,7 +754,7 @@ class ServerCore:
         def body(seq: int) -> bytes:
             return p.room_message_body(room, seq, ts, name, text, mid, action)
 
-        seq, encoded = self.sequencer.append(room, ts, mid, body, (name, text))
+        seq, encoded = self.sequencer.append(room, ts, mid, body)
         self._new_rooms.add(room)
         self._settle(producer, n, (ACK, room, seq), ts)
         self.stats["messages"] += 1

@@ -46,11 +46,9 @@ class Sequencer:
 
     # -- writing
 
-    def append(self, room: str, ts: float, key: str, make_body: Callable[[int], bytes],
-               words: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    def append(self, room: str, ts: float, key: str, make_body: Callable[[int], bytes]) -> tuple[int, bytes]:
         """Give the next sequence number of ``room`` to a message; ``make_body(seq)`` returns its encoded
-        body. It is durable once its batch is (``waiting_for()``, ``settle()``); ``key`` is stored with it,
-        and ``words`` (sender, text) go to the search index."""
+        body. It is durable once its batch is (``waiting_for()``, ``settle()``); ``key`` is stored with it."""
         seq = self._last.get(room, self._floor) + 1
         body = make_body(seq)
         self._last[room] = seq
@@ -59,8 +57,6 @@ class Sequencer:
             recent = self._recent[room] = deque(maxlen=self.cache)
         recent.append((seq, body))
         self._batch.messages.append((room, seq, ts, key, body))
-        if words is not None:
-            self._batch.words.append((room, seq, ts, *words))
         self._batch_tops[room] = seq
         return seq, body
 

@@ -38,8 +38,6 @@ class Batch:
     producers: dict[str, Producer | None] = field(default_factory=dict)
     expire_before: float | None = None
     topics: dict[str, TopicRow] = field(default_factory=dict)  # room -> its topic as set in this batch
-    # what a search index takes of the messages, so it need not decode them: (room, seq, ts, sender, text)
-    words: list[tuple[str, int, float, str, str]] = field(default_factory=list)
     # a pair's replication position (1, 2, ... across restarts and takeovers; 0: not counted), saved with it
     position: int = 0
 

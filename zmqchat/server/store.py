@@ -22,11 +22,9 @@ And a damaged or foreign file is never loaded as if it were valid: ``load()`` re
 from __future__ import annotations
 
 import contextlib
-import heapq
 import json
 import logging
 import math
-import queue
 import secrets
 import sqlite3
 import threading
@@ -37,10 +35,10 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from operator import itemgetter
 from pathlib import Path
-from typing import ClassVar
 
 from ..protocol import MAX_TOPIC_CHARS, name_problem, room_problem
 from . import search as q
+from .indexer import Indexer
 from .storage import (  # noqa: F401 (the interface, importable from here too)
     RETENTION,
     Batch,
@@ -63,6 +61,7 @@ BLOCK_MIN = 64  # sequence numbers reserved at once per room, at least (also the
 BLOCK_MAX = 65536  # ... and at most
 BLOCK_FAST = 1.0  # seconds: a block used up sooner than this doubles the next one
 BLOCK_SLOW = 10.0  # seconds: a block that lasted longer than this halves the next one
+INDEX_RESTART = 30.0  # seconds after a failed search index missed its first batch, its process is started again
 SKIPPED_KEPT = 64  # skipped ranges remembered per room (the newest); older ones are forgotten
 
 # Version 0 is what zmqchat wrote before it had schema versions (user_version 0: meta + messages).
@@ -149,15 +148,6 @@ def _producer_ok(producer: object, identity: object, nxt: object, room: object, 
             and ((room == "" and seq == 0 and type(seq) is int) or (_is_room(room) and _is_seq(seq))))
 
 
-def _words_of(body: bytes) -> tuple[str, str | None]:
-    """(sender, text) of a stored body, or ("", None) for one that is not a message (damaged)."""
-    try:
-        msg = json.loads(body)
-        return str(msg["sender"]), str(msg["text"])
-    except (ValueError, KeyError, TypeError):
-        return "", None
-
-
 def _topic_ok(room: object, text: object, by: object, ts: object, owner: object) -> bool:
     return (_is_room(room) and isinstance(text, str) and len(text) <= MAX_TOPIC_CHARS and isinstance(by, str)
             and (by == "" or name_problem(by) is None) and _is_ts(ts) and isinstance(owner, str))
@@ -234,6 +224,17 @@ class MemoryStore:
 
     def set_term(self, term: int, terms: dict[int, int]) -> None:
         self._term, self._terms = term, dict(terms)
+
+    def _start_indexer(self) -> None:
+        """A new index process (after a failure, or for another epoch), caught up from what the history holds."""
+        if self._indexer is not None:
+            self._indexer.stop()
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        self._indexer = Indexer(self.path, self.index_path, self.epoch, dict(self._newest))
+        self._indexer.start()
+        self._index_failed_at = None
 
     def skip(self, ranges: dict[str, list[tuple[int, int]]], floor: int = 0) -> None:
         for room, new in ranges.items():
@@ -327,7 +328,8 @@ class SqliteStore:
         self._producers: list[Producer] = []  # as loaded at open, oldest first
         self._topics: dict[str, TopicRow] = {}
         self._durable = 0
-        self._indexer: _Indexer | None = None
+        self._indexer: Indexer | None = None
+        self._index_failed_at: float | None = None  # clock() of the first batch the failed index missed
         self._index: sqlite3.Connection | None = None  # the loop's connection to the search index, for queries
         self._damaged_reads: set[str] = set()  # rooms a read found a damaged row in (logged once each)
         self._db: sqlite3.Connection | None = None
@@ -400,8 +402,7 @@ class SqliteStore:
         self._checkpointer = _Checkpointer(path, lambda: self.clock() - self._last_write)
         self._checkpointer.start()
         if self.search_on:
-            self._indexer = _Indexer(path, self.index_path, self.epoch, self.retention, dict(self._newest),
-                                     {room: list(ranges) for room, ranges in self._skipped.items()})
+            self._indexer = Indexer(path, self.index_path, self.epoch, dict(self._newest))
             self._indexer.start()
 
     def _quick_check(self, db: sqlite3.Connection) -> None:
@@ -624,9 +625,13 @@ class SqliteStore:
             self.position = batch.position
         self._last_write = self.clock()
         if self._indexer is not None and batch.messages:
-            self._indexer.add(batch.words or [(room, seq, ts, *_words_of(body)) for room, seq, ts, _key, body
-                                              in batch.messages],
-                              {room: self._floor(room, self._newest[room]) for room in trim})
+            if self._indexer.add(tops, {room: self._floor(room, self._newest[room]) for room in trim}):
+                self._index_failed_at = None
+            elif self._index_failed_at is None:
+                self._index_failed_at = self._last_write
+            elif self._last_write - self._index_failed_at >= INDEX_RESTART:
+                log.info("search index %s: starting its process again", self.index_path)
+                self._start_indexer()
 
     def durable(self) -> int:
         return self._durable
@@ -679,12 +684,18 @@ class SqliteStore:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (epoch,))
         self.epoch = epoch
         if self._indexer is not None:  # an index belongs to one epoch: start it over for this one
+            self._start_indexer()
+
+    def _start_indexer(self) -> None:
+        """A new index process (after a failure, or for another epoch), caught up from what the history holds."""
+        if self._indexer is not None:
             self._indexer.stop()
-            if self._index is not None:
-                self._index.close()
-                self._index = None
-            self._indexer = _Indexer(self.path, self.index_path, self.epoch, self.retention, {}, {})
-            self._indexer.start()
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+        self._indexer = Indexer(self.path, self.index_path, self.epoch, dict(self._newest))
+        self._indexer.start()
+        self._index_failed_at = None
 
     def skip(self, ranges: dict[str, list[tuple[int, int]]], floor: int = 0) -> None:
         tops: dict[str, int] = {}
@@ -878,212 +889,3 @@ class _Checkpointer(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(5)
-
-
-class _Indexer(threading.Thread):
-    """Keeps the search index (SQLite FTS5, its own file) in step with the history, on its own thread and
-    connections, so indexing never holds the history's write lock or the serving loop.
-
-    The index is derived data: at start it indexes whatever the history holds beyond what the index has
-    (all of it for a file from before the index existed, or after the index file was lost), and an index
-    of another epoch is rebuilt. Then it indexes each batch after its commit (``add``), and trims rooms
-    with the history."""
-
-    VERSION = "2"  # of the index's own layout: another one is dropped and built again
-    SCHEMA: ClassVar[list[str]] = [
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        # room, seq -> the words' rowid: only for trimming a room (one b-tree insert per message)
-        ("CREATE TABLE IF NOT EXISTS entries (room TEXT NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL, "
-         "PRIMARY KEY (room, seq)) WITHOUT ROWID"),
-        ("CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(text, sender, room, seq UNINDEXED, ts UNINDEXED, "
-         "tokenize = 'unicode61 remove_diacritics 2')"),
-    ]
-    CHUNK = 2000  # rows per transaction while catching up
-    GATHER = 2000  # rows gathered into one transaction while live ...
-    GATHER_SECONDS = 0.05  # ... or for this long after the first: about how far the index lags
-
-    def __init__(self, history: Path, path: Path, epoch: str, retention: int, newest: dict[str, int],
-                 skipped: dict[str, list[tuple[int, int]]]) -> None:
-        super().__init__(name="zmqchat-index", daemon=True)
-        self.history, self.path, self.epoch, self.retention = history, path, epoch, retention
-        self._newest = newest  # room -> newest seq at open: what the catch-up covers
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._added = 1  # work given (the catch-up at start is the first), and done
-        self._done = 0
-        self._cond = threading.Condition()
-        self.failed = ""  # why the index cannot be used, once it cannot
-        self._upto: dict[str, int] = {}  # room -> newest seq indexed (written by this thread only)
-        self._hurry = False
-        self._next_id: int | None = None  # the next entry id (rowid of the words), read from the file at first use
-
-    def add(self, words: list[tuple[str, int, float, str, str]], trims: dict[str, int]) -> None:
-        """Index these committed messages (room, seq, ts, sender, text), and drop what ``trims`` (room ->
-        oldest seq kept) no longer keeps."""
-        with self._cond:
-            self._added += 1
-        self._queue.put((words, trims))
-
-    def wait(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        self._hurry = True  # someone waits: index what is queued now
-        self._queue.put(([], {}))  # wakes a gathering thread at once
-        with self._cond:
-            self._added += 1
-            target = self._added
-            while self._done < target and not self.failed:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._hurry = False
-                    return False
-                self._cond.wait(left)
-        self._hurry = False
-        return not self.failed
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self.join(10)
-
-    def run(self) -> None:
-        try:
-            db = self._open()
-        except sqlite3.Error as exc:
-            self._fail(exc)
-            return
-        try:
-            self._catch_up(db)
-            self._mark_done(1)
-            while True:
-                item = self._queue.get()
-                items, rows = [item], len(item[0]) if item is not None else 0
-                # Gather up to GATHER rows or GATHER_SECONDS: FTS5 costs half as much per row in
-                # transactions of 2,000 as of 100, and this thread's CPU is taken from the relay's.
-                deadline = time.monotonic() + self.GATHER_SECONDS
-                while item is not None and rows < self.GATHER and not self._hurry:
-                    try:
-                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                    except queue.Empty:
-                        break
-                    items.append(item)
-                    rows += len(item[0]) if item is not None else 0
-                work = [i for i in items if i is not None]
-                if work:
-                    self._index(db, work)
-                self._mark_done(len(work))
-                if items[-1] is None:
-                    return
-        except sqlite3.Error as exc:
-            self._fail(exc)
-        finally:
-            db.close()
-
-    def _mark_done(self, count: int) -> None:
-        with self._cond:
-            self._done += count
-            self._cond.notify_all()
-
-    def _fail(self, exc: BaseException) -> None:
-        log.error("search index %s: %s (search answers with an error until a restart rebuilds it)", self.path, exc)
-        with self._cond:
-            self.failed = str(exc)
-            self._cond.notify_all()
-
-    def _open(self) -> sqlite3.Connection:
-        """The index, ready for this history's epoch; a damaged or foreign file is only an index: built again."""
-        for attempt in (1, 2):
-            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")  # derived data: a lost tail is indexed again at start
-                db.execute(self.SCHEMA[0])
-                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-                if meta.get("version", self.VERSION) != self.VERSION:
-                    log.info("search index %s: of another layout, rebuilding", self.path)
-                    db.execute("DROP TABLE IF EXISTS entries")
-                    db.execute("DROP TABLE IF EXISTS words")
-                for statement in self.SCHEMA[1:]:
-                    db.execute(statement)
-                if meta.get("epoch") != self.epoch or meta.get("version") != self.VERSION:
-                    if meta.get("epoch") not in (None, self.epoch):
-                        log.info("search index %s: of another history, rebuilding", self.path)
-                    db.execute("BEGIN")
-                    db.execute("DELETE FROM entries")
-                    db.execute("DELETE FROM words")
-                    db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                   [("epoch", self.epoch), ("version", self.VERSION)])
-                    db.execute("COMMIT")
-                return db
-            except sqlite3.DatabaseError as exc:
-                db.close()
-                if attempt == 2:
-                    raise
-                log.warning("search index %s: %s; building it again", self.path, exc)
-                for suffix in ("", "-wal", "-shm"):
-                    Path(str(self.path) + suffix).unlink(missing_ok=True)
-        raise AssertionError("unreachable")
-
-    def _catch_up(self, db: sqlite3.Connection) -> None:
-        """Index what the history holds beyond the index, every room's rows merged in time order (results
-        are newest first by insertion into the index, so a rebuild must insert as the live path does)."""
-        source = sqlite3.connect(str(self.history), isolation_level=None, check_same_thread=False, timeout=10)
-        chunk = max(50, self.CHUNK * 10 // max(1, len(self._newest)))  # rows held per room while merging
-
-        def rows_of(room: str, upto: int):
-            while True:
-                rows = source.execute("SELECT seq, ts, body FROM messages WHERE room = ? AND seq > ? "
-                                      "ORDER BY seq LIMIT ?", (room, upto, chunk)).fetchall()
-                for seq, ts, body in rows:
-                    yield ts, room, seq, body
-                if len(rows) < chunk:
-                    return
-                upto = rows[-1][0]
-
-        try:
-            streams = []
-            for room in self._newest:
-                upto = db.execute("SELECT MAX(seq) FROM entries WHERE room = ?", (room,)).fetchone()[0] or 0
-                self._upto[room] = upto
-                streams.append(rows_of(room, upto))
-            done, batch = 0, []
-            for ts, room, seq, body in heapq.merge(*streams, key=lambda row: (row[0], row[1], row[2])):
-                batch.append((room, seq, ts, *_words_of(body)))
-                if len(batch) >= self.CHUNK:
-                    self._index(db, [(batch, {})])
-                    done, batch = done + len(batch), []
-            if batch:
-                self._index(db, [(batch, {})])
-                done += len(batch)
-            if done:
-                log.info("search index %s: indexed %d stored messages", self.path, done)
-        finally:
-            source.close()
-
-    def _index(self, db: sqlite3.Connection, work: list) -> None:
-        """One transaction for all of ``work``: its rows inserted (each once: the catch-up and the live
-        batches may overlap), then its trims."""
-        if self._next_id is None:
-            self._next_id = (db.execute("SELECT MAX(rowid) FROM words").fetchone()[0] or 0) + 1
-        entries, words = [], []
-        trims: dict[str, int] = {}
-        for rows, trim in work:
-            trims.update(trim)
-            for room, seq, ts, sender, text in rows:
-                if seq <= self._upto.get(room, 0) or text is None:
-                    continue  # indexed already, or a damaged row (the history's own checks report it)
-                self._upto[room] = seq
-                entries.append((room, seq, self._next_id))
-                words.append((self._next_id, text, sender, room, seq, ts))
-                self._next_id += 1
-        db.execute("BEGIN")
-        try:
-            db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?)", entries)
-            db.executemany("INSERT INTO words (rowid, text, sender, room, seq, ts) VALUES (?, ?, ?, ?, ?, ?)", words)
-            for room, floor in trims.items():
-                db.execute("DELETE FROM words WHERE rowid IN (SELECT id FROM entries WHERE room = ? AND seq < ?)",
-                           (room, floor))
-                db.execute("DELETE FROM entries WHERE room = ? AND seq < ?", (room, floor))
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            self._next_id = None  # as the file has it, at the next try
-            raise
