@@ -545,6 +545,64 @@ def test_decode_byte_mutations(msg, data):
     (_check_client if is_client else _check_server)(frames)
 
 
+def _outcome(build, cls, raw: bytes):
+    try:
+        return build(cls, raw)
+    except p.ProtocolError as exc:
+        return ("refused", str(exc))
+
+
+def _same_either_way(cls, raw: bytes) -> None:
+    """The msgspec way and the hand-checked way agree: the same message, or the same refusal."""
+    fast, checked = _outcome(p._build, cls, raw), _outcome(p._build_checked, cls, raw)
+    assert fast == checked
+    if not isinstance(fast, tuple):
+        assert type(fast) is cls and all(type(getattr(fast, f)) is typ for f, typ, *_ in p._field_types(cls))
+
+
+ALL_SAMPLES = CLIENT_SAMPLES + SERVER_SAMPLES
+
+
+@FAST
+@given(st.sampled_from(ALL_SAMPLES), st.dictionaries(st.sampled_from(
+    ["session", "room", "text", "mid", "name", "rid", "last_seq", "after", "before", "limit", "action", "seq", "ts",
+     "sender", "retry_after", "resend_from", "x"]), json_values, max_size=4),
+    st.lists(st.sampled_from(["session", "room", "text", "mid", "name", "rid", "seq", "limit"]), max_size=2),
+    st.booleans())
+@example(CLIENT_SAMPLES[0], {"text": "x\ud800"}, [], True)
+@example(CLIENT_SAMPLES[0], {"rid": "not a rid!"}, [], False)
+def test_the_fast_decoder_agrees_with_the_checked_one(msg, changes, dropped, ascii_only):
+    body = {**msg.body(), **changes}
+    for name in dropped:
+        body.pop(name, None)
+    _same_either_way(type(msg), json.dumps(body, ensure_ascii=ascii_only).encode())
+
+
+@FAST
+@given(st.sampled_from(ALL_SAMPLES), st.data())
+def test_the_fast_decoder_agrees_on_damaged_bytes(msg, data):
+    raw = bytearray(p.encode_body(msg))
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(0, max(0, len(raw) - 1)))
+        op = data.draw(st.sampled_from(["flip", "delete", "insert", "duplicate"]))
+        if op == "flip" and raw:
+            raw[pos] ^= data.draw(st.integers(1, 255))
+        elif op == "delete" and raw:
+            del raw[pos]
+        elif op == "insert":
+            raw[pos:pos] = data.draw(st.sampled_from([b"\\", b'"', b",", b"\xff", b"\\ud800", b" ", b"1e999", b"[", b"}"]))
+        else:  # a key given twice: both ways take the last
+            raw[1:1] = b'"text":"first","seq":1,"session":"s0",'
+    _same_either_way(type(msg), bytes(raw))
+
+
+def test_the_fast_decoder_serves_the_plain_kinds():
+    # every client kind but those with lists or maps is decoded by msgspec (the server's hot path)
+    assert p._fast_decoder(p.Say)[0] is not None
+    plain = [cls for cls in p._CLIENT_KINDS.values() if p._fast_decoder(cls)[0] is not None]
+    assert len(plain) >= len(p._CLIENT_KINDS) // 2
+
+
 @pytest.mark.parametrize("field", ["text", "mid", "room"])
 def test_lone_surrogates_are_a_protocol_error(field):
     # valid JSON, but no UTF-8 encoder accepts "\ud800": it must not reach code that encodes it
