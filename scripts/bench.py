@@ -710,8 +710,14 @@ class Relay:
         raise RuntimeError(f"{self.system}: no {text!r} in its log within {timeout}s: {log.read_text()[-800:]}")
 
     def cpu(self) -> float:
-        """CPU seconds of the relay: a pair's is both servers' (replication costs the standby too)."""
+        """CPU seconds of the relay and of the processes it started (zmqchat's search index): a pair's is both
+        servers' (replication costs the standby too)."""
         return cpu_seconds(self.proc.pid) + (cpu_seconds(self.standby.pid) if self.standby is not None else 0.0)
+
+    def cpu_children(self) -> float:
+        """The part of ``cpu()`` spent in processes the relay started."""
+        return self.cpu() - cpu_seconds(self.proc.pid, tree=False) - (
+            cpu_seconds(self.standby.pid, tree=False) if self.standby is not None else 0.0)
 
     def stop(self) -> None:
         if self.scraper is not None:
@@ -812,7 +818,7 @@ def run_phase(pool: Pool, relay: Relay, *, phase: str, n_subs: int, n_pubs: int,
     subs: dict[int, dict] = {}
     pubs: dict[int, dict] = {}
     started = False
-    cpu0 = cpu1 = 0.0
+    cpu0 = cpu1 = kids0 = 0.0
     t_go = 0.0
     end = time.monotonic() + timeout + 15
     while len(subs) < n_subs or len(pubs) < n_pubs:
@@ -829,7 +835,7 @@ def run_phase(pool: Pool, relay: Relay, *, phase: str, n_subs: int, n_pubs: int,
             warm.add(who)
             if len(warm) == n_subs and not started:
                 started = True
-                cpu0, t_go = relay.cpu(), time.monotonic()
+                cpu0, kids0, t_go = relay.cpu(), relay.cpu_children(), time.monotonic()
                 for k in range(n_pubs):
                     pool.pub_ctrl[k].put("go")
         elif kind == "subdone":
@@ -847,6 +853,7 @@ def run_phase(pool: Pool, relay: Relay, *, phase: str, n_subs: int, n_pubs: int,
     # What the messages cost the relay includes what it does after the last delivery (a search index that
     # lags behind): its CPU is read again once it has gone quiet, up to 10 s.
     cpu_settled = settled_cpu(relay, cpu1)
+    kids = relay.cpu_children() - kids0
     t_start = min(pb["t_start"] for pb in pubs.values())
     t_send_end = max(pb["t_end"] for pb in pubs.values())
     rates = []
@@ -862,6 +869,7 @@ def run_phase(pool: Pool, relay: Relay, *, phase: str, n_subs: int, n_pubs: int,
            # the primary figure: the relay's own CPU time for each message it took in and fanned out
            "relay_cpu_us_per_msg": 1e6 * (cpu_settled - cpu0) / max(1, count),
            "relay_cpu_after_s": cpu_settled - cpu1,
+           "relay_children_cpu_us_per_msg": 1e6 * kids / max(1, count),
            "replies": {k: v for pb in pubs.values() for k, v in pb.get("replies", {}).items()}}
     if rate > 0:
         lats = array("q")
@@ -988,8 +996,8 @@ def main(argv: list[str] | None = None) -> int:
                         say(f"[{system}] full speed: {r['total_rate']:,.0f} msg/s delivered in total "
                             f"({r['per_sub_rate']:,.0f}/subscriber, {args.subs} subs), sent at "
                             f"{r['send_rate']:,.0f} msg/s, lost {r['lost']}, relay CPU {r['relay_cpu_pct']:.0f}%, "
-                            f"{r['relay_cpu_us_per_msg']:.1f} us/msg ({r['relay_cpu_after_s']:.2f} s of it after "
-                            "the last delivery)" + (f", replies {r['replies']}" if r["replies"] else ""))
+                            f"{r['relay_cpu_us_per_msg']:.1f} us/msg ({r['relay_children_cpu_us_per_msg']:.1f} "
+                            f"of it in child processes; {r['relay_cpu_after_s']:.2f} s after the last delivery)" + (f", replies {r['replies']}" if r["replies"] else ""))
                     if not args.skip_latency:
                         n = max(1, int(args.rate * args.latency_seconds))
                         r = run_phase(pool, relay, phase="l" if rep == 0 else chr(ord("m") + rep),

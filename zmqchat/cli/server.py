@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--data-dir", help=f"where the history database lives (default: {default_data_dir()})")
     hist.add_argument("--no-persist", action="store_true", help="keep history in memory only")
     hist.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
-                      help="keep a search index of the history for /search, on its own thread and file "
+                      help="keep a search index of the history for /search, written by a process of its own "
                            "(default: on; off saves its CPU per message)")
     hist.add_argument("--repair", action="store_true", help="delete damaged rows of the history database "
                       "(counted in a warning) instead of refusing to start; see docs/history.md")

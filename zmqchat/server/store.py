@@ -313,7 +313,7 @@ class SqliteStore:
     def __init__(self, path: str | Path, retention: int = RETENTION, clock: Callable[[], float] = time.monotonic,
                  repair: bool = False, search: bool = True) -> None:
         self.path = Path(path)
-        self.search_on = search  # keep the search index (its thread costs CPU per message: docs/benchmarks.md)
+        self.search_on = search  # keep the search index (its process costs CPU per message: docs/benchmarks.md)
         self.retention = max(1, retention)
         self.clock = clock  # monotonic seconds: reservation block sizes, and the checkpointer's pauses
         self.repair = repair
