@@ -596,9 +596,19 @@ def test_the_fast_decoder_agrees_on_damaged_bytes(msg, data):
     _same_either_way(type(msg), bytes(raw))
 
 
+@FAST
+@given(st.lists(st.dictionaries(st.sampled_from(["room", "seq", "ts", "sender", "text", "mid", "action", "x"]),
+                                json_values, max_size=3), max_size=4), st.booleans())
+def test_the_fast_decoder_agrees_on_batches(changes, ascii_only):
+    # a msgs body: each message checked as a RoomMessage either way, one bad one refuses the batch
+    good = p.RoomMessage(room="#a", seq=1, ts=1.5, sender="alice", text="hi", mid="s.1").body()
+    body = {"messages": [{**good, **change} for change in changes]}
+    _same_either_way(p.RoomMessages, json.dumps(body, ensure_ascii=ascii_only).encode())
+
+
 def test_the_fast_decoder_serves_the_plain_kinds():
     # every client kind but those with lists or maps is decoded by msgspec (the server's hot path)
-    assert p._fast_decoder(p.Say)[0] is not None
+    assert p._fast_decoder(p.Say)[0] is not None and p._fast_decoder(p.RoomMessages)[0] is not None
     plain = [cls for cls in p._CLIENT_KINDS.values() if p._fast_decoder(cls)[0] is not None]
     assert len(plain) >= len(p._CLIENT_KINDS) // 2
 

@@ -27,6 +27,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from functools import lru_cache
 from json.encoder import encode_basestring as _json_str  # C-accelerated; keeps non-ASCII as is
@@ -620,36 +621,66 @@ def _field_types(cls: type[Message]) -> list[_Spec]:
 # str, int, float or bool; what is left of the rules (ranges, the request id) is checked after it. Whatever
 # it refuses goes the hand-checked way (``_build_checked``), which says what is wrong, so a bad body gets the
 # same ProtocolError either way, and a good one the same message.
-_FAST: dict[type[Message], tuple[msgspec.json.Decoder | None, list[tuple[str, float, float]]]] = {}
+_Finish = Callable[[Any], "Message | None"]  # the rules msgspec does not know; None: go the checked way
+_FAST: dict[type[Message], tuple[msgspec.json.Decoder | None, _Finish]] = {}
 
 
-def _fast_decoder(cls: type[Message]) -> tuple[msgspec.json.Decoder | None, list[tuple[str, float, float]]]:
+class _Batch(msgspec.Struct):
+    """A ``msgs`` body as msgspec decodes it: each message straight into a RoomMessage."""
+
+    messages: list[RoomMessage] = msgspec.field(default_factory=list)
+
+
+def _ranges_of(cls: type[Message]) -> list[tuple[str, float, float]]:
+    return [(name, lo, hi) for name, typ, _req, lo, hi in _field_types(cls) if typ is int or typ is float]
+
+
+def _fast_decoder(cls: type[Message]) -> tuple[msgspec.json.Decoder | None, _Finish]:
     fast = _FAST.get(cls)
-    if fast is None:
-        spec = _field_types(cls)
-        plain = all(typ in (str, int, float, bool) for _name, typ, _req, _lo, _hi in spec)
-        ranges = [(name, lo, hi) for name, typ, _req, lo, hi in spec if typ is int or typ is float]
-        fast = _FAST[cls] = (msgspec.json.Decoder(cls) if plain else None, ranges)
+    if fast is not None:
+        return fast
+    ranges = _ranges_of(cls)
+
+    def finish(msg: Any) -> Message | None:
+        for name, lo, hi in ranges:
+            if not lo <= getattr(msg, name) <= hi:
+                return None
+        rid = getattr(msg, "rid", "")
+        return msg if not rid or RID_RE.fullmatch(rid) else None
+
+    if cls is RoomMessages:
+        one = _ranges_of(RoomMessage)
+
+        def finish_batch(batch: Any) -> Message | None:
+            messages = batch.messages
+            if len(messages) > MAX_BATCH_MESSAGES:
+                return None
+            for msg in messages:
+                for name, lo, hi in one:
+                    if not lo <= getattr(msg, name) <= hi:
+                        return None
+            return RoomMessages(messages=messages)
+
+        fast = (msgspec.json.Decoder(_Batch), finish_batch)
+    elif all(typ in (str, int, float, bool) for _name, typ, _req, _lo, _hi in _field_types(cls)):
+        fast = (msgspec.json.Decoder(cls), finish)
+    else:
+        fast = (None, finish)
+    _FAST[cls] = fast
     return fast
 
 
 def _build(cls: type[Message], raw: bytes) -> Message:
-    decoder, ranges = _FAST.get(cls) or _fast_decoder(cls)
+    decoder, finish = _FAST.get(cls) or _fast_decoder(cls)
     if decoder is not None:
         try:
             if not raw.isascii():
                 raw.decode("utf-8")  # msgspec does not look at keys it skips: the whole body must be UTF-8
-            msg = decoder.decode(raw)
+            msg = finish(decoder.decode(raw))
         except (msgspec.MsgspecError, RecursionError, ValueError):  # UnicodeDecodeError is a ValueError
-            pass  # not a valid body: the checked way says why
-        else:
-            for name, lo, hi in ranges:
-                if not lo <= getattr(msg, name) <= hi:
-                    break
-            else:
-                rid = getattr(msg, "rid", "")
-                if not rid or RID_RE.fullmatch(rid):
-                    return msg
+            msg = None  # not a valid body: the checked way says why
+        if msg is not None:
+            return msg
     return _build_checked(cls, raw)
 
 
