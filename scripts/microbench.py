@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Micro-benchmarks behind two figures of docs/benchmarks.md, each alone on this machine:
+"""Micro-benchmarks behind figures of docs/benchmarks.md, each alone on this machine:
 
     python scripts/microbench.py recv    # draining 3-frame messages: getsockopt(RCVMORE) vs Frame.more
     python scripts/microbench.py fts     # the search index's FTS5 insert, per row, for a few table layouts
     python scripts/microbench.py gil     # a receive loop's CPU per message: alone, beside an FTS5-writing
                                          # thread, beside an FTS5-writing process
+    python scripts/microbench.py decode  # decoding a say (the server) and a msgs batch (a client): msgspec
+                                         # and the hand-checked way
 
-Process CPU time per message (or row), several runs each, printed with their spread. Nothing here is a
+Process (or thread) CPU time per message (or row), several runs each, printed with their spread. Nothing here is a
 test; the server does not run.
 """
 
@@ -192,9 +194,33 @@ def gil(runs: int, count: int) -> None:
               f"{min(values):.2f}-{max(values):.2f})")
 
 
+def decode(runs: int, count: int) -> None:
+    from zmqchat import protocol as p
+
+    say = p.encode_client(p.Say(session="s" * 22, room="#bench", text="B0000000001 " + "x" * 88, mid="s" * 22 + ".17"))
+    batch = p.encode_server(p.room_topic("#bench"), p.RoomMessages(messages=[
+        p.RoomMessage(room="#bench", seq=n, ts=1.7e9 + n, sender="bench", text="hello there " * 8, mid=f"s.{n}")
+        for n in range(1, 201)]))
+    cases = {
+        "say, msgspec": (lambda: p.decode_client(say), 1),
+        "say, checked": (lambda: p._build_checked(p.Say, say[2]), 1),
+        "msgs of 200, msgspec": (lambda: p.decode_server(batch), 200),
+        "msgs of 200, checked": (lambda: p._build_checked(p.RoomMessages, batch[3]), 200),
+    }
+    print(f"CPU time a message ({count:,} messages a run; a batch counts as its 200)")
+    for name, (call, per) in cases.items():
+        times = []
+        for _ in range(runs):
+            started = time.process_time()
+            for _ in range(max(1, count // per)):
+                call()
+            times.append(1e6 * (time.process_time() - started) / (max(1, count // per) * per))
+        print(f"{name:22} {statistics.median(times):5.2f} us (median of {runs}; {min(times):.2f}-{max(times):.2f})")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["recv", "fts", "gil"])
+    ap.add_argument("what", choices=["recv", "fts", "gil", "decode"])
     ap.add_argument("--runs", type=int, default=4, help="recv: runs of each way (default: %(default)s)")
     ap.add_argument("--count", type=int, default=100_000, help="messages or rows (default: %(default)s)")
     args = ap.parse_args()
@@ -202,6 +228,8 @@ def main() -> int:
         recv(args.runs, args.count)
     elif args.what == "gil":
         gil(args.runs, args.count)
+    elif args.what == "decode":
+        decode(args.runs, args.count)
     else:
         fts(args.count)
     return 0

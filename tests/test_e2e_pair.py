@@ -351,9 +351,10 @@ def test_an_out_of_sync_standby_waits_for_the_operator_and_the_old_active_is_mov
     a.expect("running alone", stream="err", timeout=15)
     clients["c0"].send("said while alone")  # published by A alone: on A's disk only
     clients["c1"].expect('"text": "said while alone"')
-    for client in clients.values():  # and a room B never heard of
-        client.send("/join #late")
-    clients["c1"].expect('"room": "#late".*"name": "c0".*"event": "join"|"name": "c0".*"room": "#late"')
+    clients["c1"].send("/join #late")  # and a room B never heard of: c1 in it first, so it sees c0 come
+    clients["c1"].expect('"room": "#late".*"name": "c1".*"event": "join"')
+    clients["c0"].send("/join #late")
+    clients["c1"].expect('"room": "#late".*"name": "c0".*"event": "join"')
     clients["c0"].send("new room while alone")
     clients["c1"].expect('"text": "new room while alone"')
     a.signal(signal.SIGKILL)

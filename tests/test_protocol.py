@@ -668,3 +668,12 @@ def test_msgs_body_is_the_message_bodies_in_a_list():
     bodies = [p.room_message_body("#a", n, 1.0, "bob", f"t{n}", f"s.{n}", False) for n in (1, 2)]
     body = p.room_messages_body(bodies)
     assert json.loads(body) == {"messages": [json.loads(b) for b in bodies]}
+
+
+@given(st.text(alphabet="0123456789²٣.x", max_size=20))
+@example("0")
+@example("1" * 16)
+@example("1" * 17)
+def test_mid_counter_reads_what_counter_re_admits(tail):
+    expected = int(tail) if p.COUNTER_RE.fullmatch(tail) and int(tail) <= p.MAX_SAFE_INT else None
+    assert p.mid_counter(f"s1.{tail}", "s1") == expected

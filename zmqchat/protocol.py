@@ -830,7 +830,9 @@ def decode_client(frames: list[bytes]) -> Message:
 def mid_counter(mid: str, session: str) -> int | None:
     """The counter n of ``mid`` if it reads ``<session>.<n>`` (1 <= n <= MAX_SAFE_INT), else None."""
     head, dot, tail = mid.rpartition(".")
-    if head != session or not dot or not COUNTER_RE.fullmatch(tail):
+    # COUNTER_RE's rule without a regex (twice a message on the server's hot path): 1-16 ASCII digits, no
+    # leading zero
+    if head != session or not dot or not (tail.isdigit() and tail.isascii()) or tail[0] == "0" or len(tail) > 16:
         return None
     n = int(tail)
     return n if n <= MAX_SAFE_INT else None
