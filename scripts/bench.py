@@ -646,8 +646,9 @@ class Relay:
             argv += ["--peer", f"127.0.0.1:{other}"]
             standby_argv += ["--peer", f"127.0.0.1:{self.port}"]
         self.logf = open(self.log, "wb")  # noqa: SIM115 (the child's stderr, closed in stop())
+        # cwd: not the work tree, which `python -m` would put first on sys.path, before PYTHONPATH's tree
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.logf,
-                                     env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
+                                     env=env, cwd=tmp, preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
         self._wait_listening()
         if system == SCRAPED:
             url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -659,7 +660,7 @@ class Relay:
             self.standby_log = tmp / f"{system}-standby.log"
             self.standby_logf = open(self.standby_log, "wb")  # noqa: SIM115 (closed in stop())
             self.standby = subprocess.Popen(standby_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                            stderr=self.standby_logf, env=env,
+                                            stderr=self.standby_logf, env=env, cwd=tmp,
                                             preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
             self._wait_log("the standby is in sync", self.log)
         self.spy = None

@@ -362,13 +362,14 @@ def main(argv: list[str] | None = None) -> int:
         argv_b[argv_b.index(str(tmp / "data"))] = str(tmp / "data-b")
         argv_srv += ["--peer", f"127.0.0.1:{other}"]
         argv_b += ["--peer", f"127.0.0.1:{port}"]
-    server = subprocess.Popen(argv_srv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+    # cwd: not the work tree, which `python -m` would put first on sys.path, before PYTHONPATH's tree
+    server = subprocess.Popen(argv_srv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=tmp,
                               preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
     if args.standby:
         wait_log(tmp / "server.log", "pair: ACTIVE")
         standby_log = open(tmp / "standby.log", "wb")  # noqa: SIM115 (closed at the end)
         standby = subprocess.Popen([str(a) for a in argv_b], stdin=subprocess.DEVNULL, stdout=standby_log,
-                                   stderr=standby_log, env=env,
+                                   stderr=standby_log, env=env, cwd=tmp,
                                    preexec_fn=die_with_parent)  # noqa: PLW1509 (one prctl call)
         wait_log(tmp / "server.log", "the standby is in sync")
         say("pair: the standby is in sync; clients talk to the active")
