@@ -129,8 +129,8 @@ def main() -> int:
         return 0
     m = summary["machine"]
     print(f"machine: {m['nproc']} x {m['cpu']}; Python {m['python']}; SQLite {__import__('sqlite3').sqlite_version}")
-    print(f"{args.messages:,} messages in {args.rooms} rooms: written in {summary['write_s']} s (index on its "
-          f"own thread meanwhile), index caught up {summary['index_lag_after_writes_s']} s after the last write")
+    print(f"{args.messages:,} messages in {args.rooms} rooms: written in {summary['write_s']} s (the index "
+          f"process indexing meanwhile), index caught up {summary['index_lag_after_writes_s']} s after the last write")
     print(f"on disk: history {summary['history_mb']} MB, search index {summary['index_mb']} MB")
     print(f"{'query':<16}{'found':>6}{'p50 ms':>9}{'p90 ms':>9}{'max ms':>9}   ({args.repeat} runs each)")
     for label, r in results.items():
