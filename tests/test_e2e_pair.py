@@ -488,3 +488,32 @@ def test_browsers_behind_the_gateway_ride_through_a_failover(pair):
 
     asyncio.run(body())
     b.expect("cannot reach it either: taking over", stream="err")
+
+
+def test_the_peer_link_reads_frames_raw_and_drops_a_message_past_its_limit():
+    # what the loop's receive and send do on the link, on real sockets: a message of more frames than the
+    # limit is read and dropped, frame by frame, and the next one arrives whole
+    import zmq
+
+    from zmqchat.server.loop import _NOBLOCK, _raw_recv, _recv_message, _send_frames
+
+    ctx = zmq.Context()
+    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    try:
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        _send_frames(push, [b"f%d" % i for i in range(10)], _NOBLOCK)
+        _send_frames(push, [b"a", b"b", b"c"], _NOBLOCK)
+        got = []
+        while len(got) < 2:
+            assert pull.poll(int(WAIT * 1000)), "nothing arrived"
+            got.append(_recv_message(pull, _raw_recv(pull, _NOBLOCK, False), 4))
+        assert got == [None, [b"a", b"b", b"c"]]
+        push.close(0)
+        full = ctx.socket(zmq.PUSH)  # no peer at all: NOBLOCK says so, and nothing is half sent
+        full.setsockopt(zmq.SNDHWM, 1)
+        with pytest.raises(zmq.Again):
+            _send_frames(full, [b"x", b"y"], _NOBLOCK)
+        full.close(0)
+    finally:
+        ctx.destroy(0)

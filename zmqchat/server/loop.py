@@ -330,16 +330,16 @@ def _drop_rest(sock: zmq.Socket) -> None:
         _raw_recv(sock, _NOBLOCK)
 
 
-def _recv_message(sock: zmq.Socket, first: zmq.Frame) -> list[bytes] | None:
+def _recv_message(sock: zmq.Socket, first: zmq.Frame, limit: int = MAX_FRAMES) -> list[bytes] | None:
     """The frames of a multipart message whose first frame is ``first``; None if it had more than
-    MAX_FRAMES frames, which are then received and dropped one by one, never held in a list (libzmq
+    ``limit`` frames, which are then received and dropped one by one, never held in a list (libzmq
     itself has queued the whole message by now: it counts a message only at its last frame). Frames come
     as ``zmq.Frame`` for their ``more`` flag: reading RCVMORE with getsockopt costs an enum conversion
     per frame in pyzmq, about 1 us a message."""
     frames = [first.bytes]
     more = first.more
     while more:
-        if len(frames) >= MAX_FRAMES:
+        if len(frames) >= limit:
             _drop_rest(sock)
             return None
         frame = _raw_recv(sock, _NOBLOCK, False)
@@ -366,7 +366,11 @@ def raise_fd_limit() -> None:
         log.info("file descriptors: limit %d", soft)
 
 
-def _send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
+def _send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
+    """``send_multipart`` without its per-frame enum arithmetic (pyzmq ORs ``zmq.SNDMORE`` in Python).
+    With ``flags`` NOBLOCK, zmq.Again means nothing was sent: a multipart message is queued whole or not
+    at all once its first frame is taken."""
+    more = flags | _SNDMORE
     for frame in frames[:-1]:
-        _raw_send(sock, frame, _SNDMORE)
-    _raw_send(sock, frames[-1], 0)
+        _raw_send(sock, frame, more)
+    _raw_send(sock, frames[-1], flags)

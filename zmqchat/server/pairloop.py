@@ -63,6 +63,8 @@ log = logging.getLogger("zmqchat.server")
 PEER_HWM = 100_000  # peer messages queued for a slow standby before sends fail (then the active goes alone)
 NOT_ACTIVE_PER_SECOND = 2000  # answers a standby gives clients that think it active; the rest are dropped
 HANDOVER_WAIT = 1.0  # seconds a stopping active waits for the standby's last acknowledgements
+PEER_FRAMES_LIMIT = 1 << 16  # frames of one peer message read at most; a longer one is dropped unread (a
+# batch is one tick's messages, BATCH at most, unless the store refused some ticks' batches meanwhile)
 STANDBY_COMMIT_ROWS = 5000  # rows a standby commits in one transaction at most (a catch-up comes in 500s)
 FORCED_SKIP = 1_000_000  # numbers skipped per room when an out-of-sync standby is forced active
 
@@ -259,7 +261,7 @@ class PairServer(Server):
 
     def _send_peer(self, sock: zmq.Socket, frames: list[bytes]) -> bool:
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            _send_frames(sock, frames, _NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -276,10 +278,12 @@ class PairServer(Server):
             if rows >= STANDBY_COMMIT_ROWS:
                 break  # commit this much now: a long transaction would delay the state messages the active awaits
             try:
-                frames = peer_in.recv_multipart(_NOBLOCK)
+                frames = _recv_message(peer_in, _raw_recv(peer_in, _NOBLOCK, False), PEER_FRAMES_LIMIT)
             except zmq.Again:
                 break
             try:
+                if frames is None:
+                    raise PeerError(f"more than {PEER_FRAMES_LIMIT} frames")
                 kind, header, bodies = decode(frames)
                 if len(bodies) > MAX_PEER_FRAMES and kind not in (b"batch", b"synced"):
                     raise PeerError("too many frames")
