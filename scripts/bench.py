@@ -1108,21 +1108,22 @@ def print_table(summary: dict, args) -> None:
         ("max latency ms", "max_ms", "{:.3f}"),
         ("lost (full speed / paced)", None, None),
     ]
-    header = f"{'':44}" + "".join(f"{s:>14}" for s in systems) + (f"{'z/proxy':>10}" if systems[:2] == ["zmqchat", "proxy"] else "")
+    w = max(14, *(len(s) + 2 for s in systems))  # a column per system, wide enough for its name
+    header = f"{'':44}" + "".join(f"{s:>{w}}" for s in systems) + (f"{'z/proxy':>10}" if systems[:2] == ["zmqchat", "proxy"] else "")
     print(header)
     for label, key, fmt in rows:
         line = f"{label:44}"
         if key is None:
             for s in systems:
                 e = summary[s]
-                line += f"{str(e.get('throughput_lost', '-')) + ' / ' + str(e.get('latency_lost', '-')):>14}"
+                line += f"{str(e.get('throughput_lost', '-')) + ' / ' + str(e.get('latency_lost', '-')):>{w}}"
             print(line)
             continue
         vals = [summary[s].get(key) for s in systems]
         if all(v is None for v in vals):
             continue
         for v in vals:
-            line += f"{fmt.format(v) if v is not None else '-':>14}"
+            line += f"{fmt.format(v) if v is not None else '-':>{w}}"
         if systems[:2] == ["zmqchat", "proxy"] and vals[0] and vals[1]:
             line += f"{vals[0] / vals[1]:>10.2f}"
         print(line)
