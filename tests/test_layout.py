@@ -84,3 +84,12 @@ def test_the_server_rules_reach_storage_only_through_the_interface():
     offenders = {name: sorted(n for n in imported(PACKAGE / name) if n in ("server.store", "server.loop"))
                  for name in rules}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_index_process_needs_only_the_standard_library():
+    """``server/indexer.py`` runs as a program by its path (``python -I``): no import of zmqchat, or of
+    anything installed, would be found there."""
+    import sys
+
+    names = imported(PACKAGE / "server" / "indexer.py")
+    assert sorted(n for n in names if n.split(".")[0] not in sys.stdlib_module_names) == []
