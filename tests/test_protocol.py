@@ -677,3 +677,10 @@ def test_msgs_body_is_the_message_bodies_in_a_list():
 def test_mid_counter_reads_what_counter_re_admits(tail):
     expected = int(tail) if p.COUNTER_RE.fullmatch(tail) and int(tail) <= p.MAX_SAFE_INT else None
     assert p.mid_counter(f"s1.{tail}", "s1") == expected
+
+
+def test_an_integer_too_big_for_a_float_field_is_a_protocol_error():
+    # 400 digits: under the 4,300 of Python's int parsing, over what a float holds
+    body = json.dumps({"room": "#a", "seq": 1, "ts": int("9" * 400), "sender": "a", "text": "x", "mid": "s.1"})
+    with pytest.raises(p.ProtocolError, match="out of range"):
+        p.decode_server([TOPIC, p.VERSION, b"msg", body.encode(), b"0"])

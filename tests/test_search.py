@@ -10,6 +10,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -306,4 +308,146 @@ def test_a_dead_index_process_is_started_again_and_catches_up(tmp_path):
     assert store._indexer.pid != pid
     assert store.wait_indexed(10)
     assert texts_of(store.search(q.parse("number"), "", "", 10)) == ["number four", "number three", "number two"]
+    store.close()
+
+
+def test_the_index_process_works_past_select_s_1024_descriptors(tmp_path):
+    pipes = [os.pipe() for _ in range(600)]  # a busy server's descriptors: the index's pipes come after
+    try:
+        store = SqliteStore(tmp_path / "h.sqlite3", 100)
+        fill(store, ["past the limit"])
+        assert store._indexer._rfd > 1024
+        assert store.wait_indexed(10)
+        assert texts_of(store.search(q.parse("limit"), "", "", 10)) == ["past the limit"]
+        store.close()
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+
+
+def test_news_the_pipe_could_not_take_goes_out_on_the_store_s_tick(tmp_path):
+    store = SqliteStore(tmp_path / "h.sqlite3", 1000)
+    seq = fill(store, ["first"])
+    assert store.wait_indexed(10)
+    indexer = store._indexer
+    os.kill(indexer.pid, signal.SIGSTOP)  # it reads nothing: the pipe fills
+    try:
+        n = 0
+        while not (indexer._out and indexer._tops) and n < 100_000:
+            n += 1
+            seq.append(f"#r{n % 500}", 1.0, "k", lambda s, n=n: body(f"#r{n % 500}", s, f"number {n}"))
+            seq.submit()
+        assert indexer._out and indexer._tops  # written in part, and news merged behind it
+    finally:
+        os.kill(indexer.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while (indexer._out or indexer._tops) and time.monotonic() < deadline:
+        select.select([], [indexer._wfd], [], 1)  # bounded: wait for the pipe to take more
+        store._pump_index()  # what the checkpointer's thread does once a second
+    assert not indexer._out and not indexer._tops
+    assert store.wait_indexed(30)
+    assert texts_of(store.search(q.parse(f'"number {n}"'), "", "", 10)) == [f"number {n}"]
+    store.close()
+
+
+def test_the_checkpointer_ticks_the_index(tmp_path):
+    from zmqchat.server.store import _Checkpointer
+
+    sqlite3.connect(tmp_path / "h.sqlite3").close()
+    ticked = threading.Event()
+    checkpointer = _Checkpointer(tmp_path / "h.sqlite3", lambda: 0.0, ticked.set)
+    checkpointer.INTERVAL = 0.05
+    checkpointer.start()
+    try:
+        assert ticked.wait(10)
+    finally:
+        checkpointer.stop()
+
+
+def test_an_index_process_waits_for_the_index_file_s_lock(tmp_path):
+    import fcntl
+
+    with open(tmp_path / "h.search.sqlite3.lock", "a") as lock:  # as an earlier process still finishing
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        store = SqliteStore(tmp_path / "h.sqlite3", 100)
+        fill(store, ["after the lock"])
+        assert not store.wait_indexed(0.5)  # waiting for the lock
+    assert store.wait_indexed(10)
+    assert texts_of(store.search(q.parse("lock"), "", "", 10)) == ["after the lock"]
+    store.close()
+
+
+def test_an_orphaned_index_process_stops_between_transactions(tmp_path):
+    path = tmp_path / "h.sqlite3"
+    plain = SqliteStore(path, 1_000_000, search=False)
+    seq = Sequencer(plain, 100)
+    for n in range(60_000):
+        seq.append("#a", 1.0, "k", lambda s, n=n: body("#a", s, f"old words {n}"))
+        if n % 5000 == 4999:
+            seq.submit()
+    seq.submit()
+    plain.close()
+    code = ("import sys\n"
+            "from zmqchat.server.sequencer import Sequencer\n"
+            "from zmqchat.server.store import SqliteStore\n"
+            "store = SqliteStore(sys.argv[1], 1_000_000)\n"
+            "Sequencer(store, 100)\n"
+            "print(store._indexer.pid, flush=True)\n"
+            "sys.stdin.read()\n")
+    server = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert select.select([server.stdout], [], [], 30)[0], "the store did not open"
+        pid = int(server.stdout.readline())
+        os.kill(pid, signal.SIGSTOP)  # held before its catch-up of 60,000 rows is done ...
+        server.kill()  # ... while the server is killed
+        server.wait(10)
+        os.kill(pid, signal.SIGCONT)
+        assert ended_within(pid, 10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+        server.stdin.close()
+        server.stdout.close()
+    indexed = sqlite3.connect(tmp_path / "h.search.sqlite3").execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    assert indexed < 60_000  # it stopped at a transaction's end, without finishing
+    again = SqliteStore(path, 1_000_000)  # the next start goes on from there
+    Sequencer(again, 100)
+    assert again.wait_indexed(60)
+    assert len(again.search(q.parse("old"), "", "", 100)) == 100
+    again.close()
+
+
+def test_trims_the_index_missed_are_made_at_its_next_start(tmp_path):
+    now = [100.0]
+    store = SqliteStore(tmp_path / "h.sqlite3", 10, clock=lambda: now[0])
+    seq = fill(store, ["secret password"], room="#quiet")
+    assert store.wait_indexed(10)
+    os.kill(store._indexer.pid, signal.SIGKILL)
+    assert ended_within(store._indexer.pid, 10)
+    for n in range(70):  # the history trims "secret" away; the dead index hears none of it
+        seq.append("#quiet", 1.0, "k", lambda s, n=n: body("#quiet", s, f"filler {n}"))
+        seq.submit()
+    now[0] += 60
+    seq.append("#other", 1.0, "k", lambda s: body("#other", s, "elsewhere"))
+    seq.submit()  # a new index process, told where each room's history begins
+    assert store.wait_indexed(10)
+    assert store.search(q.parse("secret"), "", "", 10) == []
+    assert sqlite3.connect(tmp_path / "h.search.sqlite3").execute(
+        "SELECT COUNT(*) FROM words WHERE words MATCH 'secret'").fetchone()[0] == 0  # gone, not only hidden
+    store.close()
+
+
+def test_a_row_that_cannot_be_written_is_skipped_and_the_rest_indexed(tmp_path):
+    store = SqliteStore(tmp_path / "h.sqlite3", 100)
+    seq = Sequencer(store, 100)
+    seq.append("#a", 1.0, "k", lambda s: body("#a", s, "before the bad one"))
+    seq.append("#a", 1.0, "k", lambda s: (b'{"room":"#a","seq":%d,"ts":1.0,"sender":"alice","text":"bad \\ud800",'
+                                          b'"mid":"s.%d","action":false}' % (s, s)))
+    seq.append("#a", 1.0, "k", lambda s: body("#a", s, "after the bad one"))
+    seq.submit()
+    assert store.wait_indexed(10)
+    assert texts_of(store.search(q.parse("bad"), "", "", 10)) == ["after the bad one", "before the bad one"]
+    assert not store._indexer.failed
     store.close()

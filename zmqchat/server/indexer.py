@@ -15,19 +15,23 @@ and an index of another epoch (or of another layout) is built again.
 
 The pipe between them carries lines of JSON, one object each:
 
-- to the process, first ``{"history": path, "index": path, "epoch": str, "tops": {room: seq}}``, then any
-  number of ``{"tops": {room: seq}, "trims": {room: oldest seq kept}}`` and ``{"wait": n}``; end of input
-  (the store closed the pipe, or its process died) ends the process once what it was told is indexed;
+- to the process, first ``{"history": path, "index": path, "epoch": str, "tops": {room: seq}, "trims":
+  {room: oldest seq kept}, "server": the server's pid}``, then any number of ``{"tops": ..., "trims":
+  ...}`` and ``{"wait": n}``; end of input (the store closed the pipe) ends the process once what it was
+  told is indexed; the server's process gone (its parent is another) ends it at once, between two
+  transactions;
 - from the process: ``{"done": n}`` once everything told before ``{"wait": n}`` is indexed,
   ``{"log": [level, text]}`` for the server's log, and ``{"failed": text}`` before it exits on an error.
 
 The store never blocks on the pipe: what it cannot write at once waits, merged (numbers only grow), for the
-next batch.
+next batch or the store's next tick (``pump``, about once a second). One process writes an index file at a
+time: it holds a lock on ``<index>.lock`` while it runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import heapq
 import json
 import logging
@@ -37,6 +41,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +60,7 @@ CHUNK = 2000  # rows per transaction
 GATHER = 2000  # rows gathered before a transaction while live ...
 GATHER_SECONDS = 0.05  # ... or for this long after the first news: about how far the index lags
 BUSY_TIMEOUT = 10.0  # seconds
+LOCK_SECONDS = 30.0  # for the index file's lock (an earlier process finishing its transaction), then fail
 FAILED = "search index %s: %s (search answers with an error until a restart rebuilds it)"
 
 
@@ -64,9 +70,12 @@ class Indexer:
 
     STOP_SECONDS = 10.0  # for the process to finish what it was told, after which it is killed (by its pid)
 
-    def __init__(self, history: Path, path: Path, epoch: str, tops: dict[str, int]) -> None:
+    def __init__(self, history: Path, path: Path, epoch: str, tops: dict[str, int],
+                 trims: dict[str, int] | None = None) -> None:
         self.history, self.path, self.epoch = history, path, epoch
         self._start_tops = dict(tops)
+        self._start_trims = dict(trims or {})
+        self._lock = threading.RLock()  # the loop's thread and the checkpointer's (pump) share this
         self._tops: dict[str, int] = {}  # not yet written to the pipe
         self._trims: dict[str, int] = {}
         self._out = b""  # written in part: the rest goes first
@@ -83,9 +92,15 @@ class Indexer:
 
     @property
     def failed(self) -> str:
-        if not self._failed and self._proc is not None:
-            self._read()
-        return self._failed
+        with self._lock:
+            if not self._failed and self._proc is not None:
+                self._read()
+            return self._failed
+
+    def fail(self, why: str) -> None:
+        """Count the index as failed (the store met an error of ours)."""
+        with self._lock:
+            self._fail(why)
 
     def start(self) -> None:
         try:
@@ -100,11 +115,21 @@ class Indexer:
         os.set_blocking(self._wfd, False)
         os.set_blocking(self._rfd, False)
         self._send({"history": str(self.history), "index": str(self.path), "epoch": self.epoch,
-                    "tops": self._start_tops})
+                    "tops": self._start_tops, "trims": self._start_trims, "server": os.getpid()})
 
     def add(self, tops: dict[str, int], trims: dict[str, int]) -> bool:
         """These rooms' histories now go up to ``tops`` (committed), and keep nothing below ``trims``. False
         once the index has failed (``failed`` says why)."""
+        with self._lock:
+            return self._add(tops, trims)
+
+    def pump(self) -> None:
+        """Write what waits for the pipe, and read what the process said (the store's tick)."""
+        with self._lock:
+            if self._proc is not None and not self._failed:
+                self._add({}, {})
+
+    def _add(self, tops: dict[str, int], trims: dict[str, int]) -> bool:
         if self._proc is None or self._failed:
             return False
         for room, seq in tops.items():
@@ -122,26 +147,31 @@ class Indexer:
 
     def wait(self, timeout: float) -> bool:
         """Whether everything told so far was indexed within ``timeout`` seconds (tests, benchmarks)."""
-        if self._proc is None or self._failed:
+        with self._lock:
+            if self._proc is None or self._failed:
+                return not self._failed
+            deadline = time.monotonic() + timeout
+            self._asked += 1
+            target = self._asked
+            self._send_news()
+            self._send({"wait": target})
+            while (self._out or self._done < target) and not self._failed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                readable, writable = _ready(self._rfd, self._wfd if self._out else -1, left)
+                if writable:
+                    self._write()
+                if readable:
+                    self._read()
             return not self._failed
-        deadline = time.monotonic() + timeout
-        self._asked += 1
-        target = self._asked
-        self._send_news()
-        self._send({"wait": target})
-        while (self._out or self._done < target) and not self._failed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            readable, writable, _ = select.select([self._rfd], [self._wfd] if self._out else [], [], left)
-            if writable:
-                self._write()
-            if readable:
-                self._read()
-        return not self._failed
 
     def stop(self) -> None:
         """End the process once it has indexed what it was told (at most STOP_SECONDS, then it is killed)."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -149,13 +179,13 @@ class Indexer:
         if not self._failed:
             self._send_news()
             while self._out and time.monotonic() < deadline:
-                _, writable, _ = select.select([], [self._wfd], [], max(0.0, deadline - time.monotonic()))
+                _, writable = _ready(-1, self._wfd, max(0.0, deadline - time.monotonic()))
                 if writable and not self._write():
                     break
         with contextlib.suppress(OSError):
             proc.stdin.close()  # type: ignore[union-attr]  (end of input: the process finishes and exits)
         while time.monotonic() < deadline:  # read what it says meanwhile, so it never waits on a full pipe
-            readable, _, _ = select.select([self._rfd], [], [], max(0.0, deadline - time.monotonic()))
+            readable, _ = _ready(self._rfd, -1, max(0.0, deadline - time.monotonic()))
             if readable and not self._read_some(proc):
                 break
         try:
@@ -226,10 +256,8 @@ class Indexer:
             log.warning("search index %s: the index process said %r (%s)", self.path, line[:80], exc)
 
     def _ended(self, exc: OSError | None) -> None:
-        if self._failed:
-            return
         code = None
-        if self._proc is not None:
+        if self._proc is not None:  # reaped now, also after it said why (no zombie until the next start)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 code = self._proc.wait(1.0)
         self._fail(f"the index process ended (exit status {code})" if exc is None
@@ -241,6 +269,19 @@ class Indexer:
             log.error(FAILED, self.path, why)
 
 
+def _ready(rfd: int, wfd: int, timeout: float | None) -> tuple[bool, bool]:
+    """(readable, writable) of two descriptors (-1: not asked) within ``timeout`` seconds. poll, not select:
+    a busy server's descriptors go past select's 1024."""
+    poller = select.poll()
+    if rfd >= 0:
+        poller.register(rfd, select.POLLIN)
+    if wfd >= 0:
+        poller.register(wfd, select.POLLOUT)
+    events = dict(poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))))
+    # a closed other end (POLLHUP, POLLERR) reads as ready: the read or write then says what happened
+    return (bool(events.get(rfd, 0)) if rfd >= 0 else False), (bool(events.get(wfd, 0)) if wfd >= 0 else False)
+
+
 # -- the process
 
 
@@ -248,17 +289,42 @@ def _words_of(body: bytes) -> tuple[str, str | None]:
     """(sender, text) of a stored body, or ("", None) for one that is not a message (damaged)."""
     try:
         msg = json.loads(body)
-        return str(msg["sender"]), str(msg["text"])
-    except (ValueError, KeyError, TypeError):
+        sender, text = str(msg["sender"]), str(msg["text"])
+        if not (text.isascii() and sender.isascii()):
+            (text + sender).encode()  # a lone surrogate ("\ud800") cannot be written: a damaged row
+        return sender, text
+    except (ValueError, KeyError, TypeError):  # UnicodeError is a ValueError
         return "", None
+
+
+class _Orphaned(Exception):
+    """The server's process is gone: stop at once (what is left is indexed at the next start)."""
+
+
+def _lock(path: str):
+    """An exclusive lock on ``path`` (made if missing), waited for up to LOCK_SECONDS: an index process left
+    by a server that was killed finishes its transaction before the next one writes."""
+    lockfile = open(path, "a")  # noqa: SIM115 (held for the process's life, closed in close())
+    deadline = time.monotonic() + LOCK_SECONDS
+    while True:
+        try:
+            fcntl.flock(lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lockfile
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                lockfile.close()
+                raise sqlite3.OperationalError(f"{path}: held by another index process") from None
+            time.sleep(0.05)  # a poll of the lock: flock has no timeout of its own
 
 
 class _Writer:
     """Indexes the history's rows up to what it is told, in time order across rooms (results are newest
     first by insertion into the index, so a rebuild inserts as the live path does: the same code)."""
 
-    def __init__(self, history: str, path: str, epoch: str, say) -> None:
+    def __init__(self, history: str, path: str, epoch: str, say, server: int) -> None:
         self.path, self.epoch, self.say = path, epoch, say
+        self.server = server  # the server's pid: once this process's parent is another, the server is gone
+        self._lockfile = _lock(path + ".lock")
         self.db = self._open()
         # read-only: never creates or changes the history (the server's process is its one writer)
         self.source = sqlite3.connect(Path(history).resolve().as_uri() + "?mode=ro", uri=True,
@@ -271,6 +337,10 @@ class _Writer:
     def close(self) -> None:
         self.source.close()
         self.db.close()
+        self._lockfile.close()  # and with it the lock
+
+    def orphaned(self) -> bool:
+        return os.getppid() != self.server
 
     def _open(self) -> sqlite3.Connection:
         """The index, ready for this history's epoch; a damaged or foreign file is only an index: built again."""
@@ -335,6 +405,8 @@ class _Writer:
         for row in heapq.merge(*streams, key=lambda row: (row[2], row[0], row[1])):
             batch.append(row)
             if len(batch) >= CHUNK:
+                if self.orphaned():
+                    raise _Orphaned
                 self._write(batch, {})
                 done, batch = done + len(batch), []
         trims, self.trims = self.trims, {}
@@ -391,7 +463,7 @@ class _Lines:
         """What arrived within ``timeout`` seconds (None: wait for something, or the end)."""
         if self.eof:
             return []
-        readable, _, _ = select.select([self.fd], [], [], timeout)
+        readable, _ = _ready(self.fd, -1, timeout)
         if not readable:
             return []
         data = os.read(self.fd, 1 << 20)
@@ -404,7 +476,10 @@ class _Lines:
 
 
 def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the server's terminal is the server's to handle
+    # A Ctrl-C or hangup at the server's terminal, or a stop signal to its process group, is the server's to
+    # handle: this process ends when the server closes the pipe, or is gone.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
 
     def say(obj: dict) -> None:
         sys.stdout.buffer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
@@ -422,12 +497,13 @@ def main() -> int:
     config, told = told[0], told[1:]
     path = str(config.get("index", ""))
     try:
-        writer = _Writer(str(config["history"]), path, str(config["epoch"]), say_log)
-    except sqlite3.Error as exc:
+        writer = _Writer(str(config["history"]), path, str(config["epoch"]), say_log,
+                         int(config.get("server", os.getppid())))
+    except (sqlite3.Error, OSError) as exc:
         say({"failed": str(exc)})
         return 1
     try:
-        writer.tell(config.get("tops", {}), {})
+        writer.tell(config.get("tops", {}), config.get("trims", {}))
         caught_up = writer.index()
         if caught_up:
             say_log(logging.INFO, f"search index {path}: indexed {caught_up} stored messages")
@@ -454,14 +530,17 @@ def main() -> int:
             writer.index()
             for n in waits:
                 say({"done": n})
-            if lines.eof:
+            if lines.eof or writer.orphaned():
                 return 0
             told = lines.read(None)
-    except sqlite3.Error as exc:
-        say({"failed": str(exc)})
+    except (BrokenPipeError, _Orphaned):
+        # the server is gone: so is the reader of what is still buffered for it (no "Exception ignored")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # noqa: BLE001 (whatever it is, the server is told, and logs it)
+        with contextlib.suppress(OSError):
+            say({"failed": str(exc) if isinstance(exc, sqlite3.Error) else repr(exc)})
         return 1
-    except BrokenPipeError:
-        return 0  # the server is gone
     finally:
         writer.close()
 

@@ -368,9 +368,13 @@ def raise_fd_limit() -> None:
 
 def _send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
     """``send_multipart`` without its per-frame enum arithmetic (pyzmq ORs ``zmq.SNDMORE`` in Python).
-    With ``flags`` NOBLOCK, zmq.Again means nothing was sent: a multipart message is queued whole or not
-    at all once its first frame is taken."""
-    more = flags | _SNDMORE
-    for frame in frames[:-1]:
-        _raw_send(sock, frame, more)
-    _raw_send(sock, frames[-1], flags)
+    ``flags`` (NOBLOCK) apply to the first frame only: zmq.Again then means nothing was sent. The rest
+    never waits (a high-water mark counts whole messages), and without NOBLOCK libzmq drops the rest of a
+    message whose pipe died in the middle cleanly, instead of failing it half sent."""
+    if len(frames) == 1:
+        _raw_send(sock, frames[0], flags)
+        return
+    _raw_send(sock, frames[0], flags | _SNDMORE)
+    for frame in frames[1:-1]:
+        _raw_send(sock, frame, _SNDMORE)
+    _raw_send(sock, frames[-1], 0)

@@ -225,17 +225,6 @@ class MemoryStore:
     def set_term(self, term: int, terms: dict[int, int]) -> None:
         self._term, self._terms = term, dict(terms)
 
-    def _start_indexer(self) -> None:
-        """A new index process (after a failure, or for another epoch), caught up from what the history holds."""
-        if self._indexer is not None:
-            self._indexer.stop()
-        if self._index is not None:
-            self._index.close()
-            self._index = None
-        self._indexer = Indexer(self.path, self.index_path, self.epoch, dict(self._newest))
-        self._indexer.start()
-        self._index_failed_at = None
-
     def skip(self, ranges: dict[str, list[tuple[int, int]]], floor: int = 0) -> None:
         for room, new in ranges.items():
             self._skips[room] = sorted(set(self._skips.get(room, []) + [tuple(r) for r in new]))  # type: ignore[misc]
@@ -399,10 +388,10 @@ class SqliteStore:
             log.info("history %s: seq %d-%d are not on disk (lost in a power cut, or repaired away): skipped, "
                      "numbering goes on at %d", room, first, last, last + 1)
         self._db = db
-        self._checkpointer = _Checkpointer(path, lambda: self.clock() - self._last_write)
+        self._checkpointer = _Checkpointer(path, lambda: self.clock() - self._last_write, self._pump_index)
         self._checkpointer.start()
         if self.search_on:
-            self._indexer = Indexer(path, self.index_path, self.epoch, dict(self._newest))
+            self._indexer = Indexer(path, self.index_path, self.epoch, dict(self._newest), self._floors())
             self._indexer.start()
 
     def _quick_check(self, db: sqlite3.Connection) -> None:
@@ -625,13 +614,24 @@ class SqliteStore:
             self.position = batch.position
         self._last_write = self.clock()
         if self._indexer is not None and batch.messages:
-            if self._indexer.add(tops, {room: self._floor(room, self._newest[room]) for room in trim}):
+            self._tell_index(tops, {room: self._floor(room, self._newest[room]) for room in trim})
+
+    def _tell_index(self, tops: dict[str, int], trims: dict[str, int]) -> None:
+        """The index's news of a committed batch. Whatever goes wrong with the index (its process, its
+        pipe) is the index's failure: never the batch's, which is on disk already."""
+        try:
+            if self._indexer.add(tops, trims):  # type: ignore[union-attr]
                 self._index_failed_at = None
             elif self._index_failed_at is None:
                 self._index_failed_at = self._last_write
             elif self._last_write - self._index_failed_at >= INDEX_RESTART:
                 log.info("search index %s: starting its process again", self.index_path)
                 self._start_indexer()
+        except Exception as exc:  # noqa: BLE001 (a bug of the index's must not fail a committed batch)
+            log.error("search index %s: %r (search answers with an error until it is started again)",
+                      self.index_path, exc)
+            if self._indexer is not None:
+                self._indexer.fail(repr(exc))
 
     def durable(self) -> int:
         return self._durable
@@ -693,9 +693,20 @@ class SqliteStore:
         if self._index is not None:
             self._index.close()
             self._index = None
-        self._indexer = Indexer(self.path, self.index_path, self.epoch, dict(self._newest))
+        self._indexer = Indexer(self.path, self.index_path, self.epoch, dict(self._newest), self._floors())
         self._indexer.start()
         self._index_failed_at = None
+
+    def _pump_index(self) -> None:
+        """From the checkpointer's thread, about once a second: news the pipe could not take when its batch
+        was committed goes out now, so a server gone quiet does not leave its index behind."""
+        indexer = self._indexer
+        if indexer is not None:
+            indexer.pump()
+
+    def _floors(self) -> dict[str, int]:
+        """Room -> the oldest seq the history keeps: what the index must not keep either."""
+        return {room: self._floor(room, newest) for room, newest in self._newest.items()}
 
     def skip(self, ranges: dict[str, list[tuple[int, int]]], floor: int = 0) -> None:
         tops: dict[str, int] = {}
@@ -754,6 +765,8 @@ class SqliteStore:
                 for room in self._untrimmed:
                     self._trim(db, room, self._newest.get(room, 0))
                 db.execute("COMMIT")
+                if self._indexer is not None:
+                    self._indexer.add({}, {room: self._floor(room, self._newest.get(room, 0)) for room in self._untrimmed})
             except sqlite3.Error as exc:
                 log.error("could not save the last messages: %s", exc)
             db.close()
@@ -826,7 +839,9 @@ class SqliteStore:
                 "ORDER BY rowid DESC LIMIT ?", (expression, sender, sender, room, room, limit)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"search index {self.index_path}: {exc}") from exc
-        return [(r, s, float(ts), who, text) for r, s, ts, who, text in rows]
+        # what the history no longer keeps is not found, even while the index has yet to drop it
+        return [(r, s, float(ts), who, text) for r, s, ts, who, text in rows
+                if s >= self._floor(r, self._newest.get(r, 0))]
 
     def wait_indexed(self, timeout: float) -> bool:
         """Whether the index caught up with every batch submitted so far within ``timeout`` seconds."""
@@ -857,10 +872,11 @@ class _Checkpointer(threading.Thread):
     TRUNCATE_PAGES_ANYWAY = 65536
     IDLE = 0.5  # seconds without a commit
 
-    def __init__(self, path: Path, idle_for: Callable[[], float]) -> None:
+    def __init__(self, path: Path, idle_for: Callable[[], float], tick: Callable[[], None] | None = None) -> None:
         super().__init__(name="zmqchat-checkpoint", daemon=True)
         self.path = path
         self.idle_for = idle_for  # seconds since the last commit
+        self.tick = tick  # called once an interval too (the search index's pipe)
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -874,6 +890,11 @@ class _Checkpointer(threading.Thread):
                 idle = self.idle_for() > self.IDLE
                 if (pages > self.TRUNCATE_PAGES and idle) or pages > self.TRUNCATE_PAGES_ANYWAY:
                     self._checkpoint(db, "TRUNCATE")
+                if self.tick is not None:
+                    try:
+                        self.tick()
+                    except Exception as exc:  # noqa: BLE001 (this thread must go on checkpointing)
+                        log.error("search index: %r", exc)
             self._checkpoint(db, "TRUNCATE")
         finally:
             db.close()
