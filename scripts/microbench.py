@@ -23,7 +23,8 @@ import tempfile
 import time
 
 
-def recv(runs: int, count: int) -> None:
+def _pull_push():
+    """A context, and a PULL with a PUSH connected to it on 127.0.0.1 (no high-water marks)."""
     import zmq
 
     ctx = zmq.Context()
@@ -32,6 +33,13 @@ def recv(runs: int, count: int) -> None:
     push.setsockopt(zmq.SNDHWM, 0)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     push.connect(f"tcp://127.0.0.1:{port}")
+    return ctx, pull, push
+
+
+def recv(runs: int, count: int) -> None:
+    import zmq
+
+    ctx, pull, push = _pull_push()
     message = [b"zmqchat/3", b"msg", b"x" * 178]
     raw_recv, raw_get = zmq.backend.Socket.recv, zmq.backend.Socket.get
     noblock, rcvmore = int(zmq.NOBLOCK), int(zmq.RCVMORE)
@@ -143,12 +151,7 @@ def gil(runs: int, count: int) -> None:
 
     import zmq
 
-    ctx = zmq.Context()
-    pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-    pull.setsockopt(zmq.RCVHWM, 0)
-    push.setsockopt(zmq.SNDHWM, 0)
-    port = pull.bind_to_random_port("tcp://127.0.0.1")
-    push.connect(f"tcp://127.0.0.1:{port}")
+    ctx, pull, push = _pull_push()
     body = json.dumps({"session": "s" * 22, "room": "#bench", "text": "B0000000001 " + "x" * 88,
                        "mid": "s.1"}).encode()
     message = [b"zmqchat/3", b"say", body]

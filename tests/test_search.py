@@ -4,6 +4,7 @@ of its own), and the in-memory store agreeing with it. Real SQLite files and pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -243,29 +244,35 @@ def test_the_index_process_ends_with_the_store(tmp_path):
     assert ended_within(pid, 10)
 
 
-def test_the_index_process_ends_when_the_server_is_killed(tmp_path):
+@contextlib.contextmanager
+def store_in_a_process(path, retention: int, indexed: bool):
+    """A process that opens a store on ``path`` (``indexed``: and waits for its index), as a server does;
+    yields it and its index process's pid. Killed, if still alive, at the end."""
     code = ("import sys\n"
             "from zmqchat.server.sequencer import Sequencer\n"
             "from zmqchat.server.store import SqliteStore\n"
-            "store = SqliteStore(sys.argv[1], 100)\n"
+            f"store = SqliteStore(sys.argv[1], {retention})\n"
             "Sequencer(store, 100)\n"
-            "assert store.wait_indexed(10)\n"
+            + ("assert store.wait_indexed(10)\n" if indexed else "") +
             "print(store._indexer.pid, flush=True)\n"
             "sys.stdin.read()\n")
-    server = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "h.sqlite3")], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE)
+    server = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert select.select([server.stdout], [], [], 30)[0], "the store did not open"
-        pid = int(server.stdout.readline())
-        server.kill()  # -9: no close(), no goodbye; the index process sees its input end
-        server.wait(10)
-        assert ended_within(pid, 10)
+        yield server, int(server.stdout.readline())
     finally:
         if server.poll() is None:
             server.kill()
             server.wait(10)
         server.stdin.close()
         server.stdout.close()
+
+
+def test_the_index_process_ends_when_the_server_is_killed(tmp_path):
+    with store_in_a_process(tmp_path / "h.sqlite3", 100, indexed=True) as (server, pid):
+        server.kill()  # -9: no close(), no goodbye; the index process sees its input end
+        server.wait(10)
+        assert ended_within(pid, 10)
 
 
 def test_a_dead_index_process_fails_search_but_not_the_history(tmp_path):
@@ -388,28 +395,12 @@ def test_an_orphaned_index_process_stops_between_transactions(tmp_path):
             seq.submit()
     seq.submit()
     plain.close()
-    code = ("import sys\n"
-            "from zmqchat.server.sequencer import Sequencer\n"
-            "from zmqchat.server.store import SqliteStore\n"
-            "store = SqliteStore(sys.argv[1], 1_000_000)\n"
-            "Sequencer(store, 100)\n"
-            "print(store._indexer.pid, flush=True)\n"
-            "sys.stdin.read()\n")
-    server = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert select.select([server.stdout], [], [], 30)[0], "the store did not open"
-        pid = int(server.stdout.readline())
+    with store_in_a_process(path, 1_000_000, indexed=False) as (server, pid):
         os.kill(pid, signal.SIGSTOP)  # held before its catch-up of 60,000 rows is done ...
         server.kill()  # ... while the server is killed
         server.wait(10)
         os.kill(pid, signal.SIGCONT)
         assert ended_within(pid, 10)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
-        server.stdin.close()
-        server.stdout.close()
     indexed = sqlite3.connect(tmp_path / "h.search.sqlite3").execute("SELECT COUNT(*) FROM entries").fetchone()[0]
     assert indexed < 60_000  # it stopped at a transaction's end, without finishing
     again = SqliteStore(path, 1_000_000)  # the next start goes on from there
