@@ -442,3 +442,16 @@ def test_a_row_that_cannot_be_written_is_skipped_and_the_rest_indexed(tmp_path):
     assert texts_of(store.search(q.parse("bad"), "", "", 10)) == ["after the bad one", "before the bad one"]
     assert not store._indexer.failed
     store.close()
+
+
+def test_a_search_before_the_index_is_open_finds_nothing_yet(tmp_path):
+    import fcntl
+
+    with open(tmp_path / "h.search.sqlite3.lock", "a") as lock:  # the process cannot open the index yet
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        store = SqliteStore(tmp_path / "h.sqlite3", 100)
+        fill(store, ["not yet"])
+        assert store.search(q.parse("yet"), "", "", 10) == []  # not an error: like an index catching up
+    assert store.wait_indexed(10)
+    assert texts_of(store.search(q.parse("yet"), "", "", 10)) == ["not yet"]
+    store.close()

@@ -20,7 +20,8 @@ The pipe between them carries lines of JSON, one object each:
   ...}`` and ``{"wait": n}``; end of input (the store closed the pipe) ends the process once what it was
   told is indexed; the server's process gone (its parent is another) ends it at once, between two
   transactions;
-- from the process: ``{"done": n}`` once everything told before ``{"wait": n}`` is indexed,
+- from the process: ``{"ready": true}`` once it has the index open (before, a search finds nothing),
+  ``{"done": n}`` once everything told before ``{"wait": n}`` is indexed,
   ``{"log": [level, text]}`` for the server's log, and ``{"failed": text}`` before it exits on an error.
 
 The store never blocks on the pipe: what it cannot write at once waits, merged (numbers only grow), for the
@@ -83,6 +84,7 @@ class Indexer:
         self._asked = 0  # the newest {"wait": n}
         self._done = 0  # the newest {"done": n}
         self._failed = ""
+        self._ready = False  # the process has the index open (its tables exist): it can be searched
         self._proc: subprocess.Popen | None = None
         self._wfd = self._rfd = -1
 
@@ -96,6 +98,14 @@ class Indexer:
             if not self._failed and self._proc is not None:
                 self._read()
             return self._failed
+
+    @property
+    def ready(self) -> bool:
+        """Whether the index can be searched: its process has opened it (before that, it finds nothing)."""
+        with self._lock:
+            if not self._ready and self._proc is not None:
+                self._read()
+            return self._ready
 
     def fail(self, why: str) -> None:
         """Count the index as failed (the store met an error of ours)."""
@@ -247,6 +257,8 @@ class Indexer:
             said = json.loads(line)
             if "done" in said:
                 self._done = max(self._done, int(said["done"]))
+            elif "ready" in said:
+                self._ready = True
             elif "log" in said:
                 level, text = said["log"]
                 log.log(int(level), "%s", text)
@@ -503,6 +515,7 @@ def main() -> int:
         say({"failed": str(exc)})
         return 1
     try:
+        say({"ready": True})
         writer.tell(config.get("tops", {}), config.get("trims", {}))
         caught_up = writer.index()
         if caught_up:

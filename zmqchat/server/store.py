@@ -823,6 +823,8 @@ class SqliteStore:
             raise SearchOff(f"search index {self.index_path}: off (--no-search)")
         if self._indexer.failed:
             raise StoreError(f"search index {self.index_path}: {self._indexer.failed}")
+        if not self._indexer.ready:
+            return []  # its process is still opening it: like an index catching up, it finds nothing yet
         expression = q.fts_expression(terms)
         expression = f"{{text}} : ({expression})"
         for column, value in (("sender", sender), ("room", room)):
