@@ -62,7 +62,7 @@ GATHER = 2000  # rows gathered before a transaction while live ...
 GATHER_SECONDS = 0.05  # ... or for this long after the first news: about how far the index lags
 BUSY_TIMEOUT = 10.0  # seconds
 LOCK_SECONDS = 30.0  # for the index file's lock (an earlier process finishing its transaction), then fail
-FAILED = "search index %s: %s (search answers with an error until a restart rebuilds it)"
+FAILED = "search index %s: %s (search answers with an error until a batch 30 s later starts it again)"
 
 
 class Indexer:
